@@ -1,0 +1,40 @@
+"""guardrails: one decorator for retry, validation, caching, memory guards and logging,
+each function's behaviour read from Hydra YAML.
+
+    from guardrails import guarded
+
+    @guarded("fetch_features")
+    def fetch_features(user_id: str) -> dict: ...
+"""
+
+from __future__ import annotations
+
+from guardrails._core import configure, guarded, policy, stats
+from guardrails._errors import (
+    GuardrailsError,
+    InputValidationError,
+    MemoryBudgetExceeded,
+    OutputValidationError,
+    PolicyConfigError,
+)
+from guardrails._layers import LAYER_NAMES
+from guardrails._policy import Policy, Settings
+from guardrails._report import report
+from guardrails._stats import PolicyStats
+
+__all__ = [
+    "LAYER_NAMES",
+    "GuardrailsError",
+    "InputValidationError",
+    "MemoryBudgetExceeded",
+    "OutputValidationError",
+    "Policy",
+    "PolicyConfigError",
+    "PolicyStats",
+    "Settings",
+    "configure",
+    "guarded",
+    "policy",
+    "report",
+    "stats",
+]

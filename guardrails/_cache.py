@@ -1,0 +1,231 @@
+"""The ``cache`` layer: a TTL result cache per guarded function (cachetools provides the store).
+
+Hits skip everything below. Exceptions are never cached. Concurrent misses on one key
+compute once: the first caller computes, the others wait for its result (or its exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import cachetools
+from pydantic import Field, StrictInt
+
+from guardrails._binding import Binder
+from guardrails._errors import PolicyConfigError
+from guardrails._keys import UnkeyableArgument, key_of
+from guardrails._types import AsyncInner, Block, Context, Duration, Inner
+
+_MISS: Any = object()
+#: A waiter that sees this instead of a result computes for itself (the leader was cancelled).
+_AGAIN: Any = object()
+
+
+class CacheConfig(Block):
+    """``cache:`` — ``ttl`` per entry, ``maxsize`` entries (least recently used go first), ``key``."""
+
+    ttl: Duration = 300.0
+    maxsize: StrictInt = Field(default=1024, ge=1)
+    key: tuple[str, ...] | None = None
+
+
+class Store:
+    """One function's cache: the TTLCache, its lock, and the calls in flight per key."""
+
+    __slots__ = ("cache", "inflight", "lock", "settings")
+
+    def __init__(self, cfg: CacheConfig, timer: Callable[[], float]) -> None:
+        self.settings = (cfg.ttl, cfg.maxsize, cfg.key, timer)
+        self.cache: cachetools.TTLCache[Hashable, Any] = cachetools.TTLCache(
+            maxsize=cfg.maxsize, ttl=cfg.ttl, timer=timer
+        )
+        self.lock = threading.Lock()
+        self.inflight: dict[Hashable, Any] = {}
+
+    def clear(self) -> None:
+        with self.lock:
+            self.cache.clear()
+
+
+class _Flight:
+    """A computation other threads wait on."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = _AGAIN
+        self.error: BaseException | None = None
+
+
+def make_key_function(
+    cfg: CacheConfig, binder: Binder, ctx: Context
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Hashable]:
+    """``(args, kwargs) -> key`` from the bound arguments (defaults applied) named by ``cfg.key``."""
+    names = binder.names
+    if cfg.key is None:
+        picked = tuple(range(len(names)))
+    else:
+        unknown = [k for k in cfg.key if k not in names]
+        if unknown:
+            raise PolicyConfigError(
+                [
+                    (
+                        f"guardrails.policies.{ctx.policy}.cache.key",
+                        f"{ctx.qualname} has no parameter {', '.join(map(repr, unknown))}; "
+                        f"its parameters are {', '.join(names) or '(none)'}",
+                    )
+                ]
+            )
+        picked = tuple(names.index(k) for k in cfg.key)
+    values = binder.values
+    all_args = picked == tuple(range(len(names)))
+
+    def key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        bound = values(args, kwargs)
+        try:
+            if all_args:
+                return tuple([key_of(v) for v in bound])
+            return tuple([key_of(bound[i]) for i in picked])
+        except UnkeyableArgument as exc:
+            raise _unkeyable(ctx, binder, bound, picked) from exc
+
+    if len(names) == 1 and all_args:
+
+        def key1(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+            if not kwargs and len(args) == 1:
+                try:
+                    return key_of(args[0])
+                except UnkeyableArgument as exc:
+                    raise _unkeyable(ctx, binder, args, picked) from exc
+            return key(args, kwargs)[0]
+
+        return key1
+    return key
+
+
+def _unkeyable(ctx: Context, binder: Binder, bound: tuple[Any, ...], picked: tuple[int, ...]) -> TypeError:
+    for i in picked:
+        try:
+            key_of(bound[i])
+        except UnkeyableArgument as exc:
+            return TypeError(
+                f"policy {ctx.policy!r} ({ctx.qualname}): cannot make a cache key from argument "
+                f"{binder.names[i]!r} ({exc}); list the arguments that identify the call in "
+                f"guardrails.policies.{ctx.policy}.cache.key, or pass a hashable value"
+            )
+    return TypeError(f"policy {ctx.policy!r} ({ctx.qualname}): cannot make a cache key")
+
+
+def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
+    """The sync cache layer around ``inner``, keeping entries in ``store``."""
+    make_key = make_key_function(cfg, ctx.binder, ctx)
+    cache, lock, inflight = store.cache, store.lock, store.inflight
+    hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
+
+    def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        key = make_key(args, kwargs)
+        while True:
+            with lock:
+                try:
+                    value = cache[key]
+                except KeyError:
+                    flight = inflight.get(key)
+                    leader = flight is None
+                    if leader:
+                        flight = inflight[key] = _Flight()
+                else:
+                    hit()
+                    if info is not None:
+                        info[1] = True
+                    return value
+            if leader:
+                break
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.value is not _AGAIN:
+                hit()
+                if info is not None:
+                    info[1] = True
+                return flight.value
+        miss()
+        try:
+            value = inner(args, kwargs, info)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        else:
+            flight.value = value
+            with lock:
+                cache[key] = value
+            return value
+        finally:
+            with lock:
+                del inflight[key]
+            flight.done.set()
+
+    return cache_layer
+
+
+def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store) -> AsyncInner:
+    """The async cache layer: waiters on the same event loop share the leader's result."""
+    make_key = make_key_function(cfg, ctx.binder, ctx)
+    cache, lock, inflight = store.cache, store.lock, store.inflight
+    hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
+
+    async def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        key = make_key(args, kwargs)
+        loop = asyncio.get_running_loop()
+        while True:
+            with lock:
+                try:
+                    value = cache[key]
+                except KeyError:
+                    flight = inflight.get(key)
+                    leader = flight is None or flight.get_loop() is not loop
+                    if flight is None:
+                        flight = inflight[key] = loop.create_future()
+                else:
+                    hit()
+                    if info is not None:
+                        info[1] = True
+                    return value
+            if leader:
+                break
+            # shield: a waiter's cancellation must not cancel the leader's future.
+            value = await asyncio.shield(flight)
+            if value is not _AGAIN:
+                hit()
+                if info is not None:
+                    info[1] = True
+                return value
+        mine = inflight.get(key) is flight and flight.get_loop() is loop
+        miss()
+        try:
+            value = await inner(args, kwargs, info)
+        except Exception as exc:
+            if mine and not flight.done():
+                flight.set_exception(exc)
+                flight.exception()  # marks it retrieved: no "never retrieved" warning
+            raise
+        except BaseException:
+            if mine and not flight.done():
+                flight.set_result(_AGAIN)
+            raise
+        else:
+            with lock:
+                cache[key] = value
+            if mine and not flight.done():
+                flight.set_result(value)
+            return value
+        finally:
+            if mine:
+                with lock:
+                    if inflight.get(key) is flight:
+                        del inflight[key]
+
+    return cache_layer

@@ -1,0 +1,222 @@
+"""The decorator, ``configure()`` and the compile step that turns settings into chains."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from guardrails import _config
+from guardrails._binding import Binder
+from guardrails._cache import CacheConfig, Store
+from guardrails._errors import PolicyConfigError
+from guardrails._layers import compile_chain
+from guardrails._log import LOGGER
+from guardrails._policy import Policy, Settings, missing_policy_problem
+from guardrails._state import STATE
+from guardrails._stats import PolicyStats
+from guardrails._types import Context
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Slot:
+    """One guarded function: its policy name, its compiled chain, its cache store."""
+
+    __slots__ = ("__weakref__", "_binder", "fn", "is_async", "name", "qualname", "rebind", "store")
+
+    def __init__(self, fn: Callable[..., Any], name: str, rebind: Callable[[Any], None]) -> None:
+        self.fn = fn
+        self.name = name
+        self.qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.rebind = rebind
+        self.store: Store | None = None
+        self._binder: Binder | None = None
+
+    @property
+    def binder(self) -> Binder:
+        if self._binder is None:
+            self._binder = Binder(self.fn)
+        return self._binder
+
+    def compile(self, settings: Settings) -> tuple[Any, Store | None]:
+        """The chain for ``settings`` and the cache store it uses; installs nothing."""
+        policy = self.policy_in(settings)
+        chosen: list[Store] = []
+
+        def store_for(cfg: CacheConfig) -> Store:
+            store = self.store
+            if store is None or store.settings != (cfg.ttl, cfg.maxsize, cfg.key, timer):
+                store = Store(cfg, timer)
+            chosen.append(store)
+            return store
+
+        timer = STATE.clock.monotonic
+        ctx = Context(
+            policy=self.name,
+            function=self.fn,
+            qualname=self.qualname,
+            is_async=self.is_async,
+            binder=self.binder,
+            counters=STATE.counters_for(self.name),
+            clock=STATE.clock,
+            logger=LOGGER,
+            store_for=store_for,
+        )
+        chain = compile_chain(policy, ctx)
+        return chain, (chosen[-1] if chosen else None)
+
+    def policy_in(self, settings: Settings) -> Policy:
+        found = settings.policies.get(self.name)
+        if found is not None:
+            return found
+        if settings.strict:
+            raise PolicyConfigError(
+                [missing_policy_problem(self.name, self.qualname, settings.policies)]
+            )
+        return settings.policy_defaults
+
+    def install(self, chain: Any, store: Store | None) -> None:
+        self.store = store
+        self.rebind(chain)
+
+    def first_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        """The chain before compilation: configure lazily if needed, compile, then call."""
+        with STATE.lock:
+            settings = STATE.settings
+            if settings is None:
+                settings = STATE.settings = _config.load_lazy_default()
+            chain, store = self.compile(settings)
+            self.install(chain, store)
+        return chain(args, kwargs, info)
+
+    def reset(self) -> None:
+        self.store = None
+        self.rebind(self.first_call)
+
+
+@overload
+def guarded(name: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def guarded(name: str | None = None, /) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def guarded(name: Any = None, /) -> Any:
+    """Guard a function with the policy ``name`` (default: the function's ``__name__``).
+
+    Works as ``@guarded("policy")``, ``@guarded()`` and bare ``@guarded``, on sync and async
+    functions and methods. The policy is read when the function is first called (or at the
+    next ``configure()``), never at import time.
+    """
+    if callable(name):
+        return _decorate(name, None)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"guarded() takes a policy name (a non-empty str), got {name!r}")
+    return functools.partial(_decorate, name=name)
+
+
+def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
+    if not callable(fn):
+        raise TypeError(f"@guarded decorates a function, got {fn!r}")
+    policy_name = name or getattr(fn, "__name__", None)
+    if not policy_name:
+        raise TypeError(f"@guarded needs a policy name for {fn!r}, which has no __name__")
+    chain: Any = None
+
+    def rebind(new: Any) -> None:
+        nonlocal chain
+        chain = new
+
+    slot = Slot(fn, policy_name, rebind)
+    chain = slot.first_call
+    wrapper: Callable[..., Any]
+    if slot.is_async:
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await chain(args, kwargs, None)
+
+        wrapper = async_wrapper
+    else:
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return chain(args, kwargs, None)
+
+        wrapper = sync_wrapper
+    functools.update_wrapper(wrapper, fn)
+    wrapper.__guardrails__ = slot  # type: ignore[attr-defined]
+    with STATE.lock:
+        # Strict mode checks the name on the first call, not here: decoration runs at
+        # import time, usually before the configuration that names it exists.
+        STATE.slots.add(slot)
+    return wrapper
+
+
+def configure(
+    source: Any = None,
+    *,
+    overrides: Sequence[str] = (),
+    config_name: str = "config",
+) -> Settings:
+    """Validate a configuration and make it the one in force; returns the validated settings.
+
+    ``source`` is a Hydra/OmegaConf config (the root holding a ``guardrails`` node, or the
+    node itself), a plain mapping, a YAML file path, a config directory to compose with
+    Hydra (``overrides`` are Hydra override strings, ``config_name`` its primary config),
+    or ``None`` for the packaged defaults. On any problem nothing changes and
+    ``PolicyConfigError`` lists every problem with its dotted path.
+    """
+    settings = _config.load(source, overrides=overrides, config_name=config_name)
+    _install(settings)
+    return settings
+
+
+def _install(settings: Settings) -> None:
+    with STATE.lock:
+        compiled: list[tuple[Slot, Any, Store | None]] = []
+        problems: list[tuple[str, str]] = []
+        for slot in list(STATE.slots):
+            try:
+                chain, store = slot.compile(settings)
+            except PolicyConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            compiled.append((slot, chain, store))
+        if problems:
+            raise PolicyConfigError(list(dict.fromkeys(problems)))
+        STATE.settings = settings
+        for slot, chain, store in compiled:
+            slot.install(chain, store)
+
+
+def recompile() -> None:
+    """Rebuild every chain from the settings in force (after the clock changes)."""
+    with STATE.lock:
+        for slot in list(STATE.slots):
+            slot.reset()
+        if STATE.settings is not None:
+            _install(STATE.settings)
+
+
+def current_settings() -> Settings:
+    """The settings in force, loading the lazy default if nothing was configured yet."""
+    with STATE.lock:
+        if STATE.settings is None:
+            STATE.settings = _config.load_lazy_default()
+        return STATE.settings
+
+
+def policy(name: str) -> Policy:
+    """The effective (merged, validated, frozen) policy for ``name``."""
+    return current_settings().policy(name)
+
+
+def stats() -> dict[str, PolicyStats]:
+    """Per-policy statistics; functions sharing a policy add up."""
+    with STATE.lock:
+        counters = dict(STATE.counters)
+    return {name: counters[name].snapshot() for name in sorted(counters)}

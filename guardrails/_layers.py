@@ -1,0 +1,86 @@
+"""The layer table: which layers exist, their order, and how a chain is compiled from a policy.
+
+This table is the one place the order lives. Outermost first; ``log`` (which also keeps
+the counters) always wraps the rest. A layer whose block is absent or disabled is not in
+the chain at all, so it costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from guardrails import _cache, _log, _memory, _retry, _validate
+from guardrails._policy import Policy
+from guardrails._types import AsyncInner, Block, Context, Inner
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One row of the table: the layer's name, the policy block it reads, and its builders."""
+
+    name: str
+    block: str
+    per: Literal["call", "attempt"]
+    build: Callable[[Any, Inner, Context], Inner]
+    build_async: Callable[[Any, AsyncInner, Context], AsyncInner]
+    #: The layer's per-call facts (attempts, cache hit) feed the log record.
+    informs_log: bool = False
+
+
+def _cache_build(cfg: Any, inner: Inner, ctx: Context) -> Inner:
+    return _cache.build(cfg, inner, ctx, ctx.store_for(cfg))
+
+
+def _cache_build_async(cfg: Any, inner: AsyncInner, ctx: Context) -> AsyncInner:
+    return _cache.build_async(cfg, inner, ctx, ctx.store_for(cfg))
+
+
+#: Outermost first. ``log`` is built separately as the outermost wrapper (see ``compile``).
+ORDER: tuple[Layer, ...] = (
+    Layer("validate.input", "validate", "call", _validate.build_input, _validate.build_input_async),
+    Layer("cache", "cache", "call", _cache_build, _cache_build_async, informs_log=True),
+    Layer("memory", "memory", "call", _memory.build, _memory.build_async),
+    Layer("retry", "retry", "call", _retry.build, _retry.build_async, informs_log=True),
+    Layer(
+        "validate.output", "validate", "attempt", _validate.build_output, _validate.build_output_async
+    ),
+)
+#: The full order as the contract's table gives it.
+LAYER_NAMES: tuple[str, ...] = ("log", *(layer.name for layer in ORDER))
+
+
+def active_block(policy: Policy, name: str) -> Block | None:
+    block: Block | None = getattr(policy, name)
+    return block if block is not None and block.enabled else None
+
+
+def compile_chain(policy: Policy, ctx: Context) -> Any:
+    """The compiled chain for one function: ``(args, kwargs, info) -> result`` (or awaitable)."""
+    fn = ctx.function
+    if ctx.is_async:
+
+        def terminal(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            return fn(*args, **kwargs)  # the coroutine; the layer above awaits it
+
+    else:
+
+        def terminal(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            return fn(*args, **kwargs)
+
+    inner: Any = terminal
+    needs_info = False
+    for layer in reversed(ORDER):
+        block = active_block(policy, layer.block)
+        if block is None:
+            continue
+        built = (layer.build_async if ctx.is_async else layer.build)(block, inner, ctx)
+        if built is not inner:
+            needs_info = needs_info or layer.informs_log
+            inner = built
+    log_cfg = active_block(policy, "log")
+    if ctx.is_async:
+        return _log.build_async(log_cfg, inner, ctx, needs_info=needs_info)  # type: ignore[arg-type]
+    direct = fn if inner is terminal else None
+    return _log.build(log_cfg, inner, ctx, direct=direct, needs_info=needs_info)  # type: ignore[arg-type]

@@ -1,0 +1,269 @@
+"""The outermost layer: counts every call and, when ``log`` is on, times and logs it.
+
+One record per call goes to the stdlib logger ``guardrails`` with structured fields in
+``extra`` (``policy``, ``function``, ``outcome``, ``duration_ms``, ``attempts``,
+``cache_hit``, ``call_args``). The logger's level is asked at call time, so a level or
+handler set later takes effect at once; a record nobody will see is never formatted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any, Literal
+
+from pydantic import field_validator
+
+from guardrails._errors import InputValidationError, MemoryBudgetExceeded, OutputValidationError
+from guardrails._types import AsyncInner, Block, Context, Duration, Inner
+
+LOGGER = logging.getLogger("guardrails")
+_REFUSALS = (InputValidationError, OutputValidationError, MemoryBudgetExceeded)
+_ARG_TEXT_LIMIT = 120
+
+
+class LogConfig(Block):
+    """``log:`` — record ``level``, ``slow`` threshold (a WARNING above it), ``args`` detail."""
+
+    level: str = "INFO"
+    slow: Duration | None = None
+    args: Literal["none", "shapes", "values"] = "shapes"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            name = logging.getLevelName(value)
+            if isinstance(name, str) and not name.startswith("Level "):
+                return name
+        if isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
+            return value.upper()
+        raise ValueError(
+            f"expected a log level name (DEBUG, INFO, WARNING, ERROR, CRITICAL), got {value!r}"
+        )
+
+
+def describe_value(value: Any, detail: str) -> str:
+    """A short text for a value in a log record: its shape, or its (truncated) repr."""
+    if detail == "values":
+        text = repr(value)
+        return text if len(text) <= _ARG_TEXT_LIMIT else text[: _ARG_TEXT_LIMIT - 1] + "…"
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if isinstance(shape, tuple) and dtype is not None:
+        return f"{dtype}[{', '.join(map(str, shape))}]"
+    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
+        return f"{type(value).__name__}[len={len(value)}]"
+    return type(value).__name__
+
+
+class _Emitter:
+    """Builds and emits the per-call record; only reached when someone will see it."""
+
+    __slots__ = ("args_detail", "ctx", "level")
+
+    def __init__(self, cfg: LogConfig, ctx: Context) -> None:
+        self.ctx = ctx
+        self.level = logging.getLevelName(cfg.level)
+        self.args_detail = cfg.args
+
+    def call_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self.args_detail == "none":
+            return ""
+        try:
+            bound = self.ctx.binder.mapping(args, kwargs)
+        except TypeError:
+            return "<arguments do not match the signature>"
+        return ", ".join(f"{k}={describe_value(v, self.args_detail)}" for k, v in bound.items())
+
+    def emit(
+        self,
+        level: int,
+        outcome: str,
+        seconds: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        info: list[Any] | None,
+        exc: BaseException | None = None,
+    ) -> None:
+        ctx = self.ctx
+        attempts, cache_hit = (info[0], info[1]) if info is not None else (1, False)
+        call_args = self.call_args(args, kwargs)
+        ms = seconds * 1000.0
+        suffix = f", {attempts} attempts" if attempts > 1 else ""
+        suffix += ", cache hit" if cache_hit else ""
+        message = "%s: %s(%s) %s in %.2f ms%s"
+        params: tuple[Any, ...] = (ctx.policy, ctx.qualname, call_args, outcome, ms, suffix)
+        if exc is not None:
+            message += ": %s"
+            params += (f"{type(exc).__name__}: {exc}",)
+        ctx.logger.log(
+            level,
+            message,
+            *params,
+            exc_info=exc if outcome == "failed" else None,
+            extra={
+                "policy": ctx.policy,
+                "function": ctx.qualname,
+                "outcome": outcome,
+                "duration_ms": ms,
+                "attempts": attempts,
+                "cache_hit": cache_hit,
+                "call_args": call_args,
+            },
+        )
+
+    def failed(
+        self,
+        exc: BaseException,
+        seconds: float,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        info: list[Any] | None,
+    ) -> None:
+        if isinstance(exc, _REFUSALS):
+            level, outcome = logging.WARNING, "rejected"
+        else:
+            level, outcome = logging.ERROR, "failed"
+        if self.ctx.logger.isEnabledFor(level):
+            self.emit(level, outcome, seconds, args, kwargs, info, exc)
+
+
+def build(
+    cfg: LogConfig | None,
+    inner: Inner,
+    ctx: Context,
+    *,
+    direct: Callable[..., Any] | None,
+    needs_info: bool,
+) -> Inner:
+    """The outermost sync layer. ``direct`` is the function itself when nothing lies between."""
+    success, failure = ctx.counters.success, ctx.counters.failure
+    if cfg is None or not cfg.enabled:
+        if direct is not None:
+            fn = direct
+
+            def count_direct(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException:
+                    failure()
+                    raise
+                success()
+                return result
+
+            return count_direct
+
+        def count(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            try:
+                result = inner(args, kwargs, None)
+            except BaseException:
+                failure()
+                raise
+            success()
+            return result
+
+        return count
+
+    emitter = _Emitter(cfg, ctx)
+    level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
+    record = ctx.counters.latencies.append
+    enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
+    warning = logging.WARNING
+
+    if direct is not None:
+        fn = direct
+
+        def log_direct(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            t0 = perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                seconds = perf_counter() - t0
+                record(seconds)
+                failure()
+                failed(exc, seconds, args, kwargs, None)
+                raise
+            seconds = perf_counter() - t0
+            record(seconds)
+            success()
+            if seconds >= slow:
+                if enabled(warning):
+                    emit(warning, "slow", seconds, args, kwargs, None)
+            elif enabled(level):
+                emit(level, "ok", seconds, args, kwargs, None)
+            return result
+
+        return log_direct
+
+    def log(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        info = [1, False] if needs_info else None
+        t0 = perf_counter()
+        try:
+            result = inner(args, kwargs, info)
+        except BaseException as exc:
+            seconds = perf_counter() - t0
+            record(seconds)
+            failure()
+            failed(exc, seconds, args, kwargs, info)
+            raise
+        seconds = perf_counter() - t0
+        record(seconds)
+        success()
+        if seconds >= slow:
+            if enabled(warning):
+                emit(warning, "slow", seconds, args, kwargs, info)
+        elif enabled(level):
+            emit(level, "ok", seconds, args, kwargs, info)
+        return result
+
+    return log
+
+
+def build_async(
+    cfg: LogConfig | None, inner: AsyncInner, ctx: Context, *, needs_info: bool
+) -> AsyncInner:
+    """The outermost async layer."""
+    success, failure = ctx.counters.success, ctx.counters.failure
+    if cfg is None or not cfg.enabled:
+
+        async def count(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            try:
+                result = await inner(args, kwargs, None)
+            except BaseException:
+                failure()
+                raise
+            success()
+            return result
+
+        return count
+
+    emitter = _Emitter(cfg, ctx)
+    level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
+    record = ctx.counters.latencies.append
+    enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
+    warning = logging.WARNING
+
+    async def log(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        info = [1, False] if needs_info else None
+        t0 = perf_counter()
+        try:
+            result = await inner(args, kwargs, info)
+        except BaseException as exc:
+            seconds = perf_counter() - t0
+            record(seconds)
+            failure()
+            failed(exc, seconds, args, kwargs, info)
+            raise
+        seconds = perf_counter() - t0
+        record(seconds)
+        success()
+        if seconds >= slow:
+            if enabled(warning):
+                emit(warning, "slow", seconds, args, kwargs, info)
+        elif enabled(level):
+            emit(level, "ok", seconds, args, kwargs, info)
+        return result
+
+    return log

@@ -1,0 +1,182 @@
+"""The ``memory`` layer: refuses to start work while the process is over its memory budget.
+
+Resident memory is read from a kept handle on ``/proc/self/statm`` (one ``pread``, about
+half a microsecond) and reopened in a forked child; psutil is the fallback elsewhere.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from typing import Any
+
+from pydantic import model_validator
+
+from guardrails._errors import MemoryBudgetExceeded, _fmt_bytes
+from guardrails._types import AsyncInner, Block, Context, Inner, MemorySize
+
+#: At most one forced garbage collection per this many seconds, across all policies.
+GC_INTERVAL = 1.0
+
+
+class MemoryConfig(Block):
+    """``memory:`` — ``max_rss`` refuses new calls above it; ``soft_rss`` warns once per crossing."""
+
+    max_rss: MemorySize | None = None
+    soft_rss: MemorySize | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> MemoryConfig:
+        if self.max_rss is None and self.soft_rss is None:
+            raise ValueError("set max_rss, soft_rss or both (sizes like '2GiB' or '80%')")
+        if self.max_rss is not None and self.soft_rss is not None and self.soft_rss > self.max_rss:
+            raise ValueError(
+                f"soft_rss ({_fmt_bytes(self.soft_rss)}) must not be above "
+                f"max_rss ({_fmt_bytes(self.max_rss)})"
+            )
+        return self
+
+
+class RssProbe:
+    """Reads this process's resident set size cheaply; safe across ``os.fork()``."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._pid = -1
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._psutil: Any = None
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # The child shares the parent's descriptor, which still names the parent's statm.
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = -1
+        self._psutil = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._fd >= 0 or self._psutil is not None:
+                return
+            try:
+                self._fd = os.open(f"/proc/{os.getpid()}/statm", os.O_RDONLY | os.O_CLOEXEC)
+                self._pid = os.getpid()
+            except OSError:
+                import psutil
+
+                self._psutil = psutil.Process()
+
+    def rss(self) -> int:
+        """Resident bytes now."""
+        fd = self._fd
+        if fd >= 0:
+            try:
+                return int(os.pread(fd, 64, 0).split()[1]) * self._page
+            except OSError:
+                pass
+        if self._psutil is not None:
+            return int(self._psutil.memory_info().rss)
+        self._open()
+        return self.rss()
+
+    @property
+    def pid(self) -> int:
+        """The process the kept handle reads (for tests of the fork handling)."""
+        return self._pid
+
+
+PROBE = RssProbe()
+_gc_lock = threading.Lock()
+_last_gc = [float("-inf")]
+
+
+def _collect_if_due(monotonic: Any) -> bool:
+    with _gc_lock:
+        now = monotonic()
+        if now - _last_gc[0] < GC_INTERVAL:
+            return False
+        _last_gc[0] = now
+    gc.collect()
+    return True
+
+
+class _Guard:
+    """The admission decision and the soft-limit warning of one compiled memory layer."""
+
+    __slots__ = ("ctx", "hard", "over_soft", "soft")
+
+    def __init__(self, cfg: MemoryConfig, ctx: Context) -> None:
+        self.ctx = ctx
+        self.hard = cfg.max_rss if cfg.max_rss is not None else 1 << 62
+        self.soft = cfg.soft_rss if cfg.soft_rss is not None else 1 << 62
+        self.over_soft = False
+
+    def over_hard(self, rss: int) -> int:
+        """Called when ``rss`` is over the hard limit: collect once, look again, then refuse."""
+        if _collect_if_due(self.ctx.clock.monotonic):
+            rss = PROBE.rss()
+        if rss > self.hard:
+            self.ctx.counters.rejection()
+            raise MemoryBudgetExceeded(self.ctx.policy, self.ctx.qualname, rss, self.hard)
+        return rss
+
+    def after(self, before: int) -> None:
+        rss = PROBE.rss()
+        counters = self.ctx.counters
+        growth = rss - before
+        if growth > counters.max_rss_growth:
+            counters.max_rss_growth = growth
+        if rss > self.soft:
+            if not self.over_soft:
+                self.over_soft = True
+                self.ctx.logger.warning(
+                    "%s: resident memory %s is over memory.soft_rss %s",
+                    self.ctx.policy,
+                    _fmt_bytes(rss),
+                    _fmt_bytes(self.soft),
+                    extra={"policy": self.ctx.policy, "function": self.ctx.qualname, "rss": rss},
+                )
+        elif self.over_soft:
+            self.over_soft = False
+
+
+def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
+    """The sync memory layer around ``inner``."""
+    guard = _Guard(cfg, ctx)
+    rss, hard, after = PROBE.rss, guard.hard, guard.after
+
+    def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        before = rss()
+        if before > hard:
+            before = guard.over_hard(before)
+        result = inner(args, kwargs, info)
+        after(before)
+        return result
+
+    return memory_layer
+
+
+def build_async(cfg: MemoryConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
+    """The async memory layer around ``inner``."""
+    guard = _Guard(cfg, ctx)
+    rss, hard, after = PROBE.rss, guard.hard, guard.after
+
+    async def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        before = rss()
+        if before > hard:
+            before = guard.over_hard(before)
+        result = await inner(args, kwargs, info)
+        after(before)
+        return result
+
+    return memory_layer
+
+
+__all__ = ["PROBE", "MemoryConfig", "RssProbe", "build", "build_async"]

@@ -1,0 +1,250 @@
+"""The policy model, policy inheritance, and whole-config validation with dotted-path errors.
+
+Works on plain dicts only: OmegaConf and Hydra stay in ``_config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel
+
+from guardrails._cache import CacheConfig
+from guardrails._errors import PolicyConfigError
+from guardrails._log import LogConfig
+from guardrails._memory import MemoryConfig
+from guardrails._retry import RetryConfig
+from guardrails._types import Section
+from guardrails._validate import ValidateConfig
+
+with warnings.catch_warnings():
+    # `validate` is the YAML key the contract names; it shadows the deprecated
+    # BaseModel.validate classmethod, which nothing here uses.
+    warnings.simplefilter("ignore")
+
+    class Policy(Section):
+        """The effective settings of one policy name: each block, or ``None`` when absent."""
+
+        base: str | None = None
+        log: LogConfig | None = None
+        validate: ValidateConfig | None = None
+        cache: CacheConfig | None = None
+        memory: MemoryConfig | None = None
+        retry: RetryConfig | None = None
+
+
+ROOT = "guardrails"
+_NODE_KEYS = ("strict", "policy_defaults", "policies")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A validated configuration: what ``configure()`` returns and what the chains are built from."""
+
+    strict: bool
+    policy_defaults: Policy
+    policies: Mapping[str, Policy]
+    source: str
+
+    def policy(self, name: str) -> Policy:
+        """The effective policy for ``name``: its own, or ``policy_defaults`` (unless strict)."""
+        found = self.policies.get(name)
+        if found is not None:
+            return found
+        if self.strict:
+            raise PolicyConfigError([missing_policy_problem(name, None, self.policies)])
+        return self.policy_defaults
+
+
+def missing_policy_problem(
+    name: str, function: str | None, policies: Mapping[str, Any]
+) -> tuple[str, str]:
+    who = f" for guarded function {function}" if function else ""
+    near = difflib.get_close_matches(name, list(policies), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return (
+        f"{ROOT}.policies.{name}",
+        f"no policy named {name!r}{who}{hint}; strict is true, so every guarded name needs "
+        f"a policy: add one, or set {ROOT}.strict=false to fall back to policy_defaults",
+    )
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_settings(node: Mapping[str, Any], source: str) -> Settings:
+    """Validate a whole ``guardrails`` node; every problem is reported at once."""
+    problems: list[tuple[str, str]] = []
+    for key in node:
+        if key not in _NODE_KEYS:
+            problems.append((f"{ROOT}.{key}", _unknown_key(str(key), _NODE_KEYS)))
+    strict = node.get("strict", False)
+    if not isinstance(strict, bool):
+        problems.append((f"{ROOT}.strict", f"expected true or false, got {strict!r}"))
+        strict = False
+    raw_defaults = _mapping(node.get("policy_defaults"), f"{ROOT}.policy_defaults", problems)
+    raw_policies = _mapping(node.get("policies"), f"{ROOT}.policies", problems)
+    if "base" in raw_defaults:
+        problems.append(
+            (f"{ROOT}.policy_defaults.base", "policy_defaults cannot inherit from a policy")
+        )
+        raw_defaults = {k: v for k, v in raw_defaults.items() if k != "base"}
+
+    own: dict[str, dict[str, Any]] = {}
+    for name, body in raw_policies.items():
+        own[str(name)] = _mapping(body, f"{ROOT}.policies.{name}", problems)
+
+    defaults_source = (f"{ROOT}.policy_defaults", raw_defaults)
+    defaults = _validate(raw_defaults, [defaults_source], problems)
+    policies: dict[str, Policy] = {}
+    for name in own:
+        chain = _base_chain(name, own, problems)
+        if chain is None:
+            continue
+        merged: dict[str, Any] = raw_defaults
+        for ancestor in reversed(chain):
+            merged = deep_merge(merged, own[ancestor])
+        merged = {**merged, "base": own[name].get("base")}
+        sources = [(f"{ROOT}.policies.{n}", own[n]) for n in chain] + [defaults_source]
+        validated = _validate(merged, sources, problems)
+        if validated is not None:
+            policies[name] = validated
+    if problems:
+        raise PolicyConfigError(_dedupe(problems))
+    assert defaults is not None
+    return Settings(
+        strict=strict,
+        policy_defaults=defaults,
+        policies=types.MappingProxyType(policies),
+        source=source,
+    )
+
+
+def _mapping(value: Any, path: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append((path, f"expected a mapping, got {value!r}"))
+        return {}
+    return dict(value)
+
+
+def _base_chain(
+    name: str, own: Mapping[str, Mapping[str, Any]], problems: list[tuple[str, str]]
+) -> list[str] | None:
+    """``[name, its base, that base's base, ...]``, or ``None`` after reporting a problem."""
+    chain = [name]
+    while (base := own[chain[-1]].get("base")) is not None:
+        path = f"{ROOT}.policies.{chain[-1]}.base"
+        if not isinstance(base, str):
+            problems.append((path, f"expected the name of another policy, got {base!r}"))
+            return None
+        if base not in own:
+            near = difflib.get_close_matches(base, list(own), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            problems.append((path, f"no policy named {base!r} to inherit from{hint}"))
+            return None
+        if base in chain:
+            cycle = " -> ".join([*chain[chain.index(base) :], base])
+            problems.append((path, f"inheritance cycle: {cycle}"))
+            return None
+        chain.append(base)
+    return chain
+
+
+def _validate(
+    merged: Mapping[str, Any],
+    sources: list[tuple[str, Mapping[str, Any]]],
+    problems: list[tuple[str, str]],
+) -> Policy | None:
+    try:
+        return Policy.model_validate(merged)
+    except pydantic.ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            prefix = _origin(loc, sources)
+            path = ".".join([prefix, *map(str, loc)])
+            problems.append((path, _message(err, loc)))
+        return None
+
+
+def _origin(loc: tuple[Any, ...], sources: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """The dotted prefix of the most derived source that wrote the value at ``loc``."""
+    for depth in range(len(loc), 0, -1):
+        for prefix, raw in sources:
+            node: Any = raw
+            for part in loc[:depth]:
+                if not isinstance(node, Mapping) or part not in node:
+                    break
+                node = node[part]
+            else:
+                return prefix
+    return sources[0][0]
+
+
+def _message(err: Any, loc: tuple[Any, ...]) -> str:
+    kind, msg, value = err["type"], err["msg"], err.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key(str(loc[-1]), _allowed_keys(loc[:-1]))
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {value!r}"
+    return f"{msg}, got {value!r}"
+
+
+def _unknown_key(key: str, allowed: typing.Sequence[str]) -> str:
+    near = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"unknown key {key!r}{hint}; expected one of: {', '.join(allowed)}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Policy
+    skip_key = False
+    for part in loc:
+        if isinstance(part, int) or skip_key:
+            skip_key = False
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return []
+        skip_key = "dict[" in str(field.annotation)
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields) if _is_model(model) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model class inside ``X | None`` or ``dict[str, X]``, if any."""
+    if _is_model(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(problems))

@@ -1,0 +1,53 @@
+"""``report()``: the statistics as a rich table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from guardrails._core import stats
+from guardrails._errors import _fmt_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def stats_table() -> Table:
+    """The statistics of every policy as a ``rich.table.Table``."""
+    from rich.table import Table
+
+    table = Table(title="guardrails statistics", title_justify="left")
+    table.add_column("policy", style="bold")
+    for column in ("calls", "ok", "failed", "retries", "hits", "misses", "rejected"):
+        table.add_column(column, justify="right")
+    for column in ("p50 ms", "p95 ms", "p99 ms", "max Δrss"):
+        table.add_column(column, justify="right")
+    for name, s in stats().items():
+        table.add_row(
+            name,
+            str(s.calls),
+            str(s.successes),
+            str(s.failures),
+            str(s.retries),
+            str(s.cache_hits),
+            str(s.cache_misses),
+            str(s.rejected),
+            _ms(s.p50_ms),
+            _ms(s.p95_ms),
+            _ms(s.p99_ms),
+            _fmt_bytes(s.max_rss_growth_bytes) if s.max_rss_growth_bytes else "—",
+        )
+    return table
+
+
+def report(console: Console | None = None) -> None:
+    """Print the statistics table to stdout, or to the given rich ``Console``."""
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    console.print(stats_table())

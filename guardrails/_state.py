@@ -1,0 +1,40 @@
+"""The one piece of global state: the configuration in force, the registry, the counters.
+
+Everything here is read and written under ``STATE.lock``, except what the call path reads:
+each guarded function's compiled chain, which is swapped whole (one reference) by
+``configure()``, so a call in flight finishes on the chain it started with.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from guardrails._clock import Clock, SystemClock
+from guardrails._stats import PolicyCounters
+
+if TYPE_CHECKING:
+    from guardrails._core import Slot
+    from guardrails._policy import Settings
+
+
+class State:
+    """Global state; ``reset()`` is for tests (``guardrails.testing.reset``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.settings: Settings | None = None
+        self.slots: weakref.WeakSet[Slot] = weakref.WeakSet()
+        self.counters: dict[str, PolicyCounters] = {}
+        self.clock: Clock = SystemClock()
+
+    def counters_for(self, name: str) -> PolicyCounters:
+        with self.lock:
+            found = self.counters.get(name)
+            if found is None:
+                found = self.counters[name] = PolicyCounters(name)
+            return found
+
+
+STATE = State()

@@ -1,0 +1,114 @@
+"""What every layer shares: the block base model, YAML value types, and the build context."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StrictBool
+
+from guardrails._binding import Binder
+from guardrails._clock import Clock
+from guardrails._imports import qualified_name, resolve
+from guardrails._stats import PolicyCounters
+from guardrails._units import parse_duration, parse_size
+
+#: A compiled layer: takes the call's positional tuple, keyword dict and per-call info.
+#: ``info`` is ``None`` or a two-item list ``[attempts, cache_hit]`` the log layer reads.
+Inner: TypeAlias = Callable[[tuple[Any, ...], dict[str, Any], list[Any] | None], Any]
+AsyncInner: TypeAlias = Callable[
+    [tuple[Any, ...], dict[str, Any], list[Any] | None], Awaitable[Any]
+]
+
+
+class Section(BaseModel):
+    """A YAML mapping: frozen, keyword-only, unknown keys rejected, no type coercion surprises."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class Block(Section):
+    """A policy block; ``enabled: false`` turns it off (and takes it out of the chain)."""
+
+    enabled: StrictBool = True
+
+
+def _seconds(value: object) -> float:
+    return parse_duration(value)
+
+
+def _bytes(value: object) -> int:
+    return parse_size(value)
+
+
+def _memory_bytes(value: object) -> int:
+    return parse_size(value, allow_percent=True)
+
+
+def _import_type(value: object) -> Any:
+    if isinstance(value, type):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an import path like 'package.module:Name', got {value!r}")
+    obj = resolve(value)
+    if not isinstance(obj, type):
+        raise ValueError(f"{value!r} names {obj!r}, which is not a class")
+    return obj
+
+
+def _import_model(value: object) -> Any:
+    obj = _import_type(value)
+    if not issubclass(obj, BaseModel):
+        raise ValueError(f"{value!r} is not a pydantic model (a subclass of pydantic.BaseModel)")
+    return obj
+
+
+def _import_exceptions(value: object) -> tuple[type[BaseException], ...]:
+    items = [value] if isinstance(value, str | type) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of exception class names, got {value!r}")
+    classes: list[type[BaseException]] = []
+    for item in items:
+        cls = _import_type(item)
+        if not issubclass(cls, BaseException):
+            raise ValueError(f"{item!r} is not an exception class")
+        classes.append(cls)
+    return tuple(classes)
+
+
+_as_path = PlainSerializer(qualified_name, return_type=str)
+
+#: Seconds, written as a number or ``"250ms"``, ``"30s"``, ``"5m"``, ``"PT5M"``.
+Duration = Annotated[float, BeforeValidator(_seconds)]
+#: Bytes, written as a number or ``"512MiB"``, ``"2GB"``.
+Size = Annotated[int, BeforeValidator(_bytes)]
+#: Bytes, or a percentage of the effective memory limit (``"80%"``).
+MemorySize = Annotated[int, BeforeValidator(_memory_bytes)]
+#: A class named by import path, for ``validate.output``.
+ImportedType = Annotated[Any, BeforeValidator(_import_type), _as_path]
+#: A pydantic model named by import path, for ``validate.input``.
+ImportedModel = Annotated[Any, BeforeValidator(_import_model), _as_path]
+#: Exception classes named by builtin name or import path.
+ExceptionClasses = Annotated[
+    tuple[type[BaseException], ...],
+    BeforeValidator(_import_exceptions),
+    PlainSerializer(lambda cs: [qualified_name(c) for c in cs], return_type=list[str]),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a layer builder knows about the guarded function it wraps."""
+
+    policy: str
+    function: Callable[..., Any]
+    qualname: str
+    is_async: bool
+    binder: Binder
+    counters: PolicyCounters
+    clock: Clock
+    logger: logging.Logger
+    #: The cache store for this function under a cache block (kept when settings match).
+    store_for: Callable[[Any], Any]

@@ -1,0 +1,242 @@
+"""The ``validate`` layers: input checks before anything runs, output checks on each attempt.
+
+``validate.input`` is a pydantic model validated against the bound arguments by parameter
+name (the function receives the validated values); ``validate.args`` checks arrays and
+scalars without writing a model; ``validate.output`` is a model or type for the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+from pydantic import Field, StrictBool, StrictInt, TypeAdapter, field_validator
+
+from guardrails._errors import InputValidationError, OutputValidationError
+from guardrails._types import AsyncInner, Context, ImportedModel, ImportedType, Inner, Section
+from guardrails._types import Block as _Block
+
+
+class ArgCheck(Section):
+    """Checks for one argument: numpy arrays (``dtype``, ``shape``, ``ndim``) and numbers."""
+
+    dtype: str | None = None
+    shape: tuple[StrictInt, ...] | None = None
+    ndim: StrictInt | None = Field(default=None, ge=0)
+    finite: StrictBool = False
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _wildcards(cls, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if shape is not None and any(d < -1 for d in shape):
+            raise ValueError("dimensions are sizes of zero or more, or -1 for any size")
+        return shape
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, dtype: str | None) -> str | None:
+        np = _numpy()
+        if dtype is not None and np is not None:
+            try:
+                return str(np.dtype(dtype))
+            except TypeError:
+                raise ValueError(f"{dtype!r} is not a numpy dtype name") from None
+        return dtype
+
+
+class ValidateConfig(_Block):
+    """``validate:`` — ``input`` (pydantic model), ``output`` (model or type), ``args`` (checks)."""
+
+    input: ImportedModel | None = None
+    output: ImportedType | None = None
+    args: dict[str, ArgCheck] = Field(default_factory=dict)
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # numpy is optional
+        return None
+    return numpy
+
+
+def _describe_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    found = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"])
+        found.append((prefix + field if field else prefix.rstrip("."), err["msg"]))
+    return found
+
+
+def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
+    """A function returning what is wrong with one argument value (empty when fine)."""
+    np = _numpy()
+    want_dtype = check.dtype
+
+    def problems(value: Any) -> list[str]:
+        found: list[str] = []
+        is_array = np is not None and isinstance(value, np.ndarray | np.generic)
+        if (want_dtype or check.shape is not None or check.ndim is not None) and not is_array:
+            return [f"expected a numpy array, got {type(value).__name__}"]
+        if is_array:
+            if want_dtype is not None and str(value.dtype) != want_dtype:
+                found.append(f"expected dtype {want_dtype}, got {value.dtype}")
+            if check.ndim is not None and value.ndim != check.ndim:
+                found.append(f"expected {check.ndim} dimensions, got {value.ndim}")
+            if check.shape is not None and not _shape_ok(value.shape, check.shape):
+                want = "[" + ", ".join(str(d) for d in check.shape) + "]"
+                found.append(f"expected shape {want}, got {list(value.shape)}")
+            if found or value.size == 0 or value.dtype.kind not in "biuf":
+                return found
+            if check.finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+                bad = int((~np.isfinite(value)).sum())
+                found.append(f"expected finite values, found {bad} NaN or infinite")
+            if check.min is not None and (low := value.min()) < check.min:
+                found.append(f"expected values >= {check.min:g}, found {low:g}")
+            if check.max is not None and (high := value.max()) > check.max:
+                found.append(f"expected values <= {check.max:g}, found {high:g}")
+            return found
+        if check.finite or check.min is not None or check.max is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return [f"expected a number, got {type(value).__name__}"]
+            if check.finite and not math.isfinite(value):
+                found.append(f"expected a finite number, got {value!r}")
+            if check.min is not None and value < check.min:
+                found.append(f"expected >= {check.min:g}, got {value!r}")
+            if check.max is not None and value > check.max:
+                found.append(f"expected <= {check.max:g}, got {value!r}")
+        return found
+
+    return problems
+
+
+def _shape_ok(actual: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    return len(actual) == len(wanted) and all(w in (-1, a) for a, w in zip(actual, wanted, strict=True))
+
+
+def input_checker(
+    cfg: ValidateConfig, ctx: Context
+) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]] | None:
+    """``(args, kwargs) -> (args, kwargs)`` validated, or ``None`` when there is nothing to check."""
+    model = cfg.input
+    arg_checks = [(name, _arg_checker(name, c)) for name, c in cfg.args.items()]
+    if model is None and not arg_checks:
+        return None
+    binder = ctx.binder
+    names = binder.names
+    missing = [n for n in cfg.args if n not in names]
+    if model is not None:
+        missing += [n for n in model.model_fields if n not in names]
+    if missing:
+        from guardrails._errors import PolicyConfigError
+
+        raise PolicyConfigError(
+            [
+                (
+                    f"guardrails.policies.{ctx.policy}.validate",
+                    f"{ctx.qualname} has no parameter {', '.join(map(repr, missing))}; "
+                    f"its parameters are {', '.join(names) or '(none)'}",
+                )
+            ]
+        )
+    fields = tuple(model.model_fields) if model is not None else ()
+    validator = model.__pydantic_validator__ if model is not None else None
+    policy, qualname = ctx.policy, ctx.qualname
+    mapping, call_args = binder.mapping, binder.call_args
+
+    def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        bound = mapping(args, kwargs)
+        errors: list[tuple[str, str]] = []
+        for name, problems in arg_checks:
+            errors.extend((name, p) for p in problems(bound[name]))
+        if validator is not None:
+            try:
+                validated = validator.validate_python({f: bound[f] for f in fields})
+            except pydantic.ValidationError as exc:
+                errors.extend(_describe_errors(exc))
+            else:
+                if not errors:
+                    for f in fields:
+                        bound[f] = getattr(validated, f)
+                    return call_args(bound)
+        if errors:
+            ctx.counters.rejection()
+            raise InputValidationError(policy, qualname, errors)
+        return args, kwargs
+
+    return check
+
+
+def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | None:
+    """``result -> validated result``, or ``None`` when no output type is set."""
+    if cfg.output is None:
+        return None
+    adapter: TypeAdapter[Any] = TypeAdapter(cfg.output)
+    validate = adapter.validate_python
+
+    def check(result: Any) -> Any:
+        try:
+            return validate(result)
+        except pydantic.ValidationError as exc:
+            ctx.counters.rejection()
+            raise OutputValidationError(
+                ctx.policy, ctx.qualname, _describe_errors(exc, "return.") or [("return", str(exc))]
+            ) from None
+
+    return check
+
+
+def build_input(cfg: ValidateConfig, inner: Inner, ctx: Context) -> Inner:
+    """The sync input-validation layer."""
+    check = input_checker(cfg, ctx)
+    if check is None:
+        return inner
+
+    def validate_input(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        args, kwargs = check(args, kwargs)
+        return inner(args, kwargs, info)
+
+    return validate_input
+
+
+def build_input_async(cfg: ValidateConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
+    """The async input-validation layer."""
+    check = input_checker(cfg, ctx)
+    if check is None:
+        return inner
+
+    async def validate_input(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        args, kwargs = check(args, kwargs)
+        return await inner(args, kwargs, info)
+
+    return validate_input
+
+
+def build_output(cfg: ValidateConfig, inner: Inner, ctx: Context) -> Inner:
+    """The sync output-validation layer (inside retry: per attempt)."""
+    check = output_checker(cfg, ctx)
+    if check is None:
+        return inner
+
+    def validate_output(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        return check(inner(args, kwargs, info))
+
+    return validate_output
+
+
+def build_output_async(cfg: ValidateConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
+    """The async output-validation layer (inside retry: per attempt)."""
+    check = output_checker(cfg, ctx)
+    if check is None:
+        return inner
+
+    async def validate_output(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        return check(await inner(args, kwargs, info))
+
+    return validate_output
+
+
