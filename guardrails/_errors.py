@@ -27,8 +27,9 @@ class _ValidationFailure(GuardrailsError, ValueError):
         self.policy = policy
         self.function = function
         self.errors: tuple[tuple[str, str], ...] = tuple(errors)
-        detail = "; ".join(f"{field}: {msg}" if field else msg for field, msg in self.errors)
-        super().__init__(f"policy {policy!r} ({function}): {self.kind} failed: {detail}")
+        #: The failing fields alone, ``"field: problem; field: problem"``.
+        self.detail = "; ".join(f"{field}: {msg}" if field else msg for field, msg in self.errors)
+        super().__init__(f"policy {policy!r} ({function}): {self.kind} failed: {self.detail}")
 
 
 class InputValidationError(_ValidationFailure):
@@ -51,10 +52,11 @@ class MemoryBudgetExceeded(GuardrailsError, MemoryError):
         self.function = function
         self.rss = rss
         self.limit = limit
-        super().__init__(
-            f"policy {policy!r} ({function}): refused, resident memory {_fmt_bytes(rss)} "
-            f"is over memory.max_rss {_fmt_bytes(limit)} (after a garbage collection)"
+        self.detail = (
+            f"resident memory {_fmt_bytes(rss)} is over memory.max_rss {_fmt_bytes(limit)} "
+            "(after a garbage collection)"
         )
+        super().__init__(f"policy {policy!r} ({function}): refused: {self.detail}")
 
 
 def _fmt_bytes(n: float) -> str:

@@ -97,7 +97,7 @@ class _Emitter:
         params: tuple[Any, ...] = (ctx.policy, ctx.qualname, call_args, outcome, ms, suffix)
         if exc is not None:
             message += ": %s"
-            params += (f"{type(exc).__name__}: {exc}",)
+            params += (getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}",)
         ctx.logger.log(
             level,
             message,

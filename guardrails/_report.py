@@ -50,4 +50,7 @@ def report(console: Console | None = None) -> None:
         from rich.console import Console
 
         console = Console()
+        if not console.is_terminal:
+            # Piped output has no width to measure; don't squeeze the table into 80 columns.
+            console = Console(width=max(console.width, 132))
     console.print(stats_table())

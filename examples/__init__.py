@@ -1,0 +1,1 @@
+"""Runnable examples of guardrails; `examples.schemas` holds the models the policies name."""
