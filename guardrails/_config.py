@@ -154,6 +154,7 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> dic
     """Compose ``config_dir/<config_name>.yaml`` with Hydra, applying override strings."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.errors import HydraException
     from hydra.types import RunMode
     from omegaconf import open_dict
@@ -161,7 +162,10 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> dic
 
     with _compose_lock:
         search_path = create_config_search_path(str(config_dir.resolve()))
-        search_path.append("guardrails", "pkg://guardrails.conf")
+        # After the app's own directory (its guardrails/*.yaml win), before Hydra's schema entry.
+        search_path.prepend(
+            "guardrails", "pkg://guardrails.conf", anchor=SearchPathQuery(provider="schema")
+        )
         loader = ConfigLoaderImpl(config_search_path=search_path)
         try:
             cfg = loader.load_configuration(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -46,9 +47,10 @@ class Slot:
         """The chain for ``settings`` and the cache store it uses; installs nothing."""
         policy = self.policy_in(settings)
         chosen: list[Store] = []
+        kept = self.store  # not `self`: a chain must not keep its slot alive
 
         def store_for(cfg: CacheConfig) -> Store:
-            store = self.store
+            store = kept
             if store is None or store.settings != (cfg.ttl, cfg.maxsize, cfg.key, timer):
                 store = Store(cfg, timer)
             chosen.append(store)
@@ -93,9 +95,20 @@ class Slot:
             self.install(chain, store)
         return chain(args, kwargs, info)
 
+    def lazy_chain(self) -> Any:
+        """The chain installed before compilation; holds the slot weakly (no cycle)."""
+        ref = weakref.ref(self)
+
+        def lazy(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            slot = ref()
+            assert slot is not None  # the wrapper holding this chain holds the slot
+            return slot.first_call(args, kwargs, info)
+
+        return lazy
+
     def reset(self) -> None:
         self.store = None
-        self.rebind(self.first_call)
+        self.rebind(self.lazy_chain())
 
 
 @overload
@@ -133,7 +146,7 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
         chain = new
 
     slot = Slot(fn, policy_name, rebind)
-    chain = slot.first_call
+    chain = slot.lazy_chain()
     wrapper: Callable[..., Any]
     if slot.is_async:
 

@@ -1,0 +1,30 @@
+"""Shared fixtures: every test starts unconfigured, on real time, with no statistics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+import guardrails.testing
+from guardrails.testing import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state() -> Iterator[None]:
+    guardrails.testing.reset()
+    yield
+    guardrails.testing.reset()
+
+
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    with guardrails.testing.fake_clock() as fake:
+        yield fake
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    caplog.set_level(logging.DEBUG, logger="guardrails")
+    return caplog.records

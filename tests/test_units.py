@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardrails._units import effective_memory_limit, parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (30, 30.0),
+        (0.25, 0.25),
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        ("PT5M", 300.0),
+        ("PT1H30M", 5400.0),
+        ("P1DT2S", 86402.0),
+        ("pt0.5s", 0.5),
+        (" 10 s ", 10.0),
+        ("100us", 1e-4),
+    ],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["3 parsecs", "", "P", "PT", "-1s", "ms", True, None, [1], -5, "nan"])
+def test_bad_durations_say_what_is_expected(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"expected"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        (1024, 1024),
+        ("512MiB", 512 * 2**20),
+        ("2GiB", 2 * 2**30),
+        ("2GB", 2 * 10**9),
+        ("1.5KiB", 1536),
+        ("10k", 10_000),
+        ("7b", 7),
+    ],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_percent_is_of_the_effective_limit() -> None:
+    assert parse_size("50%", allow_percent=True) == effective_memory_limit() // 2
+
+
+@pytest.mark.parametrize("bad", ["80%", "2 gallons", "-1GiB", False, "GiB"])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize("bad", ["0%", "101%", "abc%"])
+def test_bad_percentages(bad: str) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        parse_size(bad, allow_percent=True)
+
+
+def test_effective_limit_is_positive_and_at_most_physical_memory() -> None:
+    import psutil
+
+    assert 0 < effective_memory_limit() <= psutil.virtual_memory().total
+
+
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": 2**20, "GiB": 2**30, "KB": 1000, "MB": 10**6, "GB": 10**9}
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(sorted(_UNITS)))
+def test_duration_units_scale(number: int, unit: str) -> None:
+    assert parse_duration(f"{number}{unit}") == pytest.approx(number * _UNITS[unit])
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
+def test_numbers_are_seconds(seconds: float) -> None:
+    assert parse_duration(seconds) == seconds
+
+
+@given(
+    st.integers(min_value=0, max_value=99),
+    st.integers(min_value=0, max_value=59),
+    st.integers(min_value=0, max_value=59),
+)
+def test_iso_durations(h: int, m: int, s: int) -> None:
+    assert parse_duration(f"PT{h}H{m}M{s}S") == h * 3600 + m * 60 + s
+
+
+@given(st.integers(min_value=0, max_value=2**20), st.sampled_from(sorted(_SIZE_UNITS)))
+def test_size_units_scale(number: int, unit: str) -> None:
+    assert parse_size(f"{number}{unit}") == number * _SIZE_UNITS[unit]
+
+
+@given(st.text(max_size=12))
+def test_any_text_parses_or_says_expected(text: str) -> None:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        assert "expected" in str(exc)
+    else:
+        assert seconds >= 0 and math.isfinite(seconds)
