@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 
@@ -13,6 +14,8 @@ from guardrails.testing import FakeClock
 
 @pytest.fixture(autouse=True)
 def _fresh_state() -> Iterator[None]:
+    # Guarded functions of earlier tests may linger in reference cycles (tracebacks).
+    gc.collect()
     guardrails.testing.reset()
     yield
     guardrails.testing.reset()
