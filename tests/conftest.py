@@ -28,6 +28,7 @@ def clock() -> Iterator[FakeClock]:
 
 
 @pytest.fixture
-def records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """``caplog`` capturing the ``guardrails`` logger from DEBUG up; read ``logs.records``."""
     caplog.set_level(logging.DEBUG, logger="guardrails")
-    return caplog.records
+    return caplog

@@ -1,0 +1,15 @@
+"""Pydantic models named by import path in tests' policies."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Order(BaseModel):
+    quantity: int = Field(gt=0)
+    sku: str = Field(pattern=r"^[A-Z]{3}-\d+$")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(ge=0, le=1)

@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import guardrails
+from guardrails import configure, guarded
+from guardrails.testing import FakeClock
+
+
+def cache_policy(**cache: Any) -> None:
+    configure({"policies": {"c": {"cache": cache}}})
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls.append(args)
+        return args
+
+
+def test_hits_skip_the_function_and_keys_use_bound_arguments() -> None:
+    cache_policy(ttl=60)
+    seen = []
+
+    @guarded("c")
+    def f(x: int, y: int = 2) -> int:
+        seen.append((x, y))
+        return x + y
+
+    assert f(1) == f(x=1) == f(1, 2) == f(1, y=2) == 3
+    assert seen == [(1, 2)]
+    s = guardrails.stats()["c"]
+    assert (s.cache_hits, s.cache_misses, s.calls) == (3, 1, 4)
+
+
+def test_scalars_of_different_types_do_not_share_entries() -> None:
+    cache_policy(ttl=60)
+    counter = Counter()
+    f = guarded("c")(lambda x: counter(x))
+    assert [f(1), f(1.0), f(True)] == [(1,), (1.0,), (True,)]
+    assert type(f(1.0)[0]) is float
+    assert len(counter.calls) == 3
+
+
+def test_ttl_expiry_on_the_clock(clock: FakeClock) -> None:
+    cache_policy(ttl="30s")
+    counter = Counter()
+    f = guarded("c")(lambda x: counter(x))
+    f(1)
+    clock.advance(29)
+    f(1)
+    assert len(counter.calls) == 1
+    clock.advance(2)
+    f(1)
+    assert len(counter.calls) == 2
+
+
+def test_maxsize_evicts_least_recently_used() -> None:
+    cache_policy(ttl=60, maxsize=2)
+    counter = Counter()
+    f = guarded("c")(lambda x: counter(x))
+    f(1), f(2), f(1), f(3)  # 2 is the least recently used when 3 arrives
+    f(1)
+    assert len(counter.calls) == 3
+    f(2)
+    assert len(counter.calls) == 4
+
+
+def test_exceptions_are_never_cached() -> None:
+    cache_policy(ttl=60)
+    attempts = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        attempts.append(x)
+        if len(attempts) == 1:
+            raise RuntimeError("boom")
+        return x
+
+    with pytest.raises(RuntimeError):
+        f(1)
+    assert f(1) == 1 and f(1) == 1
+    assert len(attempts) == 2
+
+
+def test_functions_sharing_a_policy_have_their_own_caches() -> None:
+    cache_policy(ttl=60)
+    f = guarded("c")(lambda x: ("f", x))
+    g = guarded("c")(lambda x: ("g", x))
+    assert f(1) == ("f", 1)
+    assert g(1) == ("g", 1)
+    assert guardrails.stats()["c"].cache_misses == 2
+
+
+def test_key_subset() -> None:
+    cache_policy(ttl=60, key=["user_id"])
+    counter = Counter()
+
+    @guarded("c")
+    def f(user_id: str, session: object) -> Any:
+        return counter(user_id)
+
+    f("u1", object())
+    f("u1", object())  # unhashable-by-value session is not part of the key
+    assert len(counter.calls) == 1
+
+
+def test_unhashable_argument_names_itself_and_the_fix() -> None:
+    cache_policy(ttl=60)
+
+    class Session:
+        __hash__ = None  # type: ignore[assignment]
+
+    @guarded("c")
+    def f(user_id: str, session: Session) -> str:
+        return user_id
+
+    with pytest.raises(TypeError) as exc:
+        f("u1", Session())
+    message = str(exc.value)
+    assert "argument 'session'" in message
+    assert "guardrails.policies.c.cache.key" in message
+
+
+def test_numpy_arrays_key_by_content() -> None:
+    cache_policy(ttl=60)
+    counter = Counter()
+    f = guarded("c")(lambda a: counter(float(a.sum())))
+    a = np.arange(10.0)
+    f(a)
+    f(a.copy())
+    assert len(counter.calls) == 1
+    b = a.copy()
+    b[3] = 100
+    f(b)
+    assert len(counter.calls) == 2
+
+
+def test_dicts_and_lists_as_arguments() -> None:
+    cache_policy(ttl=60)
+    counter = Counter()
+    f = guarded("c")(lambda d: counter(1))
+    f({"a": [1, 2], "b": 3})
+    f({"b": 3, "a": [1, 2]})
+    assert len(counter.calls) == 1
+    f({"a": [2, 1], "b": 3})
+    assert len(counter.calls) == 2
+
+
+def _wait_for(condition: Any) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in 10 s"
+        time.sleep(0.001)
+
+
+def _waiters(f: Any) -> int:
+    store = f.__guardrails__.store
+    flights = list(store.inflight.values())
+    return len(flights[0].done._cond._waiters) if flights else 0
+
+
+@pytest.mark.parametrize("threads", [8, 16])
+def test_concurrent_misses_on_one_key_compute_once(threads: int) -> None:
+    cache_policy(ttl=60)
+    release = threading.Event()
+    computed = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        computed.append(x)
+        release.wait(10)
+        return x * 10
+
+    results: list[int] = []
+    pool = [threading.Thread(target=lambda: results.append(f(7))) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    _wait_for(lambda: _waiters(f) == threads - 1)
+    release.set()
+    for t in pool:
+        t.join()
+    assert computed == [7]
+    assert results == [70] * threads
+    s = guardrails.stats()["c"]
+    assert (s.cache_misses, s.cache_hits) == (1, threads - 1)
+
+
+def test_concurrent_waiters_share_the_leaders_exception_and_nothing_is_cached() -> None:
+    cache_policy(ttl=60)
+    release = threading.Event()
+    computed = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        computed.append(x)
+        release.wait(10)
+        if len(computed) == 1:
+            raise ConnectionError("upstream down")
+        return x
+
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            f(1)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=call) for _ in range(8)]
+    for t in pool:
+        t.start()
+    _wait_for(lambda: _waiters(f) == 7)
+    release.set()
+    for t in pool:
+        t.join()
+    assert len(errors) == 8 and computed == [1]
+    assert f(1) == 1  # the failure was not cached
+    assert len(computed) == 2
+
+
+def test_async_concurrent_misses_compute_once() -> None:
+    cache_policy(ttl=60)
+    computed = []
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        computed.append(x)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return x + 1
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*[f(1) for _ in range(8)])
+
+    assert asyncio.run(main()) == [2] * 8
+    assert computed == [1]
+    s = guardrails.stats()["c"]
+    assert (s.cache_misses, s.cache_hits) == (1, 7)
+
+
+def test_async_leader_failure_reaches_waiters_and_is_not_cached() -> None:
+    cache_policy(ttl=60)
+    computed = []
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        computed.append(x)
+        await asyncio.sleep(0)
+        if len(computed) == 1:
+            raise ConnectionError("down")
+        return x
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*[f(1) for _ in range(4)], return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert asyncio.run(f(1)) == 1
+
+
+def test_async_cancelled_leader_lets_a_waiter_compute() -> None:
+    cache_policy(ttl=60)
+    started = []
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0.001 if len(started) > 1 else 10)
+        return x
+
+    async def main() -> int:
+        leader = asyncio.create_task(f(1))
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(f(1))
+        await asyncio.sleep(0)
+        leader.cancel()
+        return await waiter
+
+    assert asyncio.run(main()) == 1
+    assert len(started) == 2
+
+
+def test_reconfigure_keeps_a_cache_whose_settings_did_not_change() -> None:
+    cache_policy(ttl=60)
+    counter = Counter()
+    f = guarded("c")(lambda x: counter(x))
+    f(1)
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "retry": {"max_attempts": 2}}}})
+    f(1)
+    assert len(counter.calls) == 1
+    configure({"policies": {"c": {"cache": {"ttl": 61}}}})
+    f(1)
+    assert len(counter.calls) == 2
+
+
+def test_cache_disabled_or_removed() -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60, "enabled": False}}}})
+    counter = Counter()
+    f = guarded("c")(lambda x: counter(x))
+    f(1), f(1)
+    assert len(counter.calls) == 2
+    assert guardrails.stats()["c"].cache_hits == 0

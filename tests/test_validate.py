@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+import guardrails
+from guardrails import InputValidationError, OutputValidationError, PolicyConfigError, configure, guarded
+
+
+def validate_policy(**validate: Any) -> None:
+    configure({"policies": {"v": {"validate": validate, "retry": {"max_attempts": 3, "retry_on": ["Exception"], "wait": {"initial": 0, "jitter": 0}}}}})
+
+
+def test_input_model_validates_and_passes_validated_values() -> None:
+    validate_policy(input="tests.schemas_for_tests:Order")
+    received = []
+
+    @guarded("v")
+    def order(sku: str, quantity: Any, note: str = "") -> None:
+        received.append((sku, quantity, note))
+
+    order("ABC-1", "3", note="x")
+    assert received == [("ABC-1", 3, "x")]  # the model's int, not the caller's str
+
+
+def test_input_failures_list_every_field_and_never_run_or_retry() -> None:
+    validate_policy(input="tests.schemas_for_tests:Order")
+    calls = []
+
+    @guarded("v")
+    def order(sku: str, quantity: int) -> None:
+        calls.append(1)
+
+    with pytest.raises(InputValidationError) as exc:
+        order("abc", 0)
+    assert isinstance(exc.value, ValueError)
+    fields = dict(exc.value.errors)
+    assert set(fields) == {"sku", "quantity"}
+    assert "greater than 0" in fields["quantity"]
+    assert "policy 'v'" in str(exc.value)
+    assert calls == []
+    s = guardrails.stats()["v"]
+    assert (s.rejected, s.failures, s.retries) == (1, 1, 0)
+
+
+def test_array_checks() -> None:
+    validate_policy(args={"x": {"dtype": "float64", "shape": [-1, 3], "finite": True, "min": 0, "max": 10}})
+    f = guarded("v")(lambda x: x.sum())
+    assert f(np.ones((5, 3))) == 15
+    cases = {
+        "dtype float64, got float32": np.ones((2, 3), dtype=np.float32),
+        "shape [-1, 3], got [2, 4]": np.ones((2, 4)),
+        "shape [-1, 3], got [6]": np.ones(6),
+        "1 NaN or infinite": np.array([[1.0, np.nan, 1.0]]),
+        "values >= 0, found -1": np.array([[1.0, -1.0, 1.0]]),
+        "values <= 10, found 11": np.array([[1.0, 11.0, 1.0]]),
+        "expected a numpy array, got list": [[1.0, 2.0, 3.0]],
+    }
+    for expected, value in cases.items():
+        with pytest.raises(InputValidationError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+            f(value)
+
+
+def test_array_checks_report_all_problems_of_all_arguments() -> None:
+    validate_policy(args={"a": {"ndim": 2}, "b": {"dtype": "int64", "min": 0}})
+    f = guarded("v")(lambda a, b: 1)
+    with pytest.raises(InputValidationError) as exc:
+        f(np.ones(3), np.array([-1.0]))
+    assert [field for field, _ in exc.value.errors] == ["a", "b"]
+
+
+def test_scalar_checks() -> None:
+    validate_policy(args={"threshold": {"min": 0, "max": 1, "finite": True}})
+    f = guarded("v")(lambda threshold=0.5: threshold)
+    assert f() == 0.5
+    with pytest.raises(InputValidationError, match="expected <= 1, got 2"):
+        f(2)
+    with pytest.raises(InputValidationError, match="finite"):
+        f(float("nan"))
+    with pytest.raises(InputValidationError, match="expected a number, got str"):
+        f("0.5")
+
+
+def test_numpy_scalars() -> None:
+    validate_policy(args={"x": {"dtype": "float32", "finite": True}})
+    f = guarded("v")(lambda x: x)
+    assert f(np.float32(1)) == 1
+    with pytest.raises(InputValidationError):
+        f(np.float64(1))
+
+
+def test_output_validation_is_per_attempt_and_never_cached() -> None:
+    configure(
+        {
+            "policies": {
+                "v": {
+                    "validate": {"output": "tests.schemas_for_tests:Prediction"},
+                    "cache": {"ttl": 60},
+                }
+            }
+        }
+    )
+    scores = iter([2.0, 0.5])
+
+    @guarded("v")
+    def predict(x: int) -> dict[str, Any]:
+        return {"label": "cat", "score": next(scores)}
+
+    with pytest.raises(OutputValidationError) as exc:
+        predict(1)
+    assert isinstance(exc.value, ValueError)
+    assert exc.value.errors[0][0] == "return.score"
+    result = predict(1)  # recomputed: the invalid result was not cached
+    assert result.score == 0.5 and result.label == "cat"
+    assert guardrails.stats()["v"].rejected == 1
+
+
+def test_output_builtin_type() -> None:
+    configure({"policies": {"v": {"validate": {"output": "float"}}}})
+    f = guarded("v")(lambda x: x)
+    assert f(1.5) == 1.5
+    with pytest.raises(OutputValidationError, match="valid number"):
+        f("lots")
+
+
+def test_async_validation() -> None:
+    validate_policy(args={"n": {"min": 0}}, output="int")
+
+    @guarded("v")
+    async def f(n: int) -> int:
+        return n
+
+    assert asyncio.run(f(3)) == 3
+    with pytest.raises(InputValidationError):
+        asyncio.run(f(-1))
+
+
+def test_checks_naming_a_missing_parameter_are_config_errors() -> None:
+    @guarded("v")
+    def f(features: Any) -> None: ...
+
+    with pytest.raises(PolicyConfigError, match="has no parameter 'feature'"):
+        configure({"policies": {"v": {"validate": {"args": {"feature": {"ndim": 2}}}}}})
+
+
+def test_bad_dtype_and_shape_are_config_errors() -> None:
+    with pytest.raises(PolicyConfigError) as exc:
+        configure({"policies": {"v": {"validate": {"args": {"x": {"dtype": "float65", "shape": [-2, 3]}}}}}})
+    found = dict(exc.value.problems)
+    assert "not a numpy dtype" in found["guardrails.policies.v.validate.args.x.dtype"]
+    assert "-1 for any size" in found["guardrails.policies.v.validate.args.x.shape"]
