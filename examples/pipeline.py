@@ -102,7 +102,12 @@ def score(cfg: DictConfig) -> Outcome:
     model.fit(x_train, y_train)
     SERVICES.model = model
     SERVICES.store = FeatureStore(x_live, cfg.job.store_failure_rate, cfg.job.seed)
-    log.info("trained on %d rows of %s; scoring %d requests", len(x_train), cfg.job.dataset, cfg.job.requests)
+    log.info(
+        "trained on %d rows of %s; scoring %d requests",
+        len(x_train),
+        cfg.job.dataset,
+        cfg.job.requests,
+    )
 
     rng = np.random.default_rng(cfg.job.seed)
     outcome = Outcome()

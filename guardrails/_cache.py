@@ -25,7 +25,7 @@ _AGAIN: Any = object()
 
 
 class CacheConfig(Block):
-    """``cache:`` — ``ttl`` per entry, ``maxsize`` entries (least recently used go first), ``key``."""
+    """``cache:`` — ``ttl`` per entry, ``maxsize`` entries (LRU eviction), ``key`` arguments."""
 
     ttl: Duration = 300.0
     maxsize: StrictInt = Field(default=1024, ge=1)
@@ -64,7 +64,7 @@ class _Flight:
 def make_key_function(
     cfg: CacheConfig, binder: Binder, ctx: Context
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], Hashable]:
-    """``(args, kwargs) -> key`` from the bound arguments (defaults applied) named by ``cfg.key``."""
+    """``(args, kwargs) -> key`` from the bound arguments (defaults applied) in ``cfg.key``."""
     names = binder.names
     if cfg.key is None:
         picked = tuple(range(len(names)))
@@ -101,13 +101,17 @@ def make_key_function(
                     return key_of(args[0])
                 except UnkeyableArgument as exc:
                     raise _unkeyable(ctx, binder, args, picked) from exc
-            return key(args, kwargs)[0]
+            whole = key(args, kwargs)
+            assert isinstance(whole, tuple)
+            return whole[0]  # type: ignore[no-any-return]
 
         return key1
     return key
 
 
-def _unkeyable(ctx: Context, binder: Binder, bound: tuple[Any, ...], picked: tuple[int, ...]) -> TypeError:
+def _unkeyable(
+    ctx: Context, binder: Binder, bound: tuple[Any, ...], picked: tuple[int, ...]
+) -> TypeError:
     for i in picked:
         try:
             key_of(bound[i])
@@ -133,10 +137,9 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                 try:
                     value = cache[key]
                 except KeyError:
-                    flight = inflight.get(key)
-                    leader = flight is None
-                    if leader:
-                        flight = inflight[key] = _Flight()
+                    found: _Flight | None = inflight.get(key)
+                    leader = found is None
+                    flight = inflight[key] = _Flight() if found is None else found
                 else:
                     hit()
                     if info is not None:
@@ -185,10 +188,9 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                 try:
                     value = cache[key]
                 except KeyError:
-                    flight = inflight.get(key)
-                    leader = flight is None or flight.get_loop() is not loop
-                    if flight is None:
-                        flight = inflight[key] = loop.create_future()
+                    found: asyncio.Future[Any] | None = inflight.get(key)
+                    leader = found is None or found.get_loop() is not loop
+                    flight = inflight[key] = loop.create_future() if found is None else found
                 else:
                     hit()
                     if info is not None:

@@ -116,7 +116,8 @@ def _plain_mapping(source: Mapping[Any, Any]) -> dict[str, Any]:
     from omegaconf import DictConfig, ListConfig
 
     out: dict[str, Any] = {}
-    for key, value in source.items():
+    for key, raw in source.items():
+        value = raw
         if isinstance(value, DictConfig | ListConfig):
             from omegaconf import OmegaConf
 

@@ -161,7 +161,7 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
 
         wrapper = sync_wrapper
     functools.update_wrapper(wrapper, fn)
-    wrapper.__guardrails__ = slot  # type: ignore[attr-defined]
+    wrapper.__guardrails__ = slot  # type: ignore[union-attr]
     with STATE.lock:
         # Strict mode checks the name on the first call, not here: decoration runs at
         # import time, usually before the configuration that names it exists.

@@ -44,7 +44,11 @@ ORDER: tuple[Layer, ...] = (
     Layer("memory", "memory", "call", _memory.build, _memory.build_async),
     Layer("retry", "retry", "call", _retry.build, _retry.build_async, informs_log=True),
     Layer(
-        "validate.output", "validate", "attempt", _validate.build_output, _validate.build_output_async
+        "validate.output",
+        "validate",
+        "attempt",
+        _validate.build_output,
+        _validate.build_output_async,
     ),
 )
 #: The full order as the contract's table gives it.

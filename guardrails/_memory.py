@@ -6,6 +6,7 @@ half a microsecond) and reopened in a forked child; psutil is the fallback elsew
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
@@ -21,7 +22,7 @@ GC_INTERVAL = 1.0
 
 
 class MemoryConfig(Block):
-    """``memory:`` — ``max_rss`` refuses new calls above it; ``soft_rss`` warns once per crossing."""
+    """``memory:`` — ``max_rss`` refuses calls above it; ``soft_rss`` warns once per crossing."""
 
     max_rss: MemorySize | None = None
     soft_rss: MemorySize | None = None
@@ -53,10 +54,8 @@ class RssProbe:
     def _forget(self) -> None:
         # The child shares the parent's descriptor, which still names the parent's statm.
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
         self._fd = -1
         self._psutil = None
         self._lock = threading.Lock()
@@ -131,8 +130,7 @@ class _Guard:
         rss = PROBE.rss()
         counters = self.ctx.counters
         growth = rss - before
-        if growth > counters.max_rss_growth:
-            counters.max_rss_growth = growth
+        counters.max_rss_growth = max(counters.max_rss_growth, growth)
         if rss > self.soft:
             if not self.over_soft:
                 self.over_soft = True

@@ -9,7 +9,7 @@ import difflib
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ with warnings.catch_warnings():
 
         base: str | None = None
         log: LogConfig | None = None
-        validate: ValidateConfig | None = None
+        validate: ValidateConfig | None = None  # type: ignore[assignment]
         cache: CacheConfig | None = None
         memory: MemoryConfig | None = None
         retry: RetryConfig | None = None
@@ -46,7 +46,7 @@ _NODE_KEYS = ("strict", "policy_defaults", "policies")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """A validated configuration: what ``configure()`` returns and what the chains are built from."""
+    """A validated configuration: what ``configure()`` returns and chains are built from."""
 
     strict: bool
     policy_defaults: Policy
@@ -112,14 +112,14 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
     defaults_source = (f"{ROOT}.policy_defaults", raw_defaults)
     defaults = _validate(raw_defaults, [defaults_source], problems)
     policies: dict[str, Policy] = {}
-    for name in own:
+    for name, body in own.items():
         chain = _base_chain(name, own, problems)
         if chain is None:
             continue
         merged: dict[str, Any] = raw_defaults
         for ancestor in reversed(chain):
             merged = deep_merge(merged, own[ancestor])
-        merged = {**merged, "base": own[name].get("base")}
+        merged = {**merged, "base": body.get("base")}
         sources = [(f"{ROOT}.policies.{n}", own[n]) for n in chain] + [defaults_source]
         validated = _validate(merged, sources, problems)
         if validated is not None:
@@ -169,7 +169,7 @@ def _base_chain(
 
 def _validate(
     merged: Mapping[str, Any],
-    sources: list[tuple[str, Mapping[str, Any]]],
+    sources: Sequence[tuple[str, Mapping[str, Any]]],
     problems: list[tuple[str, str]],
 ) -> Policy | None:
     try:
@@ -183,7 +183,7 @@ def _validate(
         return None
 
 
-def _origin(loc: tuple[Any, ...], sources: list[tuple[str, Mapping[str, Any]]]) -> str:
+def _origin(loc: tuple[Any, ...], sources: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """The dotted prefix of the most derived source that wrote the value at ``loc``."""
     for depth in range(len(loc), 0, -1):
         for prefix, raw in sources:
@@ -202,7 +202,7 @@ def _message(err: Any, loc: tuple[Any, ...]) -> str:
     if kind == "extra_forbidden":
         return _unknown_key(str(loc[-1]), _allowed_keys(loc[:-1]))
     if kind == "value_error":
-        return msg.removeprefix("Value error, ")
+        return str(msg).removeprefix("Value error, ")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping, got {value!r}"
     return f"{msg}, got {value!r}"

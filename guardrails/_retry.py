@@ -26,7 +26,7 @@ from guardrails._types import (
 
 
 class WaitConfig(Section):
-    """Backoff between attempts: ``initial * multiplier ** (n - 1)`` plus up to ``jitter``, capped at ``max``."""
+    """Backoff: ``initial * multiplier ** (n - 1)`` plus up to ``jitter``, capped at ``max``."""
 
     initial: Duration = 0.1
     max: Duration = 5.0

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 from pathlib import Path
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|us|µs)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 _ISO = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
     r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$",
@@ -46,8 +53,10 @@ def _parse_duration_text(text: str) -> float:
         parts = {k: float(v) for k, v in m.groupdict().items() if v is not None}
         if parts:
             return (
-                parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600
-                + parts.get("m", 0) * 60 + parts.get("s", 0)
+                parts.get("d", 0) * 86400
+                + parts.get("h", 0) * 3600
+                + parts.get("m", 0) * 60
+                + parts.get("s", 0)
             )
     raise ValueError(f"expected {DURATION_HINT}, got {text!r}")
 
@@ -83,8 +92,8 @@ def _unit_factor(unit: str) -> int:
     unit = unit.lower()
     if unit == "b":
         return 1
-    power = _SIZE_POWERS[unit[0]]
-    return (1024 if "i" in unit else 1000) ** power
+    base = 1024 if "i" in unit else 1000
+    return int(base ** _SIZE_POWERS[unit[0]])
 
 
 @functools.cache

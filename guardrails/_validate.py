@@ -115,13 +115,15 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
 
 
 def _shape_ok(actual: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
-    return len(actual) == len(wanted) and all(w in (-1, a) for a, w in zip(actual, wanted, strict=True))
+    return len(actual) == len(wanted) and all(
+        w in (-1, a) for a, w in zip(actual, wanted, strict=True)
+    )
 
 
 def input_checker(
     cfg: ValidateConfig, ctx: Context
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]] | None:
-    """``(args, kwargs) -> (args, kwargs)`` validated, or ``None`` when there is nothing to check."""
+    """``(args, kwargs) -> (args, kwargs)`` validated, or ``None`` with nothing to check."""
     model = cfg.input
     arg_checks = [(name, _arg_checker(name, c)) for name, c in cfg.args.items()]
     if model is None and not arg_checks:
@@ -148,7 +150,9 @@ def input_checker(
     policy, qualname = ctx.policy, ctx.qualname
     mapping, call_args = binder.mapping, binder.call_args
 
-    def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def check(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         bound = mapping(args, kwargs)
         errors: list[tuple[str, str]] = []
         for name, problems in arg_checks:
@@ -238,5 +242,3 @@ def build_output_async(cfg: ValidateConfig, inner: AsyncInner, ctx: Context) -> 
         return check(await inner(args, kwargs, info))
 
     return validate_output
-
-

@@ -45,7 +45,13 @@ def test_mapping_node_and_root() -> None:
 
 
 def test_dictconfig_root_and_node() -> None:
-    root = OmegaConf.create({"model": {"lr": 0.1}, "guardrails": {"policies": {"f": {"cache": {"ttl": "${ttl}"}}}}, "ttl": "1m"})
+    root = OmegaConf.create(
+        {
+            "model": {"lr": 0.1},
+            "guardrails": {"policies": {"f": {"cache": {"ttl": "${ttl}"}}}},
+            "ttl": "1m",
+        }
+    )
     assert configure(root).policies["f"].cache.ttl == 60  # type: ignore[union-attr]
     assert configure(root.guardrails).policies["f"].cache.ttl == 60  # type: ignore[union-attr]
 
@@ -65,7 +71,9 @@ def test_yaml_file(tmp_path: Path) -> None:
 
 
 def test_root_config_without_guardrails_node_is_explained() -> None:
-    with pytest.raises(PolicyConfigError, match=r"has no 'guardrails' node .*model.*pkg://guardrails.conf"):
+    with pytest.raises(
+        PolicyConfigError, match=r"has no 'guardrails' node .*model.*pkg://guardrails.conf"
+    ):
         configure({"model": {"lr": 0.1}})
 
 
@@ -129,7 +137,9 @@ def test_bad_override_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyConfigError, match="cannot compose"):
         configure(conf, overrides=["guardrails=nonexistent"])
     with pytest.raises(PolicyConfigError, match="cannot compose"):
-        configure(conf, overrides=["guardrails.policies.f.retry.max_attempts=1"])  # no such key: needs +
+        configure(
+            conf, overrides=["guardrails.policies.f.retry.max_attempts=1"]
+        )  # no such key: needs +
 
 
 def test_composition_leaves_hydra_global_state_alone(tmp_path: Path) -> None:
@@ -154,7 +164,10 @@ def test_concurrent_directory_configures(tmp_path: Path) -> None:
     def run(n: int) -> None:
         try:
             for _ in range(3):
-                s = configure(conf, overrides=["guardrails=fast", f"guardrails.policies.f.retry.max_attempts={n}"])
+                s = configure(
+                    conf,
+                    overrides=["guardrails=fast", f"guardrails.policies.f.retry.max_attempts={n}"],
+                )
                 assert s.policies["f"].retry.max_attempts == n  # type: ignore[union-attr]
         except BaseException as exc:
             errors.append(exc)
@@ -202,7 +215,12 @@ def test_policy_defaults_and_base_inheritance() -> None:
             "policy_defaults": {"log": {"level": "warning"}},
             "policies": {
                 "a": {"retry": {"max_attempts": 4, "wait": {"initial": "1s"}}, "cache": {"ttl": 5}},
-                "b": {"base": "a", "retry": {"max_attempts": 2}, "cache": None, "log": {"slow": "250ms"}},
+                "b": {
+                    "base": "a",
+                    "retry": {"max_attempts": 2},
+                    "cache": None,
+                    "log": {"slow": "250ms"},
+                },
                 "c": {"base": "b", "log": {"enabled": False}},
             },
         }
@@ -229,7 +247,10 @@ def test_policies_are_frozen() -> None:
 def test_wrong_type_text() -> None:
     with pytest.raises(PolicyConfigError) as exc:
         configure({"policies": {"predict": {"retry": {"max_attempts": "five"}}}})
-    assert "guardrails.policies.predict.retry.max_attempts: Input should be a valid integer, got 'five'" in str(exc.value)
+    assert (
+        "guardrails.policies.predict.retry.max_attempts: Input should be a valid integer, got 'five'"
+        in str(exc.value)
+    )
 
 
 def test_unknown_keys_suggest_the_right_one() -> None:
@@ -249,7 +270,9 @@ def test_unknown_key_under_arg_checks() -> None:
 
 def test_bad_units() -> None:
     with pytest.raises(PolicyConfigError) as exc:
-        configure({"policies": {"p": {"cache": {"ttl": "3 parsecs"}, "memory": {"max_rss": "2 gallons"}}}})
+        configure(
+            {"policies": {"p": {"cache": {"ttl": "3 parsecs"}, "memory": {"max_rss": "2 gallons"}}}}
+        )
     found = problems(exc)
     assert "'250ms'" in found["guardrails.policies.p.cache.ttl"]
     assert "'2GiB'" in found["guardrails.policies.p.memory.max_rss"]
@@ -313,7 +336,14 @@ def test_errors_in_a_base_are_reported_once_at_their_source() -> None:
 
 def test_memory_limits_are_consistent() -> None:
     with pytest.raises(PolicyConfigError) as exc:
-        configure({"policies": {"p": {"memory": {"max_rss": "1GiB", "soft_rss": "2GiB"}}, "q": {"memory": {}}}})
+        configure(
+            {
+                "policies": {
+                    "p": {"memory": {"max_rss": "1GiB", "soft_rss": "2GiB"}},
+                    "q": {"memory": {}},
+                }
+            }
+        )
     found = problems(exc)
     assert "must not be above" in found["guardrails.policies.p.memory"]
     assert "set max_rss, soft_rss or both" in found["guardrails.policies.q.memory"]
@@ -394,7 +424,10 @@ def test_cache_key_naming_a_missing_parameter_is_a_config_error() -> None:
 
     with pytest.raises(PolicyConfigError) as exc:
         configure({"policies": {"k": {"cache": {"key": ["user"]}}}})
-    assert "has no parameter 'user'; its parameters are user_id" in problems(exc)["guardrails.policies.k.cache.key"]
+    assert (
+        "has no parameter 'user'; its parameters are user_id"
+        in problems(exc)["guardrails.policies.k.cache.key"]
+    )
 
 
 def test_hydra_main_app_configures_from_its_cfg(tmp_path: Path) -> None:
@@ -418,9 +451,17 @@ def test_hydra_main_app_configures_from_its_cfg(tmp_path: Path) -> None:
         """,
     )
     out = subprocess.run(
-        [sys.executable, str(app), "guardrails=fast", "guardrails.policies.f.retry.max_attempts=9",
-         "hydra.run.dir=" + str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()},
+        [
+            sys.executable,
+            str(app),
+            "guardrails=fast",
+            "guardrails.policies.f.retry.max_attempts=9",
+            "hydra.run.dir=" + str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
         check=False,
     )
     assert out.returncode == 0, out.stderr

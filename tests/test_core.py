@@ -129,7 +129,9 @@ def test_reconfiguration_while_eight_threads_call() -> None:
 
 
 def test_a_call_in_flight_finishes_on_the_chain_it_started_with() -> None:
-    configure({"policies": {"p": {"retry": {"max_attempts": 3, "wait": {"initial": 0, "jitter": 0}}}}})
+    configure(
+        {"policies": {"p": {"retry": {"max_attempts": 3, "wait": {"initial": 0, "jitter": 0}}}}}
+    )
     entered, release = threading.Event(), threading.Event()
     attempts = []
 
@@ -154,7 +156,9 @@ def test_a_call_in_flight_finishes_on_the_chain_it_started_with() -> None:
 
 
 def test_new_calls_get_the_new_chain() -> None:
-    configure({"policies": {"p": {"retry": {"max_attempts": 3, "wait": {"initial": 0, "jitter": 0}}}}})
+    configure(
+        {"policies": {"p": {"retry": {"max_attempts": 3, "wait": {"initial": 0, "jitter": 0}}}}}
+    )
     failures = [ConnectionError(), ConnectionError()]
 
     @guarded("p")

@@ -28,5 +28,10 @@ def test_exceptions_subclass_what_callers_catch() -> None:
     assert issubclass(guardrails.InputValidationError, ValueError)
     assert issubclass(guardrails.OutputValidationError, ValueError)
     assert issubclass(guardrails.MemoryBudgetExceeded, MemoryError)
-    for name in ("PolicyConfigError", "InputValidationError", "OutputValidationError", "MemoryBudgetExceeded"):
+    for name in (
+        "PolicyConfigError",
+        "InputValidationError",
+        "OutputValidationError",
+        "MemoryBudgetExceeded",
+    ):
         assert issubclass(getattr(guardrails, name), guardrails.GuardrailsError)

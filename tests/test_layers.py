@@ -7,13 +7,26 @@ from typing import Any
 import pytest
 
 import guardrails
-from guardrails import InputValidationError, MemoryBudgetExceeded, OutputValidationError, configure, guarded
+from guardrails import (
+    InputValidationError,
+    MemoryBudgetExceeded,
+    OutputValidationError,
+    configure,
+    guarded,
+)
 from guardrails._layers import ORDER
 from guardrails.testing import FakeClock
 
 
 def test_the_order_table() -> None:
-    assert guardrails.LAYER_NAMES == ("log", "validate.input", "cache", "memory", "retry", "validate.output")
+    assert guardrails.LAYER_NAMES == (
+        "log",
+        "validate.input",
+        "cache",
+        "memory",
+        "retry",
+        "validate.output",
+    )
     assert [(layer.name, layer.per) for layer in ORDER] == [
         ("validate.input", "call"),
         ("cache", "call"),
@@ -29,7 +42,11 @@ def full(**over: Any) -> None:
         "validate": {"args": {"x": {"min": 0}}, "output": "int"},
         "cache": {"ttl": 60},
         "memory": {"max_rss": "100%"},
-        "retry": {"max_attempts": 3, "retry_on": ["ConnectionError", "ValueError"], "wait": {"initial": 1, "jitter": 0}},
+        "retry": {
+            "max_attempts": 3,
+            "retry_on": ["ConnectionError", "ValueError"],
+            "wait": {"initial": 1, "jitter": 0},
+        },
     }
     policy.update(over)
     configure({"policies": {"p": policy}})

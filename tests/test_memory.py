@@ -30,7 +30,7 @@ def test_probe_reads_the_child_after_fork() -> None:
     if pid == 0:  # the child: report and leave at once
         try:
             ballast = bytearray(64 * 2**20)  # grow the child only
-            ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+            ballast[::4096] = b"x" * len(ballast[::4096])
             ok = PROBE.rss() > 0 and PROBE.pid == os.getpid() != parent
             ok = ok and _close(PROBE.rss(), psutil.Process().memory_info().rss)
             os.write(writer, b"1" if ok else b"0")
@@ -53,7 +53,9 @@ def test_a_fresh_probe_opens_lazily() -> None:
 
 
 def test_over_the_hard_limit_refuses_with_the_numbers(clock: FakeClock) -> None:
-    configure({"policies": {"m": {"memory": {"max_rss": 1024}, "retry": {"retry_on": ["MemoryError"]}}}})
+    configure(
+        {"policies": {"m": {"memory": {"max_rss": 1024}, "retry": {"retry_on": ["MemoryError"]}}}}
+    )
     calls = []
     f = guarded("m")(lambda: calls.append(1))
     with pytest.raises(MemoryBudgetExceeded) as exc:
@@ -113,7 +115,7 @@ def test_memory_growth_is_recorded() -> None:
     @guarded("m")
     def grow() -> None:
         block = bytearray(32 * 2**20)
-        block[:: 4096] = b"x" * len(block[:: 4096])
+        block[::4096] = b"x" * len(block[::4096])
         keep.append(block)
 
     grow()

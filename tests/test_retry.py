@@ -81,7 +81,10 @@ def test_non_retryable_after_a_retry_says_why(clock: FakeClock) -> None:
     with pytest.raises(KeyError) as exc:
         guarded("r")(flaky)()
     assert flaky.calls == 2
-    assert "gave up after 2 attempts (KeyError is not retried by this policy)" in exc.value.__notes__[0]
+    assert (
+        "gave up after 2 attempts (KeyError is not retried by this policy)"
+        in exc.value.__notes__[0]
+    )
 
 
 def test_abort_on_wins_over_retry_on(clock: FakeClock) -> None:
@@ -150,7 +153,13 @@ def test_async_retries_on_the_clock(clock: FakeClock) -> None:
 
 
 def test_async_backoff_does_not_block_the_event_loop() -> None:
-    configure({"policies": {"r": {"retry": {"max_attempts": 3, "wait": {"initial": "20ms", "jitter": 0}}}}})
+    configure(
+        {
+            "policies": {
+                "r": {"retry": {"max_attempts": 3, "wait": {"initial": "20ms", "jitter": 0}}}
+            }
+        }
+    )
     flaky = Flaky(ConnectionError(), ConnectionError())
     ticks = 0
 

@@ -24,8 +24,16 @@ def test_policies_add_up_and_calls_include_failures() -> None:
     assert (s.calls, s.successes, s.failures, s.rejected) == (3, 2, 1, 0)
     assert s.p50_ms is not None and 0 <= s.p50_ms <= s.p95_ms <= s.p99_ms  # type: ignore[operator]
     assert set(s.as_dict()) >= {
-        "calls", "successes", "failures", "retries", "cache_hits", "cache_misses", "rejected",
-        "p50_ms", "p95_ms", "p99_ms",
+        "calls",
+        "successes",
+        "failures",
+        "retries",
+        "cache_hits",
+        "cache_misses",
+        "rejected",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
     }
 
 
@@ -56,7 +64,16 @@ def test_report_prints_a_table() -> None:
     text = out.getvalue()
     assert "guardrails statistics" in text
     row = next(line for line in text.splitlines() if "fetch" in line)
-    assert [cell.strip() for cell in row.split("│")[1:9]] == ["fetch", "2", "2", "0", "0", "1", "1", "0"]
+    assert [cell.strip() for cell in row.split("│")[1:9]] == [
+        "fetch",
+        "2",
+        "2",
+        "0",
+        "0",
+        "1",
+        "1",
+        "0",
+    ]
 
 
 def test_report_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,7 +31,9 @@ def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["3 parsecs", "", "P", "PT", "-1s", "ms", True, None, [1], -5, "nan"])
+@pytest.mark.parametrize(
+    "bad", ["3 parsecs", "", "P", "PT", "-1s", "ms", True, None, [1], -5, "nan"]
+)
 def test_bad_durations_say_what_is_expected(bad: object) -> None:
     with pytest.raises(ValueError, match=r"expected"):
         parse_duration(bad)
@@ -76,7 +78,15 @@ def test_effective_limit_is_positive_and_at_most_physical_memory() -> None:
 
 
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": 2**20, "GiB": 2**30, "KB": 1000, "MB": 10**6, "GB": 10**9}
+_SIZE_UNITS = {
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "KB": 1000,
+    "MB": 10**6,
+    "GB": 10**9,
+}
 
 
 @given(st.integers(min_value=0, max_value=10**6), st.sampled_from(sorted(_UNITS)))

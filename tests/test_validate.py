@@ -7,11 +7,30 @@ import numpy as np
 import pytest
 
 import guardrails
-from guardrails import InputValidationError, OutputValidationError, PolicyConfigError, configure, guarded
+from guardrails import (
+    InputValidationError,
+    OutputValidationError,
+    PolicyConfigError,
+    configure,
+    guarded,
+)
 
 
 def validate_policy(**validate: Any) -> None:
-    configure({"policies": {"v": {"validate": validate, "retry": {"max_attempts": 3, "retry_on": ["Exception"], "wait": {"initial": 0, "jitter": 0}}}}})
+    configure(
+        {
+            "policies": {
+                "v": {
+                    "validate": validate,
+                    "retry": {
+                        "max_attempts": 3,
+                        "retry_on": ["Exception"],
+                        "wait": {"initial": 0, "jitter": 0},
+                    },
+                }
+            }
+        }
+    )
 
 
 def test_input_model_validates_and_passes_validated_values() -> None:
@@ -47,7 +66,9 @@ def test_input_failures_list_every_field_and_never_run_or_retry() -> None:
 
 
 def test_array_checks() -> None:
-    validate_policy(args={"x": {"dtype": "float64", "shape": [-1, 3], "finite": True, "min": 0, "max": 10}})
+    validate_policy(
+        args={"x": {"dtype": "float64", "shape": [-1, 3], "finite": True, "min": 0, "max": 10}}
+    )
     f = guarded("v")(lambda x: x.sum())
     assert f(np.ones((5, 3))) == 15
     cases = {
@@ -60,7 +81,9 @@ def test_array_checks() -> None:
         "expected a numpy array, got list": [[1.0, 2.0, 3.0]],
     }
     for expected, value in cases.items():
-        with pytest.raises(InputValidationError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(
+            InputValidationError, match=expected.replace("[", r"\[").replace("]", r"\]")
+        ):
             f(value)
 
 
@@ -148,7 +171,13 @@ def test_checks_naming_a_missing_parameter_are_config_errors() -> None:
 
 def test_bad_dtype_and_shape_are_config_errors() -> None:
     with pytest.raises(PolicyConfigError) as exc:
-        configure({"policies": {"v": {"validate": {"args": {"x": {"dtype": "float65", "shape": [-2, 3]}}}}}})
+        configure(
+            {
+                "policies": {
+                    "v": {"validate": {"args": {"x": {"dtype": "float65", "shape": [-2, 3]}}}}
+                }
+            }
+        )
     found = dict(exc.value.problems)
     assert "not a numpy dtype" in found["guardrails.policies.v.validate.args.x.dtype"]
     assert "-1 for any size" in found["guardrails.policies.v.validate.args.x.shape"]

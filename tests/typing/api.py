@@ -33,6 +33,5 @@ async def use() -> None:
 
 settings: guardrails.Settings = guardrails.configure({"policies": {}})
 stats: dict[str, guardrails.PolicyStats] = guardrails.stats()
-attempts: int | None = (
-    guardrails.policy("fetch").retry.max_attempts if guardrails.policy("fetch").retry else None
-)
+retry = guardrails.policy("fetch").retry
+attempts: int | None = retry.max_attempts if retry is not None else None
