@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-import examples.pipeline  # registers the guarded functions the policies are for
 from guardrails import configure
 from guardrails._config import packaged_defaults_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 POLICY_SETS = sorted(p.stem for p in (CONF / "guardrails").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _pipeline_functions() -> Iterator[None]:
+    """Register the example's guarded functions (strict sets check them), then forget them."""
+    importlib.import_module("examples.pipeline")
+    yield
+    sys.modules.pop("examples.pipeline", None)
+    examples = sys.modules.get("examples")
+    if examples is not None and hasattr(examples, "pipeline"):
+        delattr(examples, "pipeline")
+    gc.collect()
 
 
 def test_there_are_at_least_two_policy_sets() -> None:
@@ -30,6 +45,12 @@ def test_policy_set_composes_and_validates(name: str) -> None:
     predict = settings.policies["predict"]
     assert predict.validate is not None and predict.validate.input is not None
     assert predict.memory is not None and predict.memory.max_rss is not None
+
+
+def test_strict_production_sees_the_example_functions() -> None:
+    from guardrails._state import STATE
+
+    assert {"fetch_features", "predict"} <= {slot.name for slot in STATE.slots}
 
 
 def test_production_is_strict_and_inherits() -> None:
