@@ -12,7 +12,7 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 class Binder:
     """Turns ``(args, kwargs)`` into every parameter's value, defaults applied, and back."""
 
-    __slots__ = ("_n", "_simple", "names", "signature")
+    __slots__ = ("_n", "_simple", "names", "plain_arity", "signature")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.signature = inspect.signature(fn)
@@ -20,6 +20,9 @@ class Binder:
         self.names: tuple[str, ...] = tuple(p.name for p in params)
         self._simple = all(p.kind in _POSITIONAL for p in params)
         self._n = len(params)
+        #: A call with exactly this many positional arguments and no keywords binds them in
+        #: order (-1 when the signature has ``*args``, ``**kwargs`` or keyword-only parameters).
+        self.plain_arity = self._n if self._simple else -1
 
     def values(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
         """Every parameter's value in declaration order (``*args`` as a tuple, ``**kw`` a dict)."""

@@ -1,7 +1,10 @@
 """The ``memory`` layer: refuses to start work while the process is over its memory budget.
 
 Resident memory is read from a kept handle on ``/proc/self/statm`` (one ``pread``, about
-half a microsecond) and reopened in a forked child; psutil is the fallback elsewhere.
+half a microsecond; psutil elsewhere, about ten), reopened in a forked child. A reading is
+reused for up to ``MAX_AGE`` (one millisecond): a process cannot fault in more than a few
+megabytes in that time, and a hot function then pays a clock read, not a system call.
+A reading over a limit is always taken afresh before anything is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextlib
 import gc
 import os
 import threading
+from time import monotonic
 from typing import Any
 
 from pydantic import model_validator
@@ -19,6 +23,8 @@ from guardrails._types import AsyncInner, Block, Context, Inner, MemorySize
 
 #: At most one forced garbage collection per this many seconds, across all policies.
 GC_INTERVAL = 1.0
+#: How long a resident-memory reading is reused, in seconds.
+MAX_AGE = 0.001
 
 
 class MemoryConfig(Block):
@@ -48,6 +54,7 @@ class RssProbe:
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._psutil: Any = None
         self._lock = threading.Lock()
+        self._last = (float("-inf"), 0)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._forget)
 
@@ -59,6 +66,7 @@ class RssProbe:
         self._fd = -1
         self._psutil = None
         self._lock = threading.Lock()
+        self._last = (float("-inf"), 0)
 
     def _open(self) -> None:
         with self._lock:
@@ -73,17 +81,30 @@ class RssProbe:
                 self._psutil = psutil.Process()
 
     def rss(self) -> int:
-        """Resident bytes now."""
+        """Resident bytes, as read at most ``MAX_AGE`` ago."""
+        now = monotonic()
+        taken, value = self._last
+        if now - taken < MAX_AGE:
+            return value
+        return self.read(now)
+
+    def read(self, now: float | None = None) -> int:
+        """Resident bytes now (a fresh reading)."""
         fd = self._fd
+        value = -1
         if fd >= 0:
             try:
-                return int(os.pread(fd, 64, 0).split()[1]) * self._page
+                value = int(os.pread(fd, 64, 0).split()[1]) * self._page
             except OSError:
-                pass
-        if self._psutil is not None:
-            return int(self._psutil.memory_info().rss)
-        self._open()
-        return self.rss()
+                value = -1
+        if value < 0:
+            if self._psutil is not None:
+                value = int(self._psutil.memory_info().rss)
+            else:
+                self._open()
+                return self.read(now)
+        self._last = (monotonic() if now is None else now, value)
+        return value
 
     @property
     def pid(self) -> int:
@@ -119,15 +140,15 @@ class _Guard:
 
     def over_hard(self, rss: int) -> int:
         """Called when ``rss`` is over the hard limit: collect once, look again, then refuse."""
-        if _collect_if_due(self.ctx.clock.monotonic):
-            rss = PROBE.rss()
+        _collect_if_due(self.ctx.clock.monotonic)
+        rss = PROBE.read()
         if rss > self.hard:
             self.ctx.counters.rejection()
             raise MemoryBudgetExceeded(self.ctx.policy, self.ctx.qualname, rss, self.hard)
         return rss
 
-    def after(self, before: int) -> None:
-        rss = PROBE.rss()
+    def note(self, before: int, rss: int) -> None:
+        """After a call whose readings differ, or while over the soft limit."""
         counters = self.ctx.counters
         growth = rss - before
         counters.max_rss_growth = max(counters.max_rss_growth, growth)
@@ -148,14 +169,16 @@ class _Guard:
 def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
     """The sync memory layer around ``inner``."""
     guard = _Guard(cfg, ctx)
-    rss, hard, after = PROBE.rss, guard.hard, guard.after
+    rss, hard, soft, note = PROBE.rss, guard.hard, guard.soft, guard.note
 
     def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
         if before > hard:
             before = guard.over_hard(before)
         result = inner(args, kwargs, info)
-        after(before)
+        now = rss()
+        if now != before or now > soft:
+            note(before, now)
         return result
 
     return memory_layer
@@ -164,14 +187,16 @@ def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
 def build_async(cfg: MemoryConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async memory layer around ``inner``."""
     guard = _Guard(cfg, ctx)
-    rss, hard, after = PROBE.rss, guard.hard, guard.after
+    rss, hard, soft, note = PROBE.rss, guard.hard, guard.soft, guard.note
 
     async def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
         if before > hard:
             before = guard.over_hard(before)
         result = await inner(args, kwargs, info)
-        after(before)
+        now = rss()
+        if now != before or now > soft:
+            note(before, now)
         return result
 
     return memory_layer

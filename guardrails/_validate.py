@@ -64,6 +64,10 @@ def _numpy() -> Any:
     return numpy
 
 
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+
 def _describe_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     found = []
     for err in exc.errors(include_url=False):
@@ -149,10 +153,31 @@ def input_checker(
     validator = model.__pydantic_validator__ if model is not None else None
     policy, qualname = ctx.policy, ctx.qualname
     mapping, call_args = binder.mapping, binder.call_args
+    position = {name: i for i, name in enumerate(names)}
+    field_at = tuple((f, position[f]) for f in fields)
+    checks_at = tuple((position[name], problems) for name, problems in arg_checks)
+    plain_arity = binder.plain_arity
 
-    def check(
-        args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def check(args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs]:
+        if kwargs or len(args) != plain_arity:
+            return slow(args, kwargs)
+        # Every parameter passed by position: no binding needed.
+        for i, problems in checks_at:
+            if problems(args[i]):
+                return slow(args, kwargs)
+        if validator is None:
+            return args, kwargs
+        try:
+            validated = validator.validate_python({f: args[i] for f, i in field_at})
+        except pydantic.ValidationError:
+            return slow(args, kwargs)
+        new = list(args)
+        for f, i in field_at:
+            new[i] = getattr(validated, f)
+        return tuple(new), kwargs
+
+    def slow(args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs]:
+        """Bind by name, run every check, and collect every problem."""
         bound = mapping(args, kwargs)
         errors: list[tuple[str, str]] = []
         for name, problems in arg_checks:
