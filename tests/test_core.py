@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -88,6 +90,16 @@ def test_wrong_arguments_fail_like_the_plain_function() -> None:
         f(1, 2)
 
 
+@pytest.fixture
+def fine_grained_switching() -> Iterator[None]:
+    """Hand the GIL over often, so the configuring thread is not starved by eight callers."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("fine_grained_switching")
 def test_reconfiguration_while_eight_threads_call() -> None:
     policies = [
         {"policies": {"p": {"cache": {"ttl": 60}, "retry": {"max_attempts": 2}}}},
