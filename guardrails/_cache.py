@@ -16,7 +16,7 @@ from pydantic import Field, StrictInt
 
 from guardrails._binding import Binder
 from guardrails._errors import PolicyConfigError
-from guardrails._keys import UnkeyableArgument, key_of
+from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 _MISS: Any = object()
@@ -129,9 +129,32 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     make_key = make_key_function(cfg, ctx.binder, ctx)
     cache, lock, inflight = store.cache, store.lock, store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
+    acquire, release, lookup = lock.acquire, lock.release, cache.__getitem__
+    one_arg = cfg.key is None and ctx.binder.plain_arity == 1
 
     def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        key = make_key(args, kwargs)
+        # The hit path, kept flat: it is most of the calls of a cached function.
+        if one_arg and not kwargs and len(args) == 1 and type(args[0]) in ATOMIC:
+            key: Hashable = (type(args[0]), args[0])  # what key_of gives, inlined
+        else:
+            key = make_key(args, kwargs)
+        acquire()
+        try:
+            value = lookup(key)
+        except KeyError:
+            release()
+            return compute(key, args, kwargs, info)
+        except BaseException:
+            release()
+            raise
+        release()
+        hit()
+        if info is not None:
+            info[1] = True
+        return value
+
+    def compute(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        """A miss: compute once per key, however many callers are waiting for it."""
         while True:
             with lock:
                 try:

@@ -15,7 +15,8 @@ from typing import Any
 import xxhash
 
 _hash128 = xxhash.xxh3_128_intdigest
-_ATOMIC: frozenset[type] = frozenset(
+#: Types keyed as ``(type(value), value)``; the cache layer inlines this for one argument.
+ATOMIC: frozenset[type] = frozenset(
     {int, float, bool, str, bytes, complex, type(None), range, slice}
 )
 
@@ -27,7 +28,7 @@ class UnkeyableArgument(TypeError):
 def key_of(value: Any) -> Hashable:
     """A hashable key equal for equal values of the same type, different otherwise."""
     t = type(value)
-    if t in _ATOMIC:
+    if t in ATOMIC:
         return (t, value)
     if t is tuple or t is list:
         return (t, tuple([key_of(v) for v in value]))

@@ -71,7 +71,7 @@ def compile_chain(policy: Policy, ctx: Context) -> Any:
     else:
 
         def terminal(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-            return fn(*args, **kwargs)
+            return fn(*args, **kwargs) if kwargs else fn(*args)  # an empty ** costs
 
     inner: Any = terminal
     needs_info = False

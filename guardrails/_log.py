@@ -146,7 +146,7 @@ def build(
 
             def count_direct(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
                 try:
-                    result = fn(*args, **kwargs)
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
                 except BaseException:
                     failure()
                     raise
@@ -178,7 +178,7 @@ def build(
         def log_direct(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
             t0 = perf_counter()
             try:
-                result = fn(*args, **kwargs)
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:
                 seconds = perf_counter() - t0
                 record(seconds)

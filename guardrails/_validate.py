@@ -8,6 +8,7 @@ scalars without writing a model; ``validate.output`` is a model or type for the 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -157,6 +158,10 @@ def input_checker(
     field_at = tuple((f, position[f]) for f in fields)
     checks_at = tuple((position[name], problems) for name, problems in arg_checks)
     plain_arity = binder.plain_arity
+    # The model's fields are the parameters, in order: validate and rebuild the args in C.
+    in_order = validator is not None and fields == names
+    pick = operator.itemgetter(*fields) if len(fields) > 1 else (lambda d: (d[fields[0]],))
+    validate = validator.validate_python if validator is not None else None
 
     def check(args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs]:
         if kwargs or len(args) != plain_arity:
@@ -165,10 +170,12 @@ def input_checker(
         for i, problems in checks_at:
             if problems(args[i]):
                 return slow(args, kwargs)
-        if validator is None:
+        if validate is None:
             return args, kwargs
         try:
-            validated = validator.validate_python({f: args[i] for f, i in field_at})
+            if in_order:
+                return pick(validate(dict(zip(fields, args))).__dict__), kwargs
+            validated = validate({f: args[i] for f, i in field_at})
         except pydantic.ValidationError:
             return slow(args, kwargs)
         new = list(args)
