@@ -13,3 +13,7 @@ class Order(BaseModel):
 class Prediction(BaseModel):
     label: str
     score: float = Field(ge=0, le=1)
+
+
+class Threshold(BaseModel):
+    t: float = Field(ge=0)

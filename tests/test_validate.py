@@ -181,3 +181,37 @@ def test_bad_dtype_and_shape_are_config_errors() -> None:
     found = dict(exc.value.problems)
     assert "not a numpy dtype" in found["guardrails.policies.v.validate.args.x.dtype"]
     assert "-1 for any size" in found["guardrails.policies.v.validate.args.x.shape"]
+
+
+def test_one_field_model_in_every_calling_form() -> None:
+    validate_policy(input="tests.schemas_for_tests:Threshold")
+    received = []
+
+    @guarded("v")
+    def f(t: Any) -> None:
+        received.append(t)
+
+    f(1), f(t="2.5")
+    assert received == [1.0, 2.5] and all(type(r) is float for r in received)
+    with pytest.raises(InputValidationError, match="t: Input should be greater than or equal to 0"):
+        f(-1)
+    with pytest.raises(InputValidationError, match="t: Input should be greater than or equal to 0"):
+        f(t=-1)
+    with pytest.raises(TypeError):
+        f(1, 2)
+
+
+def test_model_whose_fields_are_the_parameters_in_order() -> None:
+    validate_policy(input="tests.schemas_for_tests:Prediction")
+    received = []
+
+    @guarded("v")
+    def record(label: str, score: Any) -> None:
+        received.append((label, score))
+
+    record("cat", "0.5")
+    record(label="dog", score=1)
+    assert received == [("cat", 0.5), ("dog", 1.0)]
+    with pytest.raises(InputValidationError) as exc:
+        record(3, 2)
+    assert [field for field, _ in exc.value.errors] == ["label", "score"]
