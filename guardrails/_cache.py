@@ -2,11 +2,20 @@
 
 Hits skip everything below. Exceptions are never cached. Concurrent misses on one key
 compute once: the first caller computes, the others wait for its result (or its exception).
+
+Hits take no lock. The store is a ``cachetools.TTLCache``, changed only under the lock;
+beside it, a plain dict mirrors each live entry as ``(value, expires)``, and a hit reads
+that dict (one atomic ``dict.get``). A hit also notes its key, and the next locked
+operation replays those notes into the TTLCache, so eviction stays least-recently-used.
+Without this, threads calling a cached function queue on the lock and throughput falls
+several-fold from one thread to eight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -32,21 +41,63 @@ class CacheConfig(Block):
     key: tuple[str, ...] | None = None
 
 
-class Store:
-    """One function's cache: the TTLCache, its lock, and the calls in flight per key."""
+class _MirroredTTLCache(cachetools.TTLCache[Hashable, Any]):
+    """A TTLCache that keeps ``view[key] = (value, expires)`` for every live entry.
 
-    __slots__ = ("cache", "inflight", "lock", "settings")
+    Every change goes through ``__setitem__``, ``__delitem__`` (eviction and ``pop`` use
+    it) or ``expire``; the view follows each. Callers hold the store's lock for changes.
+    """
+
+    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+        self.view: dict[Hashable, tuple[Any, float]] = {}
+        self._now = timer
+        self._ttl = ttl
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        # Read the clock first: the view's expiry is never later than the TTLCache's.
+        expires = self._now() + self._ttl
+        super().__setitem__(key, value)
+        self.view[key] = (value, expires)
+
+    def __delitem__(self, key: Hashable) -> None:
+        self.view.pop(key, None)
+        super().__delitem__(key)
+
+    def expire(self, time: float | None = None) -> list[tuple[Hashable, Any]]:
+        expired = super().expire(time)
+        for key, _ in expired:
+            self.view.pop(key, None)
+        return expired
+
+
+class Store:
+    """One function's cache: the TTLCache, its lock-free view, and the calls in flight."""
+
+    __slots__ = ("cache", "inflight", "lock", "settings", "timer", "touched")
 
     def __init__(self, cfg: CacheConfig, timer: Callable[[], float]) -> None:
         self.settings = (cfg.ttl, cfg.maxsize, cfg.key, timer)
-        self.cache: cachetools.TTLCache[Hashable, Any] = cachetools.TTLCache(
-            maxsize=cfg.maxsize, ttl=cfg.ttl, timer=timer
-        )
+        self.timer = timer
+        self.cache = _MirroredTTLCache(maxsize=cfg.maxsize, ttl=cfg.ttl, timer=timer)
         self.lock = threading.Lock()
         self.inflight: dict[Hashable, Any] = {}
+        #: Keys hit without the lock, oldest first, for ``replay`` (bounded: older notes
+        #: than ``maxsize`` hits cannot change which entries are the least recent).
+        self.touched: collections.deque[Hashable] = collections.deque(maxlen=cfg.maxsize)
+
+    def replay(self) -> None:
+        """Under the lock: move the entries hit since the last replay to most recent."""
+        touched, cache = self.touched, self.cache
+        while touched:
+            key = touched.popleft()
+            if key in cache.view:
+                with contextlib.suppress(KeyError):
+                    cache[key]
 
     def clear(self) -> None:
         with self.lock:
+            self.touched.clear()
             self.cache.clear()
 
 
@@ -129,34 +180,29 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     make_key = make_key_function(cfg, ctx.binder, ctx)
     cache, lock, inflight = store.cache, store.lock, store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
-    acquire, release, lookup = lock.acquire, lock.release, cache.__getitem__
+    view_get, touch, now, replay = cache.view.get, store.touched.append, store.timer, store.replay
     one_arg = cfg.key is None and ctx.binder.plain_arity == 1
 
     def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        # The hit path, kept flat: it is most of the calls of a cached function.
+        # The hit path, kept flat and lock-free: it is most of the calls of a cached function.
         if one_arg and not kwargs and len(args) == 1 and type(args[0]) in ATOMIC:
             key: Hashable = (type(args[0]), args[0])  # what key_of gives, inlined
         else:
             key = make_key(args, kwargs)
-        acquire()
-        try:
-            value = lookup(key)
-        except KeyError:
-            release()
-            return compute(key, args, kwargs, info)
-        except BaseException:
-            release()
-            raise
-        release()
-        hit()
-        if info is not None:
-            info[1] = True
-        return value
+        entry = view_get(key)
+        if entry is not None and now() < entry[1]:
+            touch(key)
+            hit()
+            if info is not None:
+                info[1] = True
+            return entry[0]
+        return compute(key, args, kwargs, info)
 
     def compute(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """A miss: compute once per key, however many callers are waiting for it."""
         while True:
             with lock:
+                replay()
                 try:
                     value = cache[key]
                 except KeyError:
@@ -187,6 +233,7 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
         else:
             flight.value = value
             with lock:
+                replay()
                 cache[key] = value
             return value
         finally:
@@ -202,12 +249,21 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
     make_key = make_key_function(cfg, ctx.binder, ctx)
     cache, lock, inflight = store.cache, store.lock, store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
+    view_get, touch, now, replay = cache.view.get, store.touched.append, store.timer, store.replay
 
     async def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         key = make_key(args, kwargs)
+        entry = view_get(key)
+        if entry is not None and now() < entry[1]:
+            touch(key)
+            hit()
+            if info is not None:
+                info[1] = True
+            return entry[0]
         loop = asyncio.get_running_loop()
         while True:
             with lock:
+                replay()
                 try:
                     value = cache[key]
                 except KeyError:
@@ -243,6 +299,7 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
             raise
         else:
             with lock:
+                replay()
                 cache[key] = value
             if mine and not flight.done():
                 flight.set_result(value)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import guardrails
 from guardrails import configure, guarded
@@ -309,3 +311,37 @@ def test_cache_disabled_or_removed() -> None:
     f(1), f(1)
     assert len(counter.calls) == 2
     assert guardrails.stats()["c"].cache_hits == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["get", "advance"]), st.integers(min_value=0, max_value=9)),
+        max_size=60,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_lock_free_view_matches_the_ttlcache(ops: list[tuple[str, int]]) -> None:
+    """Whatever the sequence of calls and clock moves, hits return only live entries."""
+    from guardrails._cache import CacheConfig, Store
+
+    fake = FakeClock()
+    store = Store(CacheConfig(ttl=5, maxsize=3), fake.monotonic)
+    computed: list[int] = []
+    for op, n in ops:
+        if op == "advance":
+            fake.advance(n)
+            continue
+        entry = store.cache.view.get(n)
+        if entry is not None and fake.monotonic() < entry[1]:
+            store.touched.append(n)
+            assert n in store.cache  # a view hit is a live TTLCache entry
+            continue
+        with store.lock:
+            store.replay()
+            store.cache[n] = n
+        computed.append(n)
+        with store.lock:
+            store.cache.expire()
+            live = set(store.cache.keys())
+        assert set(store.cache.view) == live
+        assert len(live) <= 3
