@@ -1,0 +1,60 @@
+"""The `guardrails` console script, run as an operator runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "guardrails"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, check=False, timeout=120
+    )
+
+
+def test_check_a_good_policy_set() -> None:
+    out = run("check", "conf", "guardrails=production")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok: conf/config.yaml: 2 policies, strict=true"
+
+
+def test_check_lists_every_problem_and_fails() -> None:
+    out = run(
+        "check",
+        "conf",
+        "guardrails.policies.fetch_features.retry.max_attempts=five",
+        "guardrails.policies.fetch_features.cache.ttl=soon",
+    )
+    assert out.returncode == 1
+    assert "(2 problems)" in out.stderr
+    assert (
+        "guardrails.policies.fetch_features.retry.max_attempts: Input should be a valid integer"
+        in out.stderr
+    )
+    assert "guardrails.policies.fetch_features.cache.ttl: expected" in out.stderr
+
+
+def test_show_prints_effective_policies_as_yaml() -> None:
+    out = run("show", "conf", "guardrails=production", "--policy", "predict")
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)["guardrails"]
+    predict = shown["policies"]["predict"]
+    assert predict["base"] == "fetch_features"
+    assert predict["validate"]["input"] == "examples.schemas:PredictRequest"
+    assert predict["retry"]["enabled"] is False
+    assert "cache" not in predict
+
+
+def test_packaged_defaults_and_yaml_files(tmp_path: Path) -> None:
+    assert run("check").stdout.startswith("ok: packaged defaults: 0 policies")
+    path = tmp_path / "g.yaml"
+    path.write_text("policies: {f: {cache: {ttl: 1h}}}\n")
+    out = run("show", str(path))
+    assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["f"]["cache"]["ttl"] == 3600
+    assert run("check", str(path), "x=1").returncode == 2
