@@ -136,6 +136,13 @@ def guarded(name: Any = None, /) -> Any:
 def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
     if not callable(fn):
         raise TypeError(f"@guarded decorates a function, got {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        # A generator's work happens after the call returns: retry, cache and timing
+        # would wrap only its creation, and a cache hit would hand out a spent generator.
+        raise TypeError(
+            f"@guarded cannot guard the generator function {fn.__qualname__}: guard a "
+            "function that returns the data (a list, an array) instead"
+        )
     policy_name = name or getattr(fn, "__name__", None)
     if not policy_name:
         raise TypeError(f"@guarded needs a policy name for {fn!r}, which has no __name__")

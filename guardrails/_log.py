@@ -8,6 +8,7 @@ handler set later takes effect at once; a record nobody will see is never format
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from time import perf_counter
@@ -95,7 +96,7 @@ class _Emitter:
         suffix += ", cache hit" if cache_hit else ""
         message = "%s: %s(%s) %s in %.2f ms%s"
         params: tuple[Any, ...] = (ctx.policy, ctx.qualname, call_args, outcome, ms, suffix)
-        if exc is not None:
+        if exc is not None and outcome != "cancelled":
             message += ": %s"
             params += (getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}",)
         ctx.logger.log(
@@ -124,6 +125,8 @@ class _Emitter:
     ) -> None:
         if isinstance(exc, _REFUSALS):
             level, outcome = logging.WARNING, "rejected"
+        elif isinstance(exc, asyncio.CancelledError):
+            level, outcome = self.level, "cancelled"  # control flow (timeouts), not a fault
         else:
             level, outcome = logging.ERROR, "failed"
         if self.ctx.logger.isEnabledFor(level):

@@ -108,11 +108,13 @@ def effective_memory_limit() -> int:
     return limit
 
 
-def _cgroup_limits() -> list[int]:
-    root = Path("/sys/fs/cgroup")
+def _cgroup_limits(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> list[int]:
+    """The memory limits of this process's cgroups (v1 and v2); ``max`` means none."""
     candidates = [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
     try:
-        own = Path("/proc/self/cgroup").read_text().splitlines()
+        own = membership.read_text().splitlines()
     except OSError:
         own = []
     for line in own:

@@ -183,3 +183,16 @@ def test_new_calls_get_the_new_chain() -> None:
     with pytest.raises(ConnectionError):
         f()
     assert len(failures) == 1
+
+
+def test_generator_functions_are_refused_at_decoration() -> None:
+    def rows() -> Iterator[int]:
+        yield 1
+
+    async def stream() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"generator function .*rows"):
+        guarded("p")(rows)
+    with pytest.raises(TypeError, match="generator function"):
+        guarded("p")(stream)

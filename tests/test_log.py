@@ -159,3 +159,22 @@ def test_bad_level_is_a_config_error() -> None:
         log_policy(level="LOUD")
     log_policy(level=10)
     assert guardrails.policy("l").log.level == "DEBUG"  # type: ignore[union-attr]
+
+
+def test_cancellation_is_not_logged_as_an_error(logs: pytest.LogCaptureFixture) -> None:
+    log_policy(level="INFO")
+
+    @guarded("l")
+    async def slow() -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    (record,) = ours(logs)
+    assert (record.levelname, record.outcome, record.exc_info) == ("INFO", "cancelled", None)  # type: ignore[attr-defined]

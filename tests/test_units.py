@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -121,3 +122,21 @@ def test_any_text_parses_or_says_expected(text: str) -> None:
         assert "expected" in str(exc)
     else:
         assert seconds >= 0 and math.isfinite(seconds)
+
+
+def test_cgroup_limits_v2_nested_and_v1(tmp_path: Path) -> None:
+    from guardrails._units import _cgroup_limits
+
+    root = tmp_path / "cgroup"
+    (root / "kubepods" / "pod1").mkdir(parents=True)
+    (root / "memory.max").write_text("max\n")
+    (root / "kubepods" / "memory.max").write_text("8589934592\n")
+    (root / "kubepods" / "pod1" / "memory.max").write_text("2147483648\n")
+    membership = tmp_path / "self-cgroup"
+    membership.write_text("0::/kubepods/pod1\n")
+    assert sorted(_cgroup_limits(root, membership)) == [2147483648, 8589934592]
+
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("1073741824\n")
+    assert _cgroup_limits(v1, tmp_path / "missing") == [1073741824]
