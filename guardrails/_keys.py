@@ -54,5 +54,11 @@ def _array_key(np: Any, arr: Any) -> Hashable:
     if arr.dtype.hasobject:
         raise UnkeyableArgument("numpy array of dtype object (its bytes are pointers)")
     contiguous = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
-    digest = _hash128(contiguous.reshape(-1).view(np.uint8)) if contiguous.size else 0
+    if not contiguous.size:
+        digest = 0
+    else:
+        try:
+            digest = _hash128(contiguous.data)  # the buffer itself: no copy, no new array
+        except (ValueError, TypeError):  # dtypes with no buffer format (datetime64, ...)
+            digest = _hash128(contiguous.reshape(-1).view(np.uint8))
     return (type(arr), arr.dtype.str, arr.shape, digest)
