@@ -9,6 +9,7 @@ a running ``@hydra.main`` app.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,9 @@ def load_lazy_default() -> Settings:
     return load(None)
 
 
+@functools.cache
 def _packaged() -> dict[str, Any]:
+    """The packaged defaults, read once (nothing downstream mutates the merged dicts)."""
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(OmegaConf.load(packaged_defaults_path()), resolve=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import inspect
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from guardrails import _config
@@ -190,9 +192,27 @@ def configure(
     or ``None`` for the packaged defaults. On any problem nothing changes and
     ``PolicyConfigError`` lists every problem with its dotted path.
     """
-    settings = _config.load(source, overrides=overrides, config_name=config_name)
-    _install(settings)
+    with _collector_paused():
+        settings = _config.load(source, overrides=overrides, config_name=config_name)
+        _install(settings)
     return settings
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building.
+
+    Validation and compilation allocate many small objects and no cyclic garbage; with the
+    collector running, its full passes make ``configure()`` grow faster than linearly in
+    the number of policies (3x slower at 10,000).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _install(settings: Settings) -> None:

@@ -466,3 +466,19 @@ def test_hydra_main_app_configures_from_its_cfg(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "result 42 9" in out.stdout
+
+
+def test_configure_restores_the_garbage_collector_state() -> None:
+    import gc
+
+    configure({"policies": {"a": {}}})
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        configure({"policies": {"a": {}}})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(PolicyConfigError):
+        configure({"policies": {"a": {"cache": {"ttl": "never"}}}})
+    assert gc.isenabled()
