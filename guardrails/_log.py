@@ -123,6 +123,9 @@ class _Emitter:
         kwargs: dict[str, Any],
         info: list[Any] | None,
     ) -> None:
+        """After a call raised: record and count it, then log it if anyone will see it."""
+        self.ctx.counters.latencies.append(seconds)
+        self.ctx.counters.failure()
         if isinstance(exc, _REFUSALS):
             level, outcome = logging.WARNING, "rejected"
         elif isinstance(exc, asyncio.CancelledError):
@@ -183,10 +186,7 @@ def build(
             try:
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:
-                seconds = perf_counter() - t0
-                record(seconds)
-                failure()
-                failed(exc, seconds, args, kwargs, None)
+                failed(exc, perf_counter() - t0, args, kwargs, None)
                 raise
             seconds = perf_counter() - t0
             record(seconds)
@@ -206,10 +206,7 @@ def build(
         try:
             result = inner(args, kwargs, info)
         except BaseException as exc:
-            seconds = perf_counter() - t0
-            record(seconds)
-            failure()
-            failed(exc, seconds, args, kwargs, info)
+            failed(exc, perf_counter() - t0, args, kwargs, info)
             raise
         seconds = perf_counter() - t0
         record(seconds)
@@ -254,10 +251,7 @@ def build_async(
         try:
             result = await inner(args, kwargs, info)
         except BaseException as exc:
-            seconds = perf_counter() - t0
-            record(seconds)
-            failure()
-            failed(exc, seconds, args, kwargs, info)
+            failed(exc, perf_counter() - t0, args, kwargs, info)
             raise
         seconds = perf_counter() - t0
         record(seconds)
