@@ -89,7 +89,8 @@ class Store:
     def replay(self) -> None:
         """Under the lock: move the entries hit since the last replay to most recent."""
         touched, cache = self.touched, self.cache
-        while touched:
+        # Only the notes there now: hits on other threads keep adding while this runs.
+        for _ in range(len(touched)):
             key = touched.popleft()
             if key in cache.view:
                 with contextlib.suppress(KeyError):

@@ -482,3 +482,11 @@ def test_configure_restores_the_garbage_collector_state() -> None:
     with pytest.raises(PolicyConfigError):
         configure({"policies": {"a": {"cache": {"ttl": "never"}}}})
     assert gc.isenabled()
+
+
+def test_directory_with_another_primary_config(tmp_path: Path) -> None:
+    conf = _app_dir(tmp_path)
+    write(conf / "serving.yaml", "defaults:\n  - guardrails: fast\n  - _self_\n")
+    assert configure(conf, config_name="serving").policies["f"].retry.max_attempts == 2  # type: ignore[union-attr]
+    with pytest.raises(PolicyConfigError, match="cannot compose"):
+        configure(conf, config_name="missing")
