@@ -117,6 +117,12 @@ _gc_lock = threading.Lock()
 _last_gc = [float("-inf")]
 
 
+def forget_collections() -> None:
+    """Let the next refusal collect at once (the clock changed, or a test starts over)."""
+    with _gc_lock:
+        _last_gc[0] = float("-inf")
+
+
 def _collect_if_due(monotonic: Any) -> bool:
     with _gc_lock:
         now = monotonic()

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from guardrails._clock import Clock, FakeClock, SystemClock
 from guardrails._core import recompile
+from guardrails._memory import forget_collections
 from guardrails._state import STATE
 
 __all__ = ["FakeClock", "fake_clock", "reset"]
@@ -24,6 +25,7 @@ def reset() -> None:
         STATE.clock = SystemClock()
         for slot in list(STATE.slots):
             slot.reset()
+    forget_collections()
 
 
 @contextmanager
@@ -37,9 +39,11 @@ def fake_clock(clock: FakeClock | None = None) -> Iterator[FakeClock]:
         previous: Clock = STATE.clock
         STATE.clock = clock
         recompile()
+    forget_collections()
     try:
         yield clock
     finally:
         with STATE.lock:
             STATE.clock = previous
             recompile()
+        forget_collections()

@@ -7,9 +7,14 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 import guardrails.testing
 from guardrails.testing import FakeClock
+
+# Property tests check behaviour, not speed: no per-example deadline on a loaded CI machine.
+settings.register_profile("guardrails", deadline=None)
+settings.load_profile("guardrails")
 
 
 @pytest.fixture(autouse=True)
