@@ -181,6 +181,7 @@ def build(
     if direct is not None:
         fn = direct
 
+        # `log` below with the call inlined: one frame less, ~50 ns of ~450 per call.
         def log_direct(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
             t0 = perf_counter()
             try:

@@ -170,6 +170,17 @@ def _waiters(f: Any) -> int:
     return len(flights[0].done._cond._waiters) if flights else 0
 
 
+def _all_at_once(call: Any, f: Any, threads: int, release: threading.Event) -> None:
+    """Start the callers, wait until all but the leader wait on its result, then release it."""
+    pool = [threading.Thread(target=call) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    _wait_for(lambda: _waiters(f) == threads - 1)
+    release.set()
+    for t in pool:
+        t.join()
+
+
 @pytest.mark.parametrize("threads", [8, 16])
 def test_concurrent_misses_on_one_key_compute_once(threads: int) -> None:
     cache_policy(ttl=60)
@@ -183,13 +194,7 @@ def test_concurrent_misses_on_one_key_compute_once(threads: int) -> None:
         return x * 10
 
     results: list[int] = []
-    pool = [threading.Thread(target=lambda: results.append(f(7))) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    _wait_for(lambda: _waiters(f) == threads - 1)
-    release.set()
-    for t in pool:
-        t.join()
+    _all_at_once(lambda: results.append(f(7)), f, threads, release)
     assert computed == [7]
     assert results == [70] * threads
     s = guardrails.stats()["c"]
@@ -217,13 +222,7 @@ def test_concurrent_waiters_share_the_leaders_exception_and_nothing_is_cached() 
         except ConnectionError as exc:
             errors.append(exc)
 
-    pool = [threading.Thread(target=call) for _ in range(8)]
-    for t in pool:
-        t.start()
-    _wait_for(lambda: _waiters(f) == 7)
-    release.set()
-    for t in pool:
-        t.join()
+    _all_at_once(call, f, 8, release)
     assert len(errors) == 8 and computed == [1]
     assert f(1) == 1  # the failure was not cached
     assert len(computed) == 2
