@@ -26,12 +26,16 @@ from guardrails._types import (
 
 
 class WaitConfig(Section):
-    """Backoff: ``initial * multiplier ** (n - 1)`` plus up to ``jitter``, capped at ``max``."""
+    """Backoff: ``initial * multiplier ** (n - 1)`` plus up to ``jitter``, capped at ``max``.
+
+    ``jitter`` defaults to ``initial``, so a policy that sets ``initial: 10ms`` waits about
+    10-20 ms, not a fixed 100 ms of noise.
+    """
 
     initial: Duration = 0.1
     max: Duration = 5.0
     multiplier: float = Field(default=2.0, ge=1.0, strict=True)
-    jitter: Duration = 0.1
+    jitter: Duration | None = None
 
 
 class RetryConfig(Block):
@@ -61,8 +65,9 @@ class _Plan:
     def wait(self, state: tenacity.RetryCallState) -> float:
         w = self.cfg.wait
         delay = w.initial * w.multiplier ** (state.attempt_number - 1)
-        if w.jitter:
-            delay += random.uniform(0, w.jitter)
+        jitter = w.initial if w.jitter is None else w.jitter
+        if jitter:
+            delay += random.uniform(0, jitter)
         return min(delay, w.max)
 
     def tenacity_kwargs(self, started: float | None, why: list[str]) -> dict[str, Any]:

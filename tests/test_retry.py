@@ -197,3 +197,11 @@ def test_async_gives_up_with_note(clock: FakeClock) -> None:
     with pytest.raises(TimeoutError) as exc:
         asyncio.run(f())
     assert "gave up after 2 attempts" in exc.value.__notes__[0]
+
+
+def test_jitter_defaults_to_the_initial_wait(clock: FakeClock) -> None:
+    configure({"policies": {"r": {"retry": {"max_attempts": 4, "wait": {"initial": "10ms"}}}}})
+    guarded("r")(Flaky(*[ConnectionError()] * 3))()
+    for wait, base in zip(clock.sleeps, [0.01, 0.02, 0.04], strict=True):
+        assert base <= wait <= base + 0.01
+    assert guardrails.policy("r").retry.wait.jitter is None  # type: ignore[union-attr]
