@@ -108,3 +108,39 @@ def test_retries_happen_below_the_cache(clock: FakeClock) -> None:
     assert f(3) == 3 and f(3) == 3
     s = guardrails.stats()["p"]
     assert (s.cache_misses, s.cache_hits, s.retries) == (1, 1, 1)
+
+
+def test_the_whole_chain_async(clock: FakeClock) -> None:
+    import asyncio
+
+    full()
+    failures = [ConnectionError()]
+
+    @guarded("p")
+    async def f(x: int) -> int:
+        await asyncio.sleep(0)
+        if failures:
+            raise failures.pop()
+        return x
+
+    async def main() -> list[Any]:
+        first = await f(3)
+        second = await f(3)
+        try:
+            await f(-1)
+        except InputValidationError as exc:
+            return [first, second, exc]
+        return [first, second, None]
+
+    first, second, refused = asyncio.run(main())
+    assert (first, second) == (3, 3) and isinstance(refused, InputValidationError)
+    s = guardrails.stats()["p"]
+    assert (s.calls, s.successes, s.retries, s.cache_hits, s.cache_misses, s.rejected) == (
+        3,
+        2,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert clock.sleeps == [1]
