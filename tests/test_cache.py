@@ -344,3 +344,47 @@ def test_lock_free_view_matches_the_ttlcache(ops: list[tuple[str, int]]) -> None
             live = set(store.cache.keys())
         assert set(store.cache.view) == live
         assert len(live) <= 3
+
+
+def test_threads_never_see_a_wrong_value_under_eviction_and_expiry(clock: FakeClock) -> None:
+    import random
+
+    cache_policy(ttl=5, maxsize=8)
+
+    @guarded("c")
+    def square(x: int) -> int:
+        return x * x
+
+    wrong: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def caller(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(3000):
+            x = rng.randrange(40)
+            got = square(x)
+            if got != x * x:
+                wrong.append((x, got))
+
+    def ticker() -> None:
+        while not stop.is_set():
+            clock.advance(1)
+            time.sleep(0)
+
+    tick = threading.Thread(target=ticker)
+    tick.start()
+    pool = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    stop.set()
+    tick.join()
+    assert wrong == []
+    s = guardrails.stats()["c"]
+    assert s.cache_hits + s.cache_misses == 8 * 3000 and s.cache_hits > 0
+    store = square.__guardrails__.store  # type: ignore[attr-defined]
+    with store.lock:
+        store.cache.expire()
+        assert set(store.cache.view) == set(store.cache.keys())
+        assert len(store.cache) <= 8
