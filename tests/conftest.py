@@ -7,13 +7,13 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 import guardrails.testing
 from guardrails.testing import FakeClock
 
 # Property tests check behaviour, not speed: no per-example deadline on a loaded CI machine.
-settings.register_profile("guardrails", deadline=None)
+settings.register_profile("guardrails", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("guardrails")
 
 
