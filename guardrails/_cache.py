@@ -24,7 +24,6 @@ import cachetools
 from pydantic import Field, StrictInt
 
 from guardrails._binding import Binder
-from guardrails._errors import PolicyConfigError
 from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
@@ -121,17 +120,7 @@ def make_key_function(
     if cfg.key is None:
         picked = tuple(range(len(names)))
     else:
-        unknown = [k for k in cfg.key if k not in names]
-        if unknown:
-            raise PolicyConfigError(
-                [
-                    (
-                        f"guardrails.policies.{ctx.policy}.cache.key",
-                        f"{ctx.qualname} has no parameter {', '.join(map(repr, unknown))}; "
-                        f"its parameters are {', '.join(names) or '(none)'}",
-                    )
-                ]
-            )
+        ctx.check_parameters(cfg.key, "cache.key")
         picked = tuple(names.index(k) for k in cfg.key)
     values = binder.values
     all_args = picked == tuple(range(len(names)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, St
 
 from guardrails._binding import Binder
 from guardrails._clock import Clock
+from guardrails._errors import PolicyConfigError
 from guardrails._imports import qualified_name, resolve
 from guardrails._stats import PolicyCounters
 from guardrails._units import parse_duration, parse_size
@@ -112,3 +113,19 @@ class Context:
     logger: logging.Logger
     #: The cache store for this function under a cache block (kept when settings match).
     store_for: Callable[[Any], Any]
+
+    def check_parameters(self, names: Iterable[str], key: str) -> None:
+        """Raise ``PolicyConfigError`` at ``guardrails.policies.<policy>.<key>`` for names
+        that are not parameters of the guarded function."""
+        params = self.binder.names
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise PolicyConfigError(
+                [
+                    (
+                        f"guardrails.policies.{self.policy}.{key}",
+                        f"{self.qualname} has no parameter {', '.join(map(repr, missing))}; "
+                        f"its parameters are {', '.join(params) or '(none)'}",
+                    )
+                ]
+            )

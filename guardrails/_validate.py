@@ -135,21 +135,9 @@ def input_checker(
         return None
     binder = ctx.binder
     names = binder.names
-    missing = [n for n in cfg.args if n not in names]
-    if model is not None:
-        missing += [n for n in model.model_fields if n not in names]
-    if missing:
-        from guardrails._errors import PolicyConfigError
-
-        raise PolicyConfigError(
-            [
-                (
-                    f"guardrails.policies.{ctx.policy}.validate",
-                    f"{ctx.qualname} has no parameter {', '.join(map(repr, missing))}; "
-                    f"its parameters are {', '.join(names) or '(none)'}",
-                )
-            ]
-        )
+    ctx.check_parameters(
+        [*cfg.args, *(model.model_fields if model is not None else ())], "validate"
+    )
     fields = tuple(model.model_fields) if model is not None else ()
     validator = model.__pydantic_validator__ if model is not None else None
     policy, qualname = ctx.policy, ctx.qualname
