@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic
 from pydantic import Field, StrictBool, StrictInt, TypeAdapter, field_validator
@@ -125,20 +125,28 @@ def _shape_ok(actual: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
     )
 
 
+class _ModelFastPath(NamedTuple):
+    """What the flat sync layer needs when the model's fields are the parameters, in order."""
+
+    arity: int
+    fields: tuple[str, ...]
+    validate: Callable[[Any], Any]
+    pick: Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
 def input_checker(
     cfg: ValidateConfig, ctx: Context
-) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]] | None:
-    """``(args, kwargs) -> (args, kwargs)`` validated, or ``None`` with nothing to check."""
+) -> tuple[Callable[[Args, Kwargs], tuple[Args, Kwargs]], _ModelFastPath | None] | None:
+    """``check(args, kwargs) -> (args, kwargs)`` validated, with the model fast path when
+    there is one; ``None`` when there is nothing to check."""
     model = cfg.input
     arg_checks = [(name, _arg_checker(name, c)) for name, c in cfg.args.items()]
     if model is None and not arg_checks:
         return None
     binder = ctx.binder
     names = binder.names
-    ctx.check_parameters(
-        [*cfg.args, *(model.model_fields if model is not None else ())], "validate"
-    )
     fields = tuple(model.model_fields) if model is not None else ()
+    ctx.check_parameters([*cfg.args, *fields], "validate")
     validator = model.__pydantic_validator__ if model is not None else None
     policy, qualname = ctx.policy, ctx.qualname
     mapping, call_args = binder.mapping, binder.call_args
@@ -192,9 +200,10 @@ def input_checker(
             raise InputValidationError(policy, qualname, errors)
         return args, kwargs
 
-    if in_order and not checks_at:
-        check.model_fast_path = (plain_arity, fields, validate, pick)  # type: ignore[attr-defined]
-    return check
+    fast = None
+    if in_order and not checks_at and validate is not None:
+        fast = _ModelFastPath(plain_arity, fields, validate, pick)
+    return check, fast
 
 
 def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | None:
@@ -218,10 +227,10 @@ def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | 
 
 def build_input(cfg: ValidateConfig, inner: Inner, ctx: Context) -> Inner:
     """The sync input-validation layer."""
-    check = input_checker(cfg, ctx)
-    if check is None:
+    built = input_checker(cfg, ctx)
+    if built is None:
         return inner
-    fast = getattr(check, "model_fast_path", None)
+    check, fast = built
     if fast is not None:
         # The common case, kept flat: a model whose fields are the parameters, called
         # positionally. Anything else, and every failure, goes through ``check``.
@@ -263,9 +272,10 @@ def build_input(cfg: ValidateConfig, inner: Inner, ctx: Context) -> Inner:
 
 def build_input_async(cfg: ValidateConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async input-validation layer."""
-    check = input_checker(cfg, ctx)
-    if check is None:
+    built = input_checker(cfg, ctx)
+    if built is None:
         return inner
+    check = built[0]
 
     async def validate_input(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         args, kwargs = check(args, kwargs)
