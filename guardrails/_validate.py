@@ -155,7 +155,7 @@ def input_checker(
     checks_at = tuple((position[name], problems) for name, problems in arg_checks)
     plain_arity = binder.plain_arity
     # The model's fields are the parameters, in order: validate and rebuild the args in C.
-    in_order = validator is not None and fields == names
+    in_order = validator is not None and bool(fields) and fields == names
     pick = operator.itemgetter(*fields) if len(fields) > 1 else (lambda d: (d[fields[0]],))
     validate = validator.validate_python if validator is not None else None
 

@@ -17,3 +17,7 @@ class Prediction(BaseModel):
 
 class Threshold(BaseModel):
     t: float = Field(ge=0)
+
+
+class Nothing(BaseModel):
+    """A model with no fields, for a function with no parameters."""

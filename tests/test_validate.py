@@ -215,3 +215,8 @@ def test_model_whose_fields_are_the_parameters_in_order() -> None:
     with pytest.raises(InputValidationError) as exc:
         record(3, 2)
     assert [field for field, _ in exc.value.errors] == ["label", "score"]
+
+
+def test_a_model_with_no_fields_on_a_function_with_no_parameters() -> None:
+    validate_policy(input="tests.schemas_for_tests:Nothing")
+    assert guarded("v")(lambda: "ran")() == "ran"
