@@ -95,11 +95,6 @@ class Store:
                 with contextlib.suppress(KeyError):
                     cache[key]
 
-    def clear(self) -> None:
-        with self.lock:
-            self.touched.clear()
-            self.cache.clear()
-
 
 class _Flight:
     """A computation other threads wait on."""

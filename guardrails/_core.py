@@ -90,10 +90,7 @@ class Slot:
     def first_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """The chain before compilation: configure lazily if needed, compile, then call."""
         with STATE.lock:
-            settings = STATE.settings
-            if settings is None:
-                settings = STATE.settings = _config.load_lazy_default()
-            chain, store = self.compile(settings)
+            chain, store = self.compile(current_settings())
             self.install(chain, store)
         return chain(args, kwargs, info)
 

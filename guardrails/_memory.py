@@ -144,8 +144,8 @@ class _Guard:
         self.soft = cfg.soft_rss if cfg.soft_rss is not None else 1 << 62
         self.over_soft = False
 
-    def over_hard(self, rss: int) -> int:
-        """Called when ``rss`` is over the hard limit: collect once, look again, then refuse."""
+    def over_hard(self) -> int:
+        """Called when a reading is over the hard limit: collect once, look again, then refuse."""
         _collect_if_due(self.ctx.clock.monotonic)
         rss = PROBE.read()
         if rss > self.hard:
@@ -180,7 +180,7 @@ def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
     def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
         if before > hard:
-            before = guard.over_hard(before)
+            before = guard.over_hard()
         result = inner(args, kwargs, info)
         now = rss()
         if now != before or now > soft:
@@ -198,7 +198,7 @@ def build_async(cfg: MemoryConfig, inner: AsyncInner, ctx: Context) -> AsyncInne
     async def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
         if before > hard:
-            before = guard.over_hard(before)
+            before = guard.over_hard()
         result = await inner(args, kwargs, info)
         now = rss()
         if now != before or now > soft:
