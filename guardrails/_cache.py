@@ -1,7 +1,10 @@
 """The ``cache`` layer: a TTL result cache per guarded function (cachetools provides the store).
 
-Hits skip everything below. Exceptions are never cached. Concurrent misses on one key
-compute once: the first caller computes, the others wait for its result (or its exception).
+Hits skip everything below. Exceptions are never cached, and neither are one-shot values
+(coroutines, generators, iterators): a hit would hand out a spent object. Concurrent misses
+on one key compute once: the first caller computes, the others wait for its result (or its
+exception). A call that re-enters its own computation (recursion, directly or through other
+guarded functions) computes for itself instead of waiting on itself.
 
 Hits take no lock. The store is a ``cachetools.TTLCache``, changed only under the lock;
 beside it, a plain dict mirrors each live entry as ``(value, expires)``, and a hit reads
@@ -9,6 +12,12 @@ that dict (one atomic ``dict.get``). A hit also notes its key, and the next lock
 operation replays those notes into the TTLCache, so eviction stays least-recently-used.
 Without this, threads calling a cached function queue on the lock and throughput falls
 several-fold from one thread to eight.
+
+Fork safety: a child forked while another thread held a store's lock, or while keys were in
+flight on threads that do not exist in the child, would wait forever. After a fork every
+store gets a new lock and forgets the calls in flight; a store whose lock was held (its
+TTLCache may be half-updated) starts empty. Other stores keep their entries: a forked
+worker starts warm.
 """
 
 from __future__ import annotations
@@ -16,28 +25,44 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
+import os
 import threading
-from collections.abc import Callable, Hashable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 import cachetools
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, field_validator
 
 from guardrails._binding import Binder
 from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
-_MISS: Any = object()
 #: A waiter that sees this instead of a result computes for itself (the leader was cancelled).
 _AGAIN: Any = object()
+#: The largest ``maxsize``: far above any in-process cache, far below what overflows a C size.
+MAX_ENTRIES = 2**31
 
 
 class CacheConfig(Block):
     """``cache:`` — ``ttl`` per entry, ``maxsize`` entries (LRU eviction), ``key`` arguments."""
 
     ttl: Duration = 300.0
-    maxsize: StrictInt = Field(default=1024, ge=1)
+    maxsize: StrictInt = Field(default=1024, ge=1, le=MAX_ENTRIES)
     key: tuple[str, ...] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _some_arguments(cls, key: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if key is not None and not key:
+            # An empty key would make every call share one entry.
+            raise ValueError(
+                "list at least one parameter name, or leave key out to use every argument"
+            )
+        if key is not None and len(set(key)) != len(key):
+            raise ValueError(f"each parameter name once, got {list(key)}")
+        return key
 
 
 class _MirroredTTLCache(cachetools.TTLCache[Hashable, Any]):
@@ -47,9 +72,15 @@ class _MirroredTTLCache(cachetools.TTLCache[Hashable, Any]):
     it) or ``expire``; the view follows each. Callers hold the store's lock for changes.
     """
 
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        view: dict[Hashable, tuple[Any, float]],
+    ) -> None:
         super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
-        self.view: dict[Hashable, tuple[Any, float]] = {}
+        self.view = view
         self._now = timer
         self._ttl = ttl
 
@@ -70,20 +101,48 @@ class _MirroredTTLCache(cachetools.TTLCache[Hashable, Any]):
         return expired
 
 
-class Store:
-    """One function's cache: the TTLCache, its lock-free view, and the calls in flight."""
+#: Every live store, for ``clear()`` by policy and for the fork handler.
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 
-    __slots__ = ("cache", "inflight", "lock", "settings", "timer", "touched")
+
+class Store:
+    """One function's cache: the TTLCache, its lock-free view, and the calls in flight.
+
+    The compiled layers hold the ``view`` dict, the ``touched`` deque and the ``inflight``
+    dict, which never change identity; ``lock`` and ``cache`` are read from the store on
+    each miss, so that a clear or a fork can replace them.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "cache",
+        "generation",
+        "inflight",
+        "lock",
+        "settings",
+        "timer",
+        "touched",
+        "view",
+    )
 
     def __init__(self, cfg: CacheConfig, timer: Callable[[], float]) -> None:
         self.settings = (cfg.ttl, cfg.maxsize, cfg.key, timer)
         self.timer = timer
-        self.cache = _MirroredTTLCache(maxsize=cfg.maxsize, ttl=cfg.ttl, timer=timer)
+        self.view: dict[Hashable, tuple[Any, float]] = {}
+        self.cache = self._new_cache()
         self.lock = threading.Lock()
         self.inflight: dict[Hashable, Any] = {}
+        #: Bumped by ``clear()``: a computation that started before it does not store.
+        self.generation = 0
         #: Keys hit without the lock, oldest first, for ``replay`` (bounded: older notes
         #: than ``maxsize`` hits cannot change which entries are the least recent).
         self.touched: collections.deque[Hashable] = collections.deque(maxlen=cfg.maxsize)
+        _STORES.add(self)
+
+    def _new_cache(self) -> _MirroredTTLCache:
+        ttl, maxsize, _, timer = self.settings
+        self.view.clear()
+        return _MirroredTTLCache(maxsize=maxsize, ttl=ttl, timer=timer, view=self.view)
 
     def replay(self) -> None:
         """Under the lock: move the entries hit since the last replay to most recent."""
@@ -95,16 +154,56 @@ class Store:
                 with contextlib.suppress(KeyError):
                     cache[key]
 
+    def clear(self) -> None:
+        """Drop every entry; computations in flight finish but do not store their result."""
+        with self.lock:
+            self.generation += 1
+            self.cache = self._new_cache()
+            self.touched.clear()
+
+    def after_fork_in_child(self) -> None:
+        held = self.lock.locked()
+        self.lock = threading.Lock()
+        self.inflight.clear()
+        if held:
+            self.cache = self._new_cache()
+            self.touched.clear()
+
+
+def clear_stores(stores: Any) -> None:
+    for store in stores:
+        store.clear()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class _Flight:
-    """A computation other threads wait on."""
+    """A computation other threads wait on: ``done`` is held by the leader until it ends."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "owner", "value", "waiters")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.owner = threading.get_ident()
         self.value: Any = _AGAIN
         self.error: BaseException | None = None
+        #: How many callers wait on it (read by tests to line callers up).
+        self.waiters = 0
+
+
+#: The async computations this task (and the tasks it started) is leading: a call that
+#: meets one of them in flight is re-entering it and must not wait on itself.
+_LEADING: contextvars.ContextVar[tuple[asyncio.Future[Any], ...]] = contextvars.ContextVar(
+    "guardrails_cache_leading", default=()
+)
 
 
 def make_key_function(
@@ -129,7 +228,9 @@ def make_key_function(
         except UnkeyableArgument as exc:
             raise _unkeyable(ctx, binder, bound, picked) from exc
 
-    if len(names) == 1 and all_args:
+    # One plain positional parameter: its one argument is the key. Only for a signature
+    # where one positional argument binds to it (not ``*args``, not keyword-only).
+    if binder.plain_arity == 1 and all_args:
 
         def key1(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
             if not kwargs and len(args) == 1:
@@ -160,13 +261,35 @@ def _unkeyable(
     return TypeError(f"policy {ctx.policy!r} ({ctx.qualname}): cannot make a cache key")
 
 
+_ONE_SHOT = (Iterator, Awaitable, AsyncIterator)
+
+
+def _refuse_one_shot(ctx: Context, value: Any) -> None:
+    """Raise ``TypeError`` for a value that can be consumed once: a hit would hand it out spent."""
+    if not isinstance(value, _ONE_SHOT):
+        return
+    kind = type(value).__name__
+    if asyncio.iscoroutine(value) or hasattr(value, "gi_frame"):
+        value.close()  # never started: close it rather than leave "never awaited" behind
+    hint = (
+        "make it an `async def` (guardrails awaits it and caches the result)"
+        if isinstance(value, Awaitable)
+        else "return the data itself (a list, a tuple, an array)"
+    )
+    raise TypeError(
+        f"policy {ctx.policy!r} ({ctx.qualname}): cannot cache the {kind} it returned, which "
+        f"can be consumed only once; {hint}, or remove guardrails.policies.{ctx.policy}.cache"
+    )
+
+
 def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     """The sync cache layer around ``inner``, keeping entries in ``store``."""
     make_key = make_key_function(cfg, ctx.binder, ctx)
-    cache, lock, inflight = store.cache, store.lock, store.inflight
+    inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
-    view_get, touch, now, replay = cache.view.get, store.touched.append, store.timer, store.replay
+    view_get, touch, now = store.view.get, store.touched.append, store.timer
     one_arg = cfg.key is None and ctx.binder.plain_arity == 1
+    get_ident = threading.get_ident
 
     def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         # The hit path, kept flat and lock-free: it is most of the calls of a cached function.
@@ -186,45 +309,63 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     def compute(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """A miss: compute once per key, however many callers are waiting for it."""
         while True:
-            with lock:
-                replay()
+            with store.lock:
+                store.replay()
                 try:
-                    value = cache[key]
+                    value = store.cache[key]
                 except KeyError:
-                    found: _Flight | None = inflight.get(key)
-                    leader = found is None
-                    flight = inflight[key] = _Flight() if found is None else found
+                    flight: _Flight | None = inflight.get(key)
+                    if flight is None:
+                        flight = inflight[key] = _Flight()
+                        break
+                    if flight.owner == get_ident():
+                        # This thread is computing this key further up its own stack.
+                        flight = None
+                        break
+                    flight.waiters += 1
                 else:
                     hit()
                     if info is not None:
                         info[1] = True
                     return value
-            if leader:
-                break
-            flight.done.wait()
+            with flight.done:
+                pass
             if flight.error is not None:
-                raise flight.error
+                error = flight.error
+                try:
+                    raise error
+                finally:
+                    # The traceback holds this frame: drop what would hold the traceback.
+                    del error, flight
             if flight.value is not _AGAIN:
                 hit()
                 if info is not None:
                     info[1] = True
                 return flight.value
+        generation = store.generation
         miss()
         try:
             value = inner(args, kwargs, info)
+            _refuse_one_shot(ctx, value)
         except Exception as exc:
-            flight.error = exc
+            if flight is not None:
+                flight.error = exc
             raise
         else:
-            flight.value = value
-            with lock:
-                replay()
-                cache[key] = value
+            if flight is not None:
+                flight.value = value
+            with store.lock:
+                store.replay()
+                if store.generation == generation:
+                    store.cache[key] = value
             return value
         finally:
-            with lock:
-                del inflight[key]
-            flight.done.set()
+            if flight is not None:
+                with store.lock:
+                    if inflight.get(key) is flight:
+                        del inflight[key]
+                flight.done.release()
+                flight = None  # the traceback holds this frame, the flight holds the error
 
     return cache_layer
 
@@ -232,9 +373,10 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
 def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store) -> AsyncInner:
     """The async cache layer: waiters on the same event loop share the leader's result."""
     make_key = make_key_function(cfg, ctx.binder, ctx)
-    cache, lock, inflight = store.cache, store.lock, store.inflight
+    inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
-    view_get, touch, now, replay = cache.view.get, store.touched.append, store.timer, store.replay
+    view_get, touch, now = store.view.get, store.touched.append, store.timer
+    leading = _LEADING
 
     async def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         key = make_key(args, kwargs)
@@ -245,54 +387,73 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
             if info is not None:
                 info[1] = True
             return entry[0]
+        return await compute(key, args, kwargs, info)
+
+    async def compute(
+        key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any
+    ) -> Any:
         loop = asyncio.get_running_loop()
+        mine: asyncio.Future[Any] | None = None
         while True:
-            with lock:
-                replay()
+            with store.lock:
+                store.replay()
                 try:
-                    value = cache[key]
+                    value = store.cache[key]
                 except KeyError:
                     found: asyncio.Future[Any] | None = inflight.get(key)
-                    leader = found is None or found.get_loop() is not loop
-                    flight = inflight[key] = loop.create_future() if found is None else found
+                    if found is None:
+                        mine = inflight[key] = loop.create_future()
+                        break
+                    if found.get_loop() is not loop or found in leading.get():
+                        # Another loop's flight cannot be awaited here; one this task leads
+                        # is a re-entry: compute without waiting on ourselves.
+                        break
                 else:
                     hit()
                     if info is not None:
                         info[1] = True
                     return value
-            if leader:
-                break
-            # shield: a waiter's cancellation must not cancel the leader's future.
-            value = await asyncio.shield(flight)
+            try:
+                # shield: a waiter's cancellation must not cancel the leader's future.
+                value = await asyncio.shield(found)
+            finally:
+                found = None  # an exception's traceback holds this frame
             if value is not _AGAIN:
                 hit()
                 if info is not None:
                     info[1] = True
                 return value
-        mine = inflight.get(key) is flight and flight.get_loop() is loop
+        found = None
+        generation = store.generation
+        token = leading.set((*leading.get(), mine)) if mine is not None else None
         miss()
         try:
             value = await inner(args, kwargs, info)
+            _refuse_one_shot(ctx, value)
         except Exception as exc:
-            if mine and not flight.done():
-                flight.set_exception(exc)
-                flight.exception()  # marks it retrieved: no "never retrieved" warning
+            if mine is not None and not mine.done():
+                mine.set_exception(exc)
+                mine.exception()  # marks it retrieved: no "never retrieved" warning
             raise
         except BaseException:
-            if mine and not flight.done():
-                flight.set_result(_AGAIN)
+            if mine is not None and not mine.done():
+                mine.set_result(_AGAIN)
             raise
         else:
-            with lock:
-                replay()
-                cache[key] = value
-            if mine and not flight.done():
-                flight.set_result(value)
+            with store.lock:
+                store.replay()
+                if store.generation == generation:
+                    store.cache[key] = value
+            if mine is not None and not mine.done():
+                mine.set_result(value)
             return value
         finally:
-            if mine:
-                with lock:
-                    if inflight.get(key) is flight:
+            if token is not None:
+                leading.reset(token)
+            if mine is not None:
+                with store.lock:
+                    if inflight.get(key) is mine:
                         del inflight[key]
+                mine = None  # the traceback holds this frame, the future holds the error
 
     return cache_layer

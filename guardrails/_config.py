@@ -186,3 +186,22 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> dic
         with open_dict(cfg):
             cfg.pop("hydra", None)
     return _to_plain(cfg)
+
+
+def hydra_job() -> tuple[str, ...] | None:
+    """The running Hydra job's identity (job number, id and output directory), or ``None``.
+
+    ``configure()`` uses it to start each job of a multirun afresh. Hydra is looked up only if
+    the application already imported it.
+    """
+    import sys
+
+    if "hydra" not in sys.modules:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    cfg = HydraConfig.get()
+    job = cfg.job
+    return (str(job.get("num", "")), str(job.get("id", "")), str(cfg.runtime.output_dir))

@@ -167,7 +167,7 @@ def _wait_for(condition: Any) -> None:
 def _waiters(f: Any) -> int:
     store = f.__guardrails__.store
     flights = list(store.inflight.values())
-    return len(flights[0].done._cond._waiters) if flights else 0
+    return int(flights[0].waiters) if flights else 0
 
 
 def _all_at_once(call: Any, f: Any, threads: int, release: threading.Event) -> None:
