@@ -9,7 +9,14 @@ each function's behaviour read from Hydra YAML.
 
 from __future__ import annotations
 
-from guardrails._core import configure, guarded, policy, stats
+from guardrails._core import (
+    clear_caches,
+    configure,
+    guarded,
+    policy,
+    reset_stats,
+    stats,
+)
 from guardrails._errors import (
     GuardrailsError,
     InputValidationError,
@@ -32,9 +39,11 @@ __all__ = [
     "PolicyConfigError",
     "PolicyStats",
     "Settings",
+    "clear_caches",
     "configure",
     "guarded",
     "policy",
     "report",
+    "reset_stats",
     "stats",
 ]

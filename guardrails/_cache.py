@@ -170,11 +170,6 @@ class Store:
             self.touched.clear()
 
 
-def clear_stores(stores: Any) -> None:
-    for store in stores:
-        store.clear()
-
-
 def _after_fork_in_child() -> None:
     for store in list(_STORES):
         store.after_fork_in_child()

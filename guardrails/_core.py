@@ -28,7 +28,7 @@ R = TypeVar("R")
 class Slot:
     """One guarded function: its policy name, its compiled chain, its cache store."""
 
-    __slots__ = ("__weakref__", "_binder", "fn", "is_async", "name", "qualname", "rebind", "store")
+    __slots__ = ("__weakref__", "binder", "fn", "is_async", "name", "qualname", "rebind", "store")
 
     def __init__(self, fn: Callable[..., Any], name: str, rebind: Callable[[Any], None]) -> None:
         self.fn = fn
@@ -37,13 +37,15 @@ class Slot:
         self.is_async = inspect.iscoroutinefunction(fn)
         self.rebind = rebind
         self.store: Store | None = None
-        self._binder: Binder | None = None
-
-    @property
-    def binder(self) -> Binder:
-        if self._binder is None:
-            self._binder = Binder(self.fn)
-        return self._binder
+        # Read now: a callable without a signature (a C builtin such as `max`) would
+        # otherwise make every later configure() fail.
+        try:
+            self.binder = Binder(fn)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(
+                f"@guarded needs a function whose parameters Python can read, and "
+                f"{self.qualname} has no signature ({exc}); guard a `def` that calls it"
+            ) from None
 
     def compile(self, settings: Settings) -> tuple[Any, Store | None]:
         """The chain for ``settings`` and the cache store it uses; installs nothing."""
@@ -191,8 +193,21 @@ def configure(
     """
     with _collector_paused():
         settings = _config.load(source, overrides=overrides, config_name=config_name)
-        _install(settings)
+        job = _config.hydra_job()
+        with STATE.lock:
+            _install(settings)
+            if job is not None and job != STATE.hydra_job:
+                if STATE.hydra_job is not None:
+                    # The next job of a multirun, in the same process: it starts as if alone.
+                    _fresh_start()
+                STATE.hydra_job = job
     return settings
+
+
+def _fresh_start() -> None:
+    clear_caches()
+    reset_stats()
+    LOGGER.debug("a new Hydra job: caches emptied and statistics zeroed")
 
 
 @contextlib.contextmanager
@@ -250,6 +265,29 @@ def current_settings() -> Settings:
 def policy(name: str) -> Policy:
     """The effective (merged, validated, frozen) policy for ``name``."""
     return current_settings().policy(name)
+
+
+def clear_caches(policy: str | None = None) -> None:
+    """Empty the caches of every guarded function (or of those guarded by ``policy``).
+
+    A computation in flight finishes and returns its result, but does not store it.
+    """
+    with STATE.lock:
+        stores = [
+            slot.store
+            for slot in list(STATE.slots)
+            if slot.store is not None and (policy is None or slot.name == policy)
+        ]
+    for store in stores:
+        store.clear()
+
+
+def reset_stats(policy: str | None = None) -> None:
+    """Zero the statistics of every policy (or of ``policy``)."""
+    with STATE.lock:
+        for name, counters in STATE.counters.items():
+            if policy is None or name == policy:
+                counters.reset()
 
 
 def stats() -> dict[str, PolicyStats]:

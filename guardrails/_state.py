@@ -7,6 +7,7 @@ each guarded function's compiled chain, which is swapped whole (one reference) b
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -28,6 +29,13 @@ class State:
         self.slots: weakref.WeakSet[Slot] = weakref.WeakSet()
         self.counters: dict[str, PolicyCounters] = {}
         self.clock: Clock = SystemClock()
+        #: The Hydra job the configuration was last installed in (see ``configure()``).
+        self.hydra_job: tuple[str, ...] | None = None
+
+    def after_fork_in_child(self) -> None:
+        # Another thread of the parent may have held the lock at the fork; it does not
+        # exist in the child and would never release it.
+        self.lock = threading.RLock()
 
     def counters_for(self, name: str) -> PolicyCounters:
         with self.lock:
@@ -38,3 +46,5 @@ class State:
 
 
 STATE = State()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=STATE.after_fork_in_child)

@@ -24,6 +24,7 @@ class PolicyCounters:
     """
 
     __slots__ = (
+        "_base",
         "_cache_hits",
         "_cache_misses",
         "_failures",
@@ -57,18 +58,42 @@ class PolicyCounters:
         self.cache_miss = self._cache_misses.__next__
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.max_rss_growth = 0
+        self._base = (0, 0, 0, 0, 0, 0)
+
+    def _raw(self) -> tuple[int, ...]:
+        return tuple(
+            _read(c)
+            for c in (
+                self._successes,
+                self._failures,
+                self._retries,
+                self._cache_hits,
+                self._cache_misses,
+                self._rejected,
+            )
+        )
+
+    def reset(self) -> None:
+        """Zero the statistics. Compiled chains hold the counters' ``__next__``, so the
+        counters stay and a baseline is subtracted from them instead."""
+        self._base = self._raw()
+        self.latencies.clear()
+        self.max_rss_growth = 0
 
     def snapshot(self) -> PolicyStats:
-        successes, failures = _read(self._successes), _read(self._failures)
+        raw = self._raw()
+        successes, failures, retries, hits, misses, rejected = (
+            now - then for now, then in zip(raw, self._base, strict=True)
+        )
         lat = sorted(self.latencies)
         return PolicyStats(
             calls=successes + failures,
             successes=successes,
             failures=failures,
-            retries=_read(self._retries),
-            cache_hits=_read(self._cache_hits),
-            cache_misses=_read(self._cache_misses),
-            rejected=_read(self._rejected),
+            retries=retries,
+            cache_hits=hits,
+            cache_misses=misses,
+            rejected=rejected,
             p50_ms=_percentile(lat, 50),
             p95_ms=_percentile(lat, 95),
             p99_ms=_percentile(lat, 99),

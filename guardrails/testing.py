@@ -21,6 +21,7 @@ def reset() -> None:
     """Back to the state at import: not configured, no statistics, empty caches, real time."""
     with STATE.lock:
         STATE.settings = None
+        STATE.hydra_job = None
         STATE.counters.clear()
         STATE.clock = SystemClock()
         for slot in list(STATE.slots):

@@ -17,15 +17,11 @@ SUMMARY = re.compile(
 )
 
 
-def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], dict[str, list[str]], str]:
+def example(tmp_path: Path, *arguments: str) -> str:
+    """The example's standard output, run as a user runs it."""
     env = {k: v for k, v in os.environ.items() if k != "GUARDRAILS_CONFIG"}
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "pipeline.py"),
-            *overrides,
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
+        [sys.executable, str(ROOT / "examples" / "pipeline.py"), *arguments],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -34,15 +30,28 @@ def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], dict[str, li
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    match = SUMMARY.search(out.stdout)
-    assert match, out.stdout
-    summary = {k: float(v) for k, v in match.groupdict().items()}
-    table = {}
-    for line in out.stdout.splitlines():
+    return out.stdout + out.stderr
+
+
+def tables(output: str) -> list[dict[str, list[str]]]:
+    """Each statistics table printed, as policy -> its cells."""
+    found: list[dict[str, list[str]]] = []
+    for line in output.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
         if len(cells) >= 8 and cells[0] in ("fetch_features", "predict"):
-            table[cells[0]] = cells
-    return summary, table, out.stdout + out.stderr
+            if not found or cells[0] in found[-1]:
+                found.append({})
+            found[-1][cells[0]] = cells
+    return found
+
+
+def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], dict[str, list[str]], str]:
+    output = example(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    match = SUMMARY.search(output)
+    assert match, output
+    summary = {k: float(v) for k, v in match.groupdict().items()}
+    (table,) = tables(output)
+    return summary, table, output
 
 
 def col(row: list[str], name: str) -> int:
@@ -59,6 +68,23 @@ def test_default_run(tmp_path: Path) -> None:
     assert col(fetch, "retries") > 0 and col(fetch, "hits") > 0 and col(fetch, "failed") == 0
     assert col(predict, "rejected") == summary["rejected"]
     assert "expected shape [-1, 13]" in output and "expected finite values" in output
+
+
+def test_each_multirun_job_prints_what_it_prints_alone(tmp_path: Path) -> None:
+    # The basic launcher runs the jobs one after another in one process: the second job must
+    # not see the first one's cache entries (other rows, same keys) nor add to its statistics.
+    output = example(tmp_path, "-m", "job.seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    lines = [m.group(0) for m in SUMMARY.finditer(output)]
+    counts = [row[:8] for table in tables(output) for row in table.values()]
+    assert len(lines) == 2 and len(counts) == 4, output
+    alone_lines, alone_counts = [], []
+    for seed in (1, 2):
+        single = example(tmp_path, f"job.seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}")
+        alone_lines += [m.group(0) for m in SUMMARY.finditer(single)]
+        alone_counts += [row[:8] for table in tables(single) for row in table.values()]
+    assert lines == alone_lines
+    assert counts == alone_counts  # calls, ok, failed, retries, hits, misses, rejected
+    assert lines[0] != lines[1]  # the seeds do differ, so the comparison means something
 
 
 def test_one_attempt_makes_failures_appear(tmp_path: Path) -> None:

@@ -13,10 +13,12 @@ def test_public_names() -> None:
         "PolicyConfigError",
         "PolicyStats",
         "Settings",
+        "clear_caches",
         "configure",
         "guarded",
         "policy",
         "report",
+        "reset_stats",
         "stats",
     }
     for name in guardrails.__all__:
