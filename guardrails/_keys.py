@@ -1,13 +1,20 @@
-"""Cache keys made from argument values.
+"""Cache keys made from argument values: two values share a key only if a call cannot tell them apart.
 
-Scalars are tagged with their type (``1``, ``1.0`` and ``True`` differ); numpy arrays key by
-dtype, shape and a 128-bit xxh3 of their bytes (never ``str()``/``repr()``); dicts by their
-items regardless of order; lists and tuples element by element; other hashable objects by
-their own ``__hash__``/``__eq__``. Anything else is refused with a ``TypeError``.
+Scalars are tagged with their type (``1``, ``1.0`` and ``True`` differ); floats and complex
+numbers by value with ``-0.0`` its own key and every NaN of one bit pattern one key; numpy
+scalars by type, dtype and bytes; numpy arrays by type, dtype, shape and a 128-bit xxh3 of
+their bytes (never ``str()``/``repr()``), masked arrays also by mask and fill value; dicts and
+sets by their items regardless of order (``OrderedDict`` in order); lists and tuples element
+by element; other hashable objects by their own ``__hash__``/``__eq__``, as
+``functools.lru_cache`` does. Anything else is refused with a ``TypeError``.
 """
 
 from __future__ import annotations
 
+import collections
+import enum
+import math
+import struct
 import sys
 from collections.abc import Hashable
 from typing import Any
@@ -15,9 +22,30 @@ from typing import Any
 import xxhash
 
 _hash128 = xxhash.xxh3_128_intdigest
-#: Types keyed as ``(type(value), value)``; the cache layer inlines this for one argument.
-ATOMIC: frozenset[type] = frozenset(
-    {int, float, bool, str, bytes, complex, type(None), range, slice}
+_float_bits = struct.Struct("<q")
+_pack_double = struct.Struct("<d").pack
+#: Stands for -0.0 in a key: it equals no float, so ``0.0`` and ``-0.0`` never share a key.
+_NEG_ZERO = "-0.0"
+
+#: Types keyed as ``(type(value), value)``: their ``==`` holds exactly when two values of the
+#: type cannot be told apart. The cache layer inlines this for one argument.
+ATOMIC: frozenset[type] = frozenset({int, bool, str, bytes, type(None)})
+
+#: numpy's own ndarray subclasses, whose instance ``__dict__`` holds no value-defining state
+#: (filled on first use, so importing this module does not import numpy).
+_plain_array_types: frozenset[type] = frozenset()
+#: MaskedArray's bookkeeping attributes, left out of the state of its subclasses.
+_MASKED_ATTRIBUTES = frozenset(
+    {
+        "_fill_value",
+        "_hardmask",
+        "_sharedmask",
+        "_isfield",
+        "_baseclass",
+        "_optinfo",
+        "_basedict",
+        "_mask",
+    }
 )
 
 
@@ -26,23 +54,89 @@ class UnkeyableArgument(TypeError):
 
 
 def key_of(value: Any) -> Hashable:
-    """A hashable key equal for equal values of the same type, different otherwise."""
+    """A hashable key equal for values a call cannot tell apart, different otherwise."""
     t = type(value)
     if t in ATOMIC:
         return (t, value)
+    if t is float:
+        # The common float keys as itself; only 0.0 and NaN need a closer look.
+        if value == value and value:
+            return (float, value)
+        return (float, _float_part(value))
     if t is tuple or t is list:
         return (t, tuple([key_of(v) for v in value]))
     if t is dict:
-        return (t, frozenset([(key_of(k), key_of(v)) for k, v in value.items()]))
+        return (t, _bag([(key_of(k), key_of(v)) for k, v in value.items()]))
     if t is frozenset or t is set:
-        return (t, frozenset([key_of(v) for v in value]))
+        return (t, _bag([key_of(v) for v in value]))
+    if t is complex:
+        return (t, _float_part(value.real), _float_part(value.imag))
     np = sys.modules.get("numpy")
-    if np is not None and isinstance(value, np.ndarray):
-        return _array_key(np, value)
+    if np is not None:
+        if isinstance(value, np.ndarray):
+            return _array_key(np, value)
+        if isinstance(value, np.generic):
+            return _numpy_scalar_key(value)
+    return _other_key(value, t)
+
+
+def _float_part(x: float) -> Hashable:
+    """A float's key: the float itself, except -0.0 and NaN (keyed by its bits)."""
+    x = float(x)
+    if x == x and x:
+        return x
+    if x == 0.0:
+        return _NEG_ZERO if math.copysign(1.0, x) < 0.0 else 0.0
+    return ("nan", _float_bits.unpack(_pack_double(x))[0])
+
+
+def _bag(keys: list[Any]) -> Hashable:
+    """Unordered keys; counted when some coincide (distinct NaN objects in one set or dict)."""
+    bag = frozenset(keys)
+    if len(bag) == len(keys):
+        return bag
+    return ("counted", frozenset(collections.Counter(keys).items()))
+
+
+def _state(value: Any, t: type, skip: frozenset[str] = frozenset()) -> Hashable:
+    """The key of an instance's own attributes: a subclass may keep value-defining state there."""
+    attrs = getattr(value, "__dict__", None)
+    if not attrs:
+        return ()
+    if skip:
+        attrs = {k: v for k, v in attrs.items() if k not in skip}
+    try:
+        return key_of(attrs)
+    except UnkeyableArgument as exc:
+        raise UnkeyableArgument(
+            f"{t.__module__}.{t.__qualname__} with an attribute that has no key ({exc})"
+        ) from None
+
+
+def _other_key(value: Any, t: type) -> Hashable:
+    if isinstance(value, enum.Enum):
+        return (t, value)  # members are singletons: identity is the value
+    if t is slice:
+        return (t, key_of(value.start), key_of(value.stop), key_of(value.step))
+    if t is range:
+        # range(0) == range(5, 5), yet a function can read .start.
+        return (t, value.start, value.stop, value.step)
+    if isinstance(value, float):
+        return (t, _float_part(value), _state(value, t))
+    if isinstance(value, complex):
+        return (t, _float_part(value.real), _float_part(value.imag), _state(value, t))
     if isinstance(value, tuple | list):
-        return (t, tuple([key_of(v) for v in value]))
+        return (t, tuple([key_of(v) for v in value]), _state(value, t))
     if isinstance(value, dict):
-        return (t, frozenset([(key_of(k), key_of(v)) for k, v in value.items()]))
+        pairs = [(key_of(k), key_of(v)) for k, v in value.items()]
+        if isinstance(value, collections.OrderedDict):
+            return (t, tuple(pairs), _state(value, t))  # its == is order-sensitive
+        if isinstance(value, collections.defaultdict):
+            extra = key_of(value.default_factory)
+            return (t, _bag(pairs), extra, _state(value, t))
+        return (t, _bag(pairs), _state(value, t))
+    if isinstance(value, frozenset | set):
+        return (t, _bag([key_of(v) for v in value]), _state(value, t))
     try:
         hash(value)
     except TypeError:
@@ -50,9 +144,22 @@ def key_of(value: Any) -> Hashable:
     return (t, value)
 
 
+def _numpy_scalar_key(value: Any) -> Hashable:
+    # Never by ==: np.float64(-0.0) == np.float64(0.0), and NaN equals nothing.
+    dtype = value.dtype
+    if dtype.hasobject:
+        raise UnkeyableArgument("numpy scalar holding objects (its bytes are pointers)")
+    return (type(value), dtype, value.tobytes())
+
+
 def _array_key(np: Any, arr: Any) -> Hashable:
-    if arr.dtype.hasobject:
+    t = type(arr)
+    dtype = arr.dtype
+    if dtype.hasobject:
         raise UnkeyableArgument("numpy array of dtype object (its bytes are pointers)")
+    ma = sys.modules.get("numpy.ma")  # not imported: no masked array can exist
+    if ma is not None and isinstance(arr, ma.MaskedArray):
+        return _masked_key(ma, arr, t)
     contiguous = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
     if not contiguous.size:
         digest = 0
@@ -61,4 +168,37 @@ def _array_key(np: Any, arr: Any) -> Hashable:
             digest = _hash128(contiguous.data)  # the buffer itself: no copy, no new array
         except (ValueError, TypeError):  # dtypes with no buffer format (datetime64, ...)
             digest = _hash128(contiguous.reshape(-1).view(np.uint8))
-    return (type(arr), arr.dtype.str, arr.shape, digest)
+    # The dtype itself, not dtype.str: "|V4" is every 4-byte structured dtype.
+    if t is np.ndarray or _is_plain(np, t):
+        return (t, dtype, arr.shape, digest)
+    return (t, dtype, arr.shape, digest, _state(arr, t))
+
+
+def _masked_key(ma: Any, arr: Any, t: type) -> Hashable:
+    if t is ma.core.MaskedConstant:
+        return (t,)  # np.ma.masked, a singleton whose fill_value cannot be read
+    key = (
+        t,
+        key_of(ma.getdata(arr)),
+        key_of(ma.getmaskarray(arr)),  # nomask and an all-False mask agree
+        key_of(arr.fill_value),
+        bool(arr.hardmask),
+    )
+    if t is ma.MaskedArray or t is ma.core.mvoid:
+        return key
+    return (*key, _state(arr, t, _MASKED_ATTRIBUTES))
+
+
+def _is_plain(np: Any, t: type) -> bool:
+    global _plain_array_types
+    if not _plain_array_types:
+        _plain_array_types = frozenset(
+            {
+                np.ndarray,
+                np.matrix,
+                np.memmap,
+                np.recarray,
+                np.char.chararray,
+            }
+        )
+    return t in _plain_array_types
