@@ -4,7 +4,9 @@ Resident memory is read from a kept handle on ``/proc/self/statm`` (one ``pread`
 half a microsecond; psutil elsewhere, about ten), reopened in a forked child. A reading is
 reused for up to ``MAX_AGE`` (one millisecond): a process cannot fault in more than a few
 megabytes in that time, and a hot function then pays a clock read, not a system call.
-A reading over a limit is always taken afresh before anything is refused.
+A reading over a limit is always taken afresh before anything is refused, and while a
+function is over its ``soft_rss`` every call reads afresh, so a drop back under it is seen
+(and the warning re-armed) however soon the next call comes.
 """
 
 from __future__ import annotations
@@ -117,6 +119,16 @@ _gc_lock = threading.Lock()
 _last_gc = [float("-inf")]
 
 
+def _reinit_locks() -> None:
+    # Only the forking thread survives in a child: a lock another thread held stays held.
+    global _gc_lock
+    _gc_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_locks)
+
+
 def forget_collections() -> None:
     """Let the next refusal collect at once (the clock changed, or a test starts over)."""
     with _gc_lock:
@@ -136,13 +148,31 @@ def _collect_if_due(monotonic: Any) -> bool:
 class _Guard:
     """The admission decision and the soft-limit warning of one compiled memory layer."""
 
-    __slots__ = ("ctx", "hard", "over_soft", "soft")
+    __slots__ = ("ctx", "gate", "hard", "over_soft", "soft")
 
     def __init__(self, cfg: MemoryConfig, ctx: Context) -> None:
         self.ctx = ctx
         self.hard = cfg.max_rss if cfg.max_rss is not None else 1 << 62
         self.soft = cfg.soft_rss if cfg.soft_rss is not None else 1 << 62
         self.over_soft = False
+        #: A call whose first reading is above this goes through ``admit``: the hard limit
+        #: normally, below any reading while over the soft limit (so each call reads afresh).
+        self.gate = self.hard
+
+    def admit(self, before: int) -> int:
+        """The slow path of admission: refuse over the hard limit, and while over the soft
+        limit take a fresh reading, re-arming the warning if memory is back under it."""
+        rss = before if before > self.hard else PROBE.read()
+        if rss > self.hard:
+            rss = self.over_hard()
+        if self.over_soft and rss <= self.soft:
+            self.rearm()
+        return rss
+
+    def rearm(self) -> None:
+        """Memory was seen back under the soft limit: the next crossing warns again."""
+        self.over_soft = False
+        self.gate = self.hard
 
     def over_hard(self) -> int:
         """Called when a reading is over the hard limit: collect once, look again, then refuse."""
@@ -161,6 +191,7 @@ class _Guard:
         if rss > self.soft:
             if not self.over_soft:
                 self.over_soft = True
+                self.gate = -1
                 self.ctx.logger.warning(
                     "%s: resident memory %s is over memory.soft_rss %s",
                     self.ctx.policy,
@@ -169,18 +200,18 @@ class _Guard:
                     extra={"policy": self.ctx.policy, "function": self.ctx.qualname, "rss": rss},
                 )
         elif self.over_soft:
-            self.over_soft = False
+            self.rearm()
 
 
 def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
     """The sync memory layer around ``inner``."""
     guard = _Guard(cfg, ctx)
-    rss, hard, soft, note = PROBE.rss, guard.hard, guard.soft, guard.note
+    rss, soft, note = PROBE.rss, guard.soft, guard.note
 
     def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
-        if before > hard:
-            before = guard.over_hard()
+        if before > guard.gate:
+            before = guard.admit(before)
         result = inner(args, kwargs, info)
         now = rss()
         if now != before or now > soft:
@@ -193,12 +224,12 @@ def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
 def build_async(cfg: MemoryConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async memory layer around ``inner``."""
     guard = _Guard(cfg, ctx)
-    rss, hard, soft, note = PROBE.rss, guard.hard, guard.soft, guard.note
+    rss, soft, note = PROBE.rss, guard.soft, guard.note
 
     async def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
-        if before > hard:
-            before = guard.over_hard()
+        if before > guard.gate:
+            before = guard.admit(before)
         result = await inner(args, kwargs, info)
         now = rss()
         if now != before or now > soft:

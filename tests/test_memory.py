@@ -1,17 +1,28 @@
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+import select
+import signal
 import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 
 import guardrails
 from guardrails import MemoryBudgetExceeded, configure, guarded
+from guardrails import _memory
 from guardrails._memory import PROBE, RssProbe
 from guardrails.testing import FakeClock
+
+MiB = 2**20
 
 
 def _close(a: int, b: int) -> bool:
@@ -133,3 +144,245 @@ def test_async_memory_guard() -> None:
 
     with pytest.raises(MemoryBudgetExceeded):
         asyncio.run(f())
+
+
+# --- soft_rss: one warning per crossing, whatever the probe's reuse window --------------
+
+
+@pytest.fixture
+def probe_time() -> Iterator[list[float]]:
+    """Freeze the probe's clock: a reading is reused until the test moves this clock past
+    ``MAX_AGE`` (the worst case of the reuse window, with no dependence on real timing)."""
+    real = _memory.monotonic
+    # Behind real time, so readings stamped with it look old once the real clock is back.
+    now = [real() - 3600.0]
+    _memory.monotonic = lambda: now[0]  # type: ignore[assignment]
+    PROBE.read()
+    try:
+        yield now
+    finally:
+        _memory.monotonic = real  # type: ignore[assignment]
+        PROBE.read()
+
+
+def _ballast() -> Any:
+    # Every page written, so it is resident at once; this large an array is its own mapping,
+    # returned to the kernel when it is freed.
+    return np.ones(64 * MiB // 8)
+
+
+def _soft_warnings(logs: pytest.LogCaptureFixture) -> int:
+    return sum("soft_rss" in r.getMessage() for r in logs.records)
+
+
+def _soft_limit_just_above_now(f: Callable[[], Any]) -> None:
+    configure({"policies": {"m": {"memory": {"soft_rss": "100%"}, "log": None}}})
+    f()  # compiled and warm before the baseline is read
+    soft = PROBE.read() + 32 * MiB
+    configure({"policies": {"m": {"memory": {"soft_rss": soft}, "log": None}}})
+
+
+def test_soft_limit_warns_again_after_a_call_saw_memory_back_under_it(
+    logs: pytest.LogCaptureFixture, probe_time: list[float]
+) -> None:
+    f = guarded("m")(lambda: None)
+    _soft_limit_just_above_now(f)
+    f()
+    assert _soft_warnings(logs) == 0
+
+    ballast = _ballast()
+    probe_time[0] += 1.0
+    f()
+    f()
+    assert _soft_warnings(logs) == 1
+
+    del ballast  # back under, and the next call comes within the reuse window
+    f()
+    assert _soft_warnings(logs) == 1
+
+    ballast = _ballast()
+    probe_time[0] += 1.0
+    f()
+    f()
+    assert _soft_warnings(logs) == 2
+    del ballast
+
+
+def test_soft_limit_warns_again_after_a_call_saw_memory_back_under_it_async(
+    logs: pytest.LogCaptureFixture, probe_time: list[float]
+) -> None:
+    @guarded("m")
+    async def f() -> None: ...
+
+    _soft_limit_just_above_now(lambda: asyncio.run(f()))
+
+    async def scenario() -> list[int]:
+        seen = []
+        await f()
+        seen.append(_soft_warnings(logs))
+        ballast = _ballast()
+        probe_time[0] += 1.0
+        await f()
+        await f()
+        seen.append(_soft_warnings(logs))
+        del ballast
+        await f()
+        seen.append(_soft_warnings(logs))
+        ballast = _ballast()
+        probe_time[0] += 1.0
+        await f()
+        await f()
+        seen.append(_soft_warnings(logs))
+        del ballast
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 1, 2]
+
+
+# --- a failed or refused call does not keep its arguments alive ----------------------------
+
+
+class Boom(ValueError):
+    """A failure that can be weakly referenced (built-in exceptions cannot)."""
+
+
+def _boom(a: Any) -> None:
+    raise Boom
+
+
+async def _boom_async(a: Any) -> None:
+    raise Boom
+
+
+def _fine(a: Any) -> None: ...
+
+
+async def _fine_async(a: Any) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("memory", "fn", "error"),
+    [({"max_rss": "100%"}, _boom, Boom), ({"max_rss": 1024}, _fine, MemoryBudgetExceeded)],
+    ids=["failed", "refused"],
+)
+def test_a_failed_call_frees_its_arguments_and_its_exception_without_the_collector(
+    memory: dict[str, Any], fn: Callable[[Any], Any], error: type[BaseException]
+) -> None:
+    # No log block: a captured log record would hold the exception on purpose.
+    configure({"policies": {"m": {"memory": memory, "log": None}}})
+    f = guarded("m")(fn)
+    gc.collect()
+    gc.disable()
+    try:
+        array = np.ones(8)
+        arg = weakref.ref(array)
+        try:
+            f(array)
+        except error as e:
+            exc = weakref.ref(e)
+        del array
+        assert arg() is None and exc() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("memory", "fn", "error"),
+    [
+        ({"max_rss": "100%"}, _boom_async, Boom),
+        ({"max_rss": 1024}, _fine_async, MemoryBudgetExceeded),
+    ],
+    ids=["failed", "refused"],
+)
+def test_a_failed_call_frees_its_arguments_and_its_exception_without_the_collector_async(
+    memory: dict[str, Any], fn: Callable[[Any], Any], error: type[BaseException]
+) -> None:
+    # No log block: a captured log record would hold the exception on purpose.
+    configure({"policies": {"m": {"memory": memory, "log": None}}})
+    f = guarded("m")(fn)
+
+    async def scenario() -> tuple[object, object]:
+        array = np.ones(8)
+        arg = weakref.ref(array)
+        try:
+            await f(array)
+        except error as e:
+            exc = weakref.ref(e)
+        del array
+        return arg(), exc()
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert asyncio.run(scenario()) == (None, None)
+    finally:
+        gc.enable()
+
+
+# --- fork while another thread holds the memory layer's lock -----------------------------
+
+
+def _fork_while_the_collection_lock_is_held(child: Callable[[], bool]) -> None:
+    """Fork while another thread holds the forced-collection lock; the child runs ``child``
+    and reports; the parent waits a bounded time and never hangs the suite."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with _memory._gc_lock:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        held.wait()
+        reader, writer = os.pipe()
+        with warnings.catch_warnings():  # 3.12+ warns about forking a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(writer, b"1" if child() else b"0")
+            finally:
+                os._exit(0)
+        os.close(writer)
+        ready, _, _ = select.select([reader], [], [], 60)
+        answer = os.read(reader, 1) if ready else b""
+        os.close(reader)
+        if not answer:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert answer == b"1", "the child's guarded call never finished"
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_child_forked_while_a_thread_holds_the_collection_lock_runs_guarded_calls() -> None:
+    configure({"policies": {"m": {"memory": {"max_rss": 1024}, "log": None}}})
+    f = guarded("m")(lambda: None)  # always over: every call goes through the collection
+
+    def child() -> bool:
+        try:
+            f()
+        except MemoryBudgetExceeded:
+            return True
+        return False
+
+    _fork_while_the_collection_lock_is_held(child)
+
+
+def test_a_child_forked_while_a_thread_holds_the_collection_lock_runs_guarded_calls_async() -> None:
+    configure({"policies": {"m": {"memory": {"max_rss": 1024}, "log": None}}})
+
+    @guarded("m")
+    async def f() -> None: ...
+
+    def child() -> bool:
+        try:
+            asyncio.run(f())
+        except MemoryBudgetExceeded:
+            return True
+        return False
+
+    _fork_while_the_collection_lock_is_held(child)
