@@ -1,0 +1,388 @@
+"""Properties of cache keys: two argument values share a key exactly when a call cannot tell them apart.
+
+``same`` below is the reference: same type at every level, equal values, ``-0.0`` distinct
+from ``0.0``, a NaN equal to a NaN of the same bits; numpy scalars by type, dtype and bytes;
+arrays by type, dtype, shape and content bytes (masked arrays also by mask, fill value and
+hardness). Every generated value is within the types whose keys claim exactly this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardrails import configure, guarded
+from guardrails._keys import ATOMIC, key_of
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def same(a: Any, b: Any) -> bool:
+    """The reference equivalence: could a call tell ``a`` from ``b``?"""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is float:
+        return _bits(a) == _bits(b)
+    if t is complex:
+        return _bits(a.real) == _bits(b.real) and _bits(a.imag) == _bits(b.imag)
+    if isinstance(a, np.ma.MaskedArray):
+        return (
+            same(np.ma.getdata(a), np.ma.getdata(b))
+            and same(np.ma.getmaskarray(a), np.ma.getmaskarray(b))
+            and same(a.fill_value, b.fill_value)
+            and a.hardmask == b.hardmask
+        )
+    if isinstance(a, np.ndarray):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+        )
+    if isinstance(a, np.generic):
+        return bool(a.dtype == b.dtype) and a.tobytes() == b.tobytes()
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if t is dict:
+        return _same_bag(list(a.items()), list(b.items()))
+    if t is set or t is frozenset:
+        return _same_bag(list(a), list(b))
+    assert t in ATOMIC, t  # the generators make nothing else
+    return bool(a == b)
+
+
+def _same_bag(xs: list[Any], ys: list[Any]) -> bool:
+    # Greedy matching is exact because ``same`` is an equivalence relation.
+    if len(xs) != len(ys):
+        return False
+    rest = list(ys)
+    for x in xs:
+        for i, y in enumerate(rest):
+            if same(x, y):
+                del rest[i]
+                break
+        else:
+            return False
+    return True
+
+
+# --- generators: small domains, so values that look alike meet often -----------------------
+
+_FLOAT_BITS = [
+    _bits(x) for x in (0.0, -0.0, 1.0, -1.5, float("inf"), float("-inf"), float("nan"))
+] + [
+    struct.pack("<Q", 0xFFF8000000000000),  # the negative NaN
+    struct.pack("<Q", 0x7FF0000000000001),  # a signalling NaN with a payload
+]
+# A new float object on every draw: a NaN must not share a key only by being the same object.
+small_floats = st.sampled_from(_FLOAT_BITS).map(lambda b: struct.unpack("<d", b)[0])
+floats = st.one_of(small_floats, st.floats())
+numpy_scalars = st.one_of(
+    small_floats.map(np.float64),
+    st.sampled_from([0.0, -0.0, 1.0, float("inf"), float("nan")]).map(np.float32),
+    st.builds(np.complex128, small_floats, small_floats),
+    st.integers(-2, 2).map(np.int8),
+    st.integers(0, 2).map(np.uint64),
+    st.booleans().map(np.bool_),
+    st.builds(np.datetime64, st.integers(0, 2), st.sampled_from(["D", "s"])),
+    st.builds(np.timedelta64, st.integers(0, 2), st.sampled_from(["D", "s"])),
+    st.text("ab", max_size=2).map(np.str_),
+    st.binary(max_size=2).map(np.bytes_),
+)
+scalars = st.one_of(
+    st.integers(-2, 2),
+    st.integers(),
+    st.booleans(),
+    floats,
+    st.builds(complex, small_floats, small_floats),
+    st.text("ab", max_size=2),
+    st.binary(max_size=2),
+    st.none(),
+    numpy_scalars,
+)
+
+
+def _void_dtypes(itemsize: int) -> list[np.dtype[Any]]:
+    """Dtypes of one item size that ``.str`` cannot tell apart (all ``|V<n>``), no padding."""
+    out = [np.dtype(f"V{itemsize}"), np.dtype([("a", f"V{itemsize}")])]
+    out.append(np.dtype([("b", f"V{itemsize}")]))
+    out.append(np.dtype([("a", [("x", f"V{itemsize}")])]))
+    if itemsize > 1:
+        out.append(np.dtype([("a", "u1"), ("b", f"V{itemsize - 1}")]))
+        out.append(np.dtype([("a", f"V{itemsize - 1}"), ("b", "u1")]))
+    return out
+
+
+def same_size_dtypes(itemsize: int) -> list[np.dtype[Any]]:
+    """Every dtype of this item size that a view can reinterpret an array's bytes as."""
+    names = [f"V{itemsize}", f"S{itemsize}"]
+    if itemsize in (1, 2, 4, 8):
+        names += [f"<i{itemsize}", f"<u{itemsize}", f">i{itemsize}"]
+    if itemsize in (2, 4, 8):
+        names += [f"<f{itemsize}", f">f{itemsize}"]
+    if itemsize in (8, 16):
+        names.append(f"<c{itemsize}")
+    if itemsize == 8:
+        names += ["<M8[D]", "<M8[s]", "<m8[D]", "<m8[ns]"]
+    if itemsize == 1:
+        names.append("?")
+    if itemsize % 4 == 0:
+        names.append(f"<U{itemsize // 4}")
+    return [np.dtype(n) for n in names] + _void_dtypes(itemsize)
+
+
+dtypes = st.one_of(
+    hnp.boolean_dtypes(),
+    hnp.integer_dtypes(),
+    hnp.unsigned_integer_dtypes(),
+    hnp.floating_dtypes(),
+    hnp.complex_number_dtypes(),
+    hnp.datetime64_dtypes(max_period="s"),
+    hnp.timedelta64_dtypes(max_period="s"),
+    hnp.byte_string_dtypes(max_len=3),
+    hnp.unicode_string_dtypes(max_len=3),
+    hnp.array_dtypes(max_size=3),
+    hnp.nested_dtypes(max_itemsize=24),
+)
+shapes = hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3)
+
+
+@st.composite
+def plain_arrays(draw: st.DrawFn) -> np.ndarray[Any, Any]:
+    if draw(st.booleans()):
+        return draw(hnp.arrays(draw(dtypes), draw(shapes)))
+    # Raw bytes reach what value strategies do not: unstructured void, NaN payloads.
+    dtype = draw(st.sampled_from(same_size_dtypes(draw(st.sampled_from([1, 2, 4, 8, 16])))))
+    shape = draw(shapes)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = draw(st.binary(min_size=n, max_size=n).filter(lambda b: len(set(b)) <= 2))
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+@st.composite
+def masked_arrays(draw: st.DrawFn) -> np.ma.MaskedArray[Any, Any]:
+    data = draw(plain_arrays())
+    mask = draw(st.none() | hnp.arrays(np.bool_, data.shape))
+    fill = None
+    if data.size and draw(st.booleans()):
+        fill = data.reshape(-1)[0]
+    return _masked(data, np.ma.nomask if mask is None else mask, fill)
+
+
+def _masked(data: Any, mask: Any = np.ma.nomask, fill: Any = None) -> Any:
+    # numpy casts the default fill value 1e20 into float16 fields of a structured dtype.
+    with np.errstate(over="ignore"):
+        return np.ma.array(data, mask=np.reshape(mask, data.shape) if mask is not np.ma.nomask else mask, fill_value=fill)
+
+
+arrays = st.one_of(plain_arrays(), masked_arrays())
+hashables = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.tuples(inner, inner), st.frozensets(inner, max_size=3), st.tuples(inner)
+    ),
+    max_leaves=6,
+)
+values = st.recursive(
+    st.one_of(scalars, arrays),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.tuples(inner, inner),
+        st.dictionaries(hashables, inner, max_size=3),
+        st.sets(hashables, max_size=3),
+        st.frozensets(hashables, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+# --- a separately built equal value, and a value that almost equals ------------------------
+
+
+def _noncontiguous(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The same content as a strided view into a bigger buffer."""
+    if arr.ndim == 0:
+        return arr.copy()
+    shape = (*arr.shape[:-1], arr.shape[-1] * 2)
+    big = np.zeros(shape, dtype=arr.dtype)
+    view = big[..., ::2]
+    view[...] = arr
+    return view
+
+
+def _with_fill(arr: np.ma.MaskedArray[Any, Any], like: np.ma.MaskedArray[Any, Any]) -> Any:
+    """``arr`` with the fill value of ``like`` exactly: passing it in would cast it to the dtype."""
+    fill = like._fill_value
+    arr._fill_value = None if fill is None else fill.copy()
+    return arr
+
+
+def rebuilt(value: Any, how: int) -> Any:
+    """An equal value built apart from ``value`` (``how`` picks views, copies, orders)."""
+    t = type(value)
+    if t is float:
+        return struct.unpack("<d", _bits(value))[0]
+    if t is complex:
+        return complex(rebuilt(value.real, how), rebuilt(value.imag, how))
+    if isinstance(value, np.ma.MaskedArray):
+        data = rebuilt(np.ma.getdata(value), how)
+        mask = rebuilt(np.ma.getmaskarray(value), how + 1)
+        if how % 3 == 0 and not any(mask.tobytes()):
+            mask = np.ma.nomask  # no mask at all keys like an all-False one
+        return _with_fill(_masked(data, mask), value)
+    if isinstance(value, np.ndarray):
+        if how % 3 == 0:
+            return _noncontiguous(value)
+        if how % 3 == 1:
+            return np.asfortranarray(value) if value.ndim else value.copy()
+        return np.frombuffer(value.tobytes(), dtype=value.dtype).reshape(value.shape)
+    if isinstance(value, np.generic):
+        return np.array(value)[()]
+    if t is list or t is tuple:
+        return t(rebuilt(v, how) for v in value)
+    if t is dict:
+        return {rebuilt(k, how): rebuilt(v, how) for k, v in reversed(value.items())}
+    if t is set or t is frozenset:
+        return t(rebuilt(v, how) for v in reversed(list(value)))
+    return t(value) if t is not type(None) else None
+
+
+def variants(value: Any) -> st.SearchStrategy[Any]:
+    """Values close to ``value``: one bit, one type, one field name, one mask bit away."""
+    options: list[st.SearchStrategy[Any]] = [values, st.just(rebuilt(value, 0))]
+    t = type(value)
+    if t is float:
+        options.append(st.sampled_from([-value, np.float64(value), complex(value, 0.0)]))
+    if isinstance(value, np.ma.MaskedArray):
+        data = np.ma.getdata(value)
+        mask = np.ma.getmaskarray(value)
+        flipped_mask = np.frombuffer(bytes(1 - x for x in mask.tobytes()), dtype=mask.dtype)
+        options.append(st.just(_with_fill(_masked(data.copy(), flipped_mask), value)))
+        options.append(st.just(_with_fill(_masked(data.copy()), value)))
+        options.append(st.just(data.copy()))
+        if data.size:
+            options.append(st.just(_masked(data.copy(), mask, fill=data.reshape(-1)[-1])))
+    elif isinstance(value, np.ndarray):
+        options.append(st.sampled_from(same_size_dtypes(value.dtype.itemsize)).map(value.view))
+        if value.ndim != 1:
+            options.append(st.just(value.reshape(-1)))
+        if value.size and value.dtype.itemsize:
+            flipped = value.copy()
+            flipped.reshape(-1).view(np.uint8)[0] ^= 0x80
+            options.append(st.just(flipped))
+        options.append(st.just(_masked(value.copy())))
+    if t is list or t is tuple:
+        other = tuple if t is list else list
+        options.append(st.just(other(value)))
+        if value:
+            options.append(
+                variants(value[0]).map(lambda v: t([v, *list(value)[1:]]))  # type: ignore[call-arg]
+            )
+    if t is set or t is frozenset:
+        options.append(st.just((frozenset if t is set else set)(value)))
+    if t is bool:
+        options.append(st.just(int(value)))
+    if t is str:
+        options.append(st.just(value.encode()))
+    return st.one_of(options)
+
+
+# --- the properties --------------------------------------------------------------------------
+
+
+@given(values, st.integers(0, 5))
+def test_equal_values_built_apart_share_a_key(value: Any, how: int) -> None:
+    twin = rebuilt(value, how)
+    assert same(value, twin)
+    assert key_of(twin) == key_of(value)
+    assert hash(key_of(twin)) == hash(key_of(value))
+
+
+@given(st.data())
+def test_values_share_a_key_exactly_when_a_call_cannot_tell_them_apart(data: st.DataObject) -> None:
+    a = data.draw(values, label="a")
+    b = data.draw(variants(a), label="b")
+    assert (key_of(a) == key_of(b)) is same(a, b)
+
+
+#: A strategy for each type ATOMIC may hold: a type added without one fails the test below.
+_BY_TYPE: dict[type, st.SearchStrategy[Any]] = {
+    int: st.integers(-2, 2) | st.integers(),
+    bool: st.booleans(),
+    str: st.text("ab", max_size=2),
+    bytes: st.binary(max_size=2),
+    type(None): st.none(),
+    float: floats,
+    complex: st.builds(complex, small_floats, small_floats),
+}
+
+
+@given(st.data())
+def test_atomic_types_are_those_keyed_by_type_and_value(data: st.DataObject) -> None:
+    # The cache layer inlines ``(type(x), x)`` for ATOMIC types: that must be their key, and
+    # it must tell apart exactly what ``same`` tells apart.
+    t = data.draw(st.sampled_from(sorted(ATOMIC, key=lambda t: t.__name__)), label="type")
+    a = data.draw(_BY_TYPE[t], label="a")
+    b = data.draw(_BY_TYPE[t] | variants(a), label="b")
+    assert key_of(a) == (t, a)
+    assert ((t, a) == (type(b), b)) is same(a, b)
+
+
+def _guarded_pair(a: Any, b: Any, asynchronous: bool) -> list[Any]:
+    """Call one cached guarded function with ``a`` then ``b``; the arguments it really ran with."""
+    configure({"policies": {"keyed": {"cache": {"ttl": 60}}}})
+    ran: list[Any] = []
+
+    if asynchronous:
+
+        @guarded("keyed")
+        async def afn(x: Any) -> Any:
+            ran.append(x)
+            return x
+
+        async def both() -> list[Any]:
+            return [await afn(a), await afn(b)]
+
+        got = asyncio.run(both())
+    else:
+
+        @guarded("keyed")
+        def fn(x: Any) -> Any:
+            ran.append(x)
+            return x
+
+        got = [fn(a), fn(b)]
+    assert got[0] is a
+    assert got[1] is (a if len(ran) == 1 else b)
+    return ran
+
+
+def _check_guarded(data: st.DataObject, asynchronous: bool) -> None:
+    a = data.draw(values, label="a")
+    b = data.draw(variants(a), label="b")
+    ran = _guarded_pair(a, b, asynchronous)
+    assert len(ran) == (1 if same(a, b) else 2)
+
+
+@given(st.data())
+def test_a_cached_function_runs_again_for_an_argument_it_can_tell_apart(
+    data: st.DataObject,
+) -> None:
+    _check_guarded(data, asynchronous=False)
+
+
+@given(st.data())
+def test_an_async_cached_function_runs_again_for_an_argument_it_can_tell_apart(
+    data: st.DataObject,
+) -> None:
+    _check_guarded(data, asynchronous=True)
+
