@@ -58,7 +58,7 @@ class PolicyCounters:
         self.cache_miss = self._cache_misses.__next__
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.max_rss_growth = 0
-        self._base = (0, 0, 0, 0, 0, 0)
+        self._base: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
 
     def _raw(self) -> tuple[int, ...]:
         return tuple(

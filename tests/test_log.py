@@ -1,7 +1,17 @@
+"""The log layer: one record per call, its level and fields, and what it must never do.
+
+Every behaviour is checked through three compiled shapes of the outermost layer: a sync
+function with nothing between log and the call (the inlined ``log_direct``), a sync
+function with another layer between them, and an async function.
+"""
+
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable, Iterator
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -10,52 +20,168 @@ import pytest
 import guardrails
 from guardrails import configure, guarded
 
+KINDS = ("sync", "sync-chained", "async")
+# A retry layer that never retries: it puts a layer between log and the function (so the
+# sync log layer is the general one, not the inlined one) without changing any outcome.
+NOOP_RETRY = {"max_attempts": 2, "retry_on": ["ZeroDivisionError"], "wait": {"initial": 0}}
 
-def log_policy(**log: Any) -> None:
-    configure({"policies": {"l": {"log": log}}})
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def log_policy(kind: str, /, **log: Any) -> None:
+    policy: dict[str, Any] = {"log": log}
+    if kind == "sync-chained":
+        policy["retry"] = NOOP_RETRY
+    configure({"policies": {"l": policy}})
+
+
+def guard(kind: str, fn: Callable[..., Any], name: str = "l") -> Callable[..., Any]:
+    """``fn`` guarded as a sync function, or as an async one run to completion per call."""
+    if not kind.startswith("async"):
+        return guarded(name)(fn)
+
+    @functools.wraps(fn)  # the same signature, so the same call_args
+    async def native(*args: Any, **kwargs: Any) -> Any:
+        # A real suspension: the layer must time the awaited coroutine, not its creation.
+        await asyncio.sleep(0)
+        return fn(*args, **kwargs)
+
+    g = guarded(name)(native)
+    return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
 
 
 def ours(logs: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in logs.records if r.name == "guardrails"]
 
 
-def test_one_record_per_call_with_structured_fields(logs: pytest.LogCaptureFixture) -> None:
-    log_policy(level="INFO")
+def spin(seconds: float) -> float:
+    """Busy for at least ``seconds`` of perf_counter time; returns the time it measured."""
+    t0 = perf_counter()
+    while perf_counter() - t0 < seconds:
+        pass
+    return perf_counter() - t0
 
-    @guarded("l")
+
+@pytest.fixture
+def logger_level() -> Iterator[Callable[[int], None]]:
+    logger = logging.getLogger("guardrails")
+    before = logger.level
+    yield logger.setLevel
+    logger.setLevel(before)
+
+
+def fails_if(fail: bool) -> int:
+    if fail:
+        raise KeyError("asked to")
+    return 1
+
+
+def test_one_record_per_call_with_structured_fields(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, level="INFO")
+
     def score(features: Any, threshold: float = 0.5) -> int:
         return 1
 
-    score(np.zeros((2, 3)))
+    assert guard(kind, score)(np.zeros((2, 3))) == 1
     (record,) = ours(logs)
     assert record.levelname == "INFO"
     assert record.policy == "l"  # type: ignore[attr-defined]
-    assert record.function.endswith("score")  # type: ignore[attr-defined]
+    assert record.function == f"{score.__module__}.{score.__qualname__}"  # type: ignore[attr-defined]
     assert record.outcome == "ok"  # type: ignore[attr-defined]
     assert record.attempts == 1 and record.cache_hit is False  # type: ignore[attr-defined]
-    assert record.duration_ms >= 0  # type: ignore[attr-defined]
     assert record.call_args == "features=float64[2, 3], threshold=float"  # type: ignore[attr-defined]
+    assert f"(features=float64[2, 3], threshold=float) ok in {record.duration_ms:.2f} ms" in (  # type: ignore[attr-defined]
+        record.getMessage()
+    )
 
 
-def test_args_detail(logs: pytest.LogCaptureFixture) -> None:
-    log_policy(args="values")
-    guarded("l")(lambda secret: 1)("hunter2")
-    log_policy(args="none")
-    guarded("l")(lambda secret: 1)("hunter2")
+@pytest.mark.parametrize("fails", [False, True], ids=["ok", "failed"])
+def test_duration_is_the_measured_call(
+    kind: str, fails: bool, logs: pytest.LogCaptureFixture
+) -> None:
+    # No timing assertion: the record's duration must lie between what the function
+    # demonstrably ran (measured inside it) and what the caller waited (measured around).
+    log_policy(kind)
+    inside: list[float] = []
+
+    def work() -> None:
+        inside.append(spin(0.002))
+        if fails:
+            raise KeyError("after the work")
+
+    f = guard(kind, work)
+    t0 = perf_counter()
+    try:
+        f()
+    except KeyError:
+        assert fails
+    around = perf_counter() - t0
+    (record,) = ours(logs)
+    assert record.outcome == ("failed" if fails else "ok")  # type: ignore[attr-defined]
+    assert inside[0] * 1000 <= record.duration_ms <= around * 1000  # type: ignore[attr-defined]
+    # The statistics time the same call: one latency, the record's.
+    s = guardrails.stats()["l"]
+    assert s.p50_ms == s.p95_ms == s.p99_ms == record.duration_ms  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "ERROR"])
+def test_ok_records_use_the_policy_level(
+    kind: str, level: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, level=level)
+    guard(kind, lambda: 1)()
+    (record,) = ours(logs)
+    assert (record.levelname, record.outcome) == (level, "ok")  # type: ignore[attr-defined]
+
+
+def test_args_detail(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind, args="values")
+    guard(kind, lambda secret: 1)("hunter2")
+    log_policy(kind, args="none")
+    guard(kind, lambda secret: 1)("hunter2")
     first, second = ours(logs)
+    assert first.call_args == "secret='hunter2'"  # type: ignore[attr-defined]
     assert "hunter2" in first.getMessage()
     assert "hunter2" not in second.getMessage() and second.call_args == ""  # type: ignore[attr-defined]
 
 
-def test_shapes_never_leak_values(logs: pytest.LogCaptureFixture) -> None:
-    log_policy()
-    guarded("l")(lambda token, rows: 1)("s3cr3t-token", [1, 2, 3])
+def test_values_are_truncated(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind, args="values")
+    long = "x" * 10_000
+    guard(kind, lambda blob: 1)(long)
     (record,) = ours(logs)
-    assert "s3cr3t" not in record.getMessage()
-    assert "token=str[len=12], rows=list[len=3]" in record.getMessage()
+    shown = record.call_args.removeprefix("blob=")  # type: ignore[attr-defined]
+    assert shown.endswith("…") and repr(long).startswith(shown[:-1])
+    assert len(shown) < 200
 
 
-def test_attempts_and_cache_hits_reach_the_record(logs: pytest.LogCaptureFixture) -> None:
+def test_shapes_never_leak_values(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind)
+    guard(kind, lambda token, rows, n: 1)("s3cr3t-token", [1, 2, 3], 424242)
+    (record,) = ours(logs)
+    assert "s3cr3t" not in record.getMessage() and "424242" not in record.getMessage()
+    assert record.call_args == "token=str[len=12], rows=list[len=3], n=int"  # type: ignore[attr-defined]
+
+
+def test_arguments_that_do_not_bind(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind)
+    f = guard(kind, lambda x: x)
+    with pytest.raises(TypeError):
+        f(1, 2, 3)
+    (record,) = ours(logs)
+    assert record.outcome == "failed"  # type: ignore[attr-defined]
+    assert record.call_args == "<arguments do not match the signature>"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_attempts_and_cache_hits_reach_the_record(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
     configure(
         {
             "policies": {
@@ -67,114 +193,228 @@ def test_attempts_and_cache_hits_reach_the_record(logs: pytest.LogCaptureFixture
             }
         }
     )
-    failures = [ConnectionError()]
+    failures = [ConnectionError(), ConnectionError()]
 
-    @guarded("l")
     def f(x: int) -> int:
         if failures:
             raise failures.pop()
         return x
 
-    f(1)
-    f(1)
+    g = guard(kind, f)
+    g(1)
+    g(1)
     first, second = [r for r in ours(logs) if r.levelname == "INFO"]
-    assert (first.attempts, first.cache_hit) == (2, False)  # type: ignore[attr-defined]
+    assert (first.attempts, first.cache_hit) == (3, False)  # type: ignore[attr-defined]
     assert (second.attempts, second.cache_hit) == (1, True)  # type: ignore[attr-defined]
+    assert first.getMessage().endswith(", 3 attempts")
+    assert second.getMessage().endswith(", cache hit")
 
 
-def test_level_is_honoured_at_call_time(logs: pytest.LogCaptureFixture) -> None:
-    log_policy(level="DEBUG")
-    f = guarded("l")(lambda: 1)
-    logger = logging.getLogger("guardrails")
-    logger.setLevel(logging.INFO)
+def test_level_is_honoured_at_call_time(
+    kind: str, logs: pytest.LogCaptureFixture, logger_level: Callable[[int], None]
+) -> None:
+    log_policy(kind, level="DEBUG")
+    f = guard(kind, lambda: 1)
+    logger_level(logging.INFO)
     f()
     assert ours(logs) == []
-    logger.setLevel(logging.DEBUG)
+    logger_level(logging.DEBUG)
     f()
-    assert len(ours(logs)) == 1
+    assert [r.levelname for r in ours(logs)] == ["DEBUG"]
 
 
-def test_slow_calls_are_warnings(logs: pytest.LogCaptureFixture) -> None:
-    log_policy(level="DEBUG", slow=0)
-    guarded("l")(lambda: 1)()
+class Spy:
+    """An argument that notes every time a log record describes it."""
+
+    def __init__(self) -> None:
+        self.described = 0
+
+    def __repr__(self) -> str:
+        self.described += 1
+        return "Spy()"
+
+
+@pytest.mark.parametrize("outcome", ["ok", "slow", "failed", "rejected"])
+def test_a_record_nobody_will_see_is_never_built(
+    kind: str,
+    outcome: str,
+    logs: pytest.LogCaptureFixture,
+    logger_level: Callable[[int], None],
+) -> None:
+    # Each outcome's level is one step below the logger's: the record would be dropped
+    # anyway, but describing the arguments first would cost every call.
+    level, logger_at = {
+        "ok": ("DEBUG", logging.INFO),
+        "slow": ("DEBUG", logging.ERROR),
+        "failed": ("INFO", logging.CRITICAL),
+        "rejected": ("INFO", logging.ERROR),
+    }[outcome]
+    policy: dict[str, Any] = {"log": {"level": level, "args": "values"}}
+    if outcome == "slow":
+        policy["log"]["slow"] = 0
+    if outcome == "rejected":
+        policy["memory"] = {"max_rss": 1024}
+    if kind == "sync-chained":
+        policy["retry"] = NOOP_RETRY
+    configure({"policies": {"l": policy}})
+
+    def f(arg: Spy) -> None:
+        if outcome == "failed":
+            raise KeyError("boom")
+
+    g = guard(kind, f)
+    spy = Spy()
+
+    def call() -> None:
+        if outcome in ("failed", "rejected"):
+            with pytest.raises((KeyError, guardrails.MemoryBudgetExceeded)):
+                g(spy)
+        else:
+            g(spy)
+
+    logger_level(logger_at)
+    call()
+    assert spy.described == 0 and ours(logs) == []
+    # The same call with the logger open does describe it: the spy can see.
+    logger_level(logging.DEBUG)
+    call()
+    assert spy.described == 1
+    assert [r.outcome for r in ours(logs)] == [outcome]  # type: ignore[attr-defined]
+    # Counted either way.
+    assert guardrails.stats()["l"].calls == 2
+
+
+def test_slow_calls_are_warnings(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    # The function runs at least as long as the threshold, so the call is slow for sure.
+    log_policy(kind, level="DEBUG", slow="1ms")
+    guard(kind, lambda: spin(0.001))()
     (record,) = ours(logs)
     assert record.levelname == "WARNING" and record.outcome == "slow"  # type: ignore[attr-defined]
+    assert record.duration_ms >= 1  # type: ignore[attr-defined]
+    s = guardrails.stats()["l"]
+    assert (s.calls, s.successes, s.failures) == (1, 1, 0)
 
 
-def test_failures_log_at_error_with_the_exception(logs: pytest.LogCaptureFixture) -> None:
-    log_policy()
+def test_calls_under_the_threshold_are_not_slow(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind, level="DEBUG", slow="1h")
+    guard(kind, lambda: 1)()
+    (record,) = ours(logs)
+    assert (record.levelname, record.outcome) == ("DEBUG", "ok")  # type: ignore[attr-defined]
 
-    @guarded("l")
+
+def test_failures_log_at_error_with_the_exception(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, level="DEBUG", slow=0)
+
     def f() -> None:
         raise KeyError("missing")
 
     with pytest.raises(KeyError):
-        f()
+        guard(kind, f)()
+    # A failure is an ERROR whatever the policy level, and never "slow".
     (record,) = ours(logs)
     assert record.levelname == "ERROR" and record.outcome == "failed"  # type: ignore[attr-defined]
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+    message = record.getMessage()
+    assert message.endswith(f"failed in {record.duration_ms:.2f} ms: KeyError: 'missing'")  # type: ignore[attr-defined]
+    s = guardrails.stats()["l"]
+    assert (s.calls, s.successes, s.failures, s.rejected) == (1, 0, 1, 0)
 
 
-def test_rejections_are_warnings_without_traceback(logs: pytest.LogCaptureFixture) -> None:
-    configure({"policies": {"l": {"log": {}, "validate": {"args": {"x": {"min": 0}}}}}})
-    with pytest.raises(guardrails.InputValidationError):
-        guarded("l")(lambda x: x)(-1)
+REFUSALS: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
+    "input": (
+        {"validate": {"args": {"x": {"min": 0}}}},
+        guardrails.InputValidationError,
+        "x: expected >= 0, got -1",
+    ),
+    "output": (
+        {"validate": {"output": "str"}},
+        guardrails.OutputValidationError,
+        "return: Input should be a valid string",
+    ),
+    "memory": (
+        {"memory": {"max_rss": 1024}},
+        guardrails.MemoryBudgetExceeded,
+        "over memory.max_rss",
+    ),
+}
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_refusals_are_warnings_without_traceback(
+    kind: str, refusal: str, logs: pytest.LogCaptureFixture
+) -> None:
+    blocks, error, detail = REFUSALS[refusal]
+    configure({"policies": {"l": {"log": {"level": "DEBUG", "slow": 0}, **blocks}}})
+    with pytest.raises(error):
+        guard(kind, lambda x: x)(-1)
     (record,) = ours(logs)
     assert record.levelname == "WARNING" and record.outcome == "rejected"  # type: ignore[attr-defined]
     assert record.exc_info is None
-    assert "x: expected >= 0, got -1" in record.getMessage()
+    assert detail in record.getMessage()
+    s = guardrails.stats()["l"]
+    assert (s.calls, s.failures, s.rejected) == (1, 1, 1)
 
 
-def test_disabled_log_still_counts_but_records_no_latency(logs: pytest.LogCaptureFixture) -> None:
-    log_policy(enabled=False)
-    f = guarded("l")(lambda: 1)
-    f(), f()
+def test_disabled_log_still_counts_but_records_no_latency(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, enabled=False)
+    f = guard(kind, fails_if)
+    f(False), f(False)
+    with pytest.raises(KeyError):
+        f(True)
     assert ours(logs) == []
     s = guardrails.stats()["l"]
-    assert s.calls == 2 and s.p50_ms is None
+    assert (s.calls, s.successes, s.failures) == (3, 2, 1)
+    assert (s.p50_ms, s.p95_ms, s.p99_ms) == (None, None, None)
 
 
-def test_async_records(logs: pytest.LogCaptureFixture) -> None:
-    log_policy()
-
-    @guarded("l")
-    async def f() -> int:
-        return 1
-
-    asyncio.run(f())
-    assert [r.outcome for r in ours(logs)] == ["ok"]  # type: ignore[attr-defined]
-
-
-def test_the_library_never_configures_the_root_logger() -> None:
+def test_the_library_never_configures_the_root_logger(kind: str) -> None:
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
-    configure({"policies": {"l": {"log": {}}}})
-    guarded("l")(lambda: 1)()
+    log_policy(kind)
+    guard(kind, lambda: 1)()
     assert (list(root.handlers), root.level) == before
     assert logging.getLogger("guardrails").handlers == []
 
 
 def test_bad_level_is_a_config_error() -> None:
     with pytest.raises(guardrails.PolicyConfigError, match="expected a log level name"):
-        log_policy(level="LOUD")
-    log_policy(level=10)
+        log_policy("sync", level="LOUD")
+    log_policy("sync", level=10)
     assert guardrails.policy("l").log.level == "DEBUG"  # type: ignore[union-attr]
 
 
-def test_cancellation_is_not_logged_as_an_error(logs: pytest.LogCaptureFixture) -> None:
-    log_policy(level="INFO")
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+@pytest.mark.parametrize("chained", [False, True])
+def test_cancellation_is_not_logged_as_an_error(
+    level: str, chained: bool, logs: pytest.LogCaptureFixture
+) -> None:
+    # Only async calls can be cancelled; a cancellation is control flow (a timeout, a
+    # shutdown), so it is logged at the policy's level, without a traceback.
+    policy: dict[str, Any] = {"log": {"level": level, "slow": 0}}
+    if chained:
+        policy["retry"] = NOOP_RETRY
+    configure({"policies": {"l": policy}})
+    started = asyncio.Event()
 
     @guarded("l")
-    async def slow() -> None:
+    async def waits() -> None:
+        started.set()
         await asyncio.Event().wait()
 
     async def main() -> None:
-        task = asyncio.create_task(slow())
-        await asyncio.sleep(0)
+        task = asyncio.create_task(waits())
+        await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
     (record,) = ours(logs)
-    assert (record.levelname, record.outcome, record.exc_info) == ("INFO", "cancelled", None)  # type: ignore[attr-defined]
+    assert (record.levelname, record.outcome, record.exc_info) == (level, "cancelled", None)  # type: ignore[attr-defined]
+    s = guardrails.stats()["l"]
+    assert (s.calls, s.successes, s.rejected) == (1, 0, 0)
