@@ -115,32 +115,39 @@ class RssProbe:
 
 
 PROBE = RssProbe()
-_gc_lock = threading.Lock()
-_last_gc = [float("-inf")]
 
 
-def _reinit_locks() -> None:
-    # Only the forking thread survives in a child: a lock another thread held stays held.
-    global _gc_lock
-    _gc_lock = threading.Lock()
+class _Collections:
+    """The rate limit on forced collections, shared by every policy."""
+
+    __slots__ = ("last", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = float("-inf")
+
+    def reinit_lock(self) -> None:
+        # Only the forking thread survives in a child: a lock another thread held stays held.
+        self.lock = threading.Lock()
 
 
+_COLLECTIONS = _Collections()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_locks)
+    os.register_at_fork(after_in_child=_COLLECTIONS.reinit_lock)
 
 
 def forget_collections() -> None:
     """Let the next refusal collect at once (the clock changed, or a test starts over)."""
-    with _gc_lock:
-        _last_gc[0] = float("-inf")
+    with _COLLECTIONS.lock:
+        _COLLECTIONS.last = float("-inf")
 
 
 def _collect_if_due(monotonic: Any) -> bool:
-    with _gc_lock:
+    with _COLLECTIONS.lock:
         now = monotonic()
-        if now - _last_gc[0] < GC_INTERVAL:
+        if now - _COLLECTIONS.last < GC_INTERVAL:
             return False
-        _last_gc[0] = now
+        _COLLECTIONS.last = now
     gc.collect()
     return True
 

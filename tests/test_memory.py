@@ -17,8 +17,7 @@ import psutil
 import pytest
 
 import guardrails
-from guardrails import MemoryBudgetExceeded, configure, guarded
-from guardrails import _memory
+from guardrails import MemoryBudgetExceeded, _memory, configure, guarded
 from guardrails._memory import PROBE, RssProbe
 from guardrails.testing import FakeClock
 
@@ -328,14 +327,14 @@ def _fork_while_the_collection_lock_is_held(child: Callable[[], bool]) -> None:
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with _memory._gc_lock:
+        with _memory._COLLECTIONS.lock:
             held.set()
             release.wait()
 
     thread = threading.Thread(target=holder)
     thread.start()
     try:
-        held.wait()
+        assert held.wait(60), "the holder thread never took the lock"
         reader, writer = os.pipe()
         with warnings.catch_warnings():  # 3.12+ warns about forking a threaded process
             warnings.simplefilter("ignore", DeprecationWarning)
