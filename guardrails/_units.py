@@ -96,40 +96,63 @@ def _unit_factor(unit: str) -> int:
     return int(base ** _SIZE_POWERS[unit[0]])
 
 
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
+#: cgroup v1 writes "no limit" as the largest page-aligned 64-bit count (9223372036854771712
+#: with 4 KiB pages, less with larger pages): a value this large is no limit.
+_NO_LIMIT = 2**62
+
+
 @functools.cache
 def effective_memory_limit() -> int:
     """The smaller of the container's cgroup memory limit and the machine's physical memory."""
+    return _memory_limit()
+
+
+def _memory_limit(root: Path = _CGROUP_ROOT, membership: Path = _CGROUP_MEMBERSHIP) -> int:
+    """``effective_memory_limit`` read afresh from a cgroup tree (a fake one in tests)."""
     import psutil
 
-    limit = int(psutil.virtual_memory().total)
-    for cgroup_limit in _cgroup_limits():
-        if 0 < cgroup_limit < limit:
-            limit = cgroup_limit
-    return limit
+    return min([int(psutil.virtual_memory().total), *_cgroup_limits(root, membership)])
 
 
-def _cgroup_limits(
-    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
-) -> list[int]:
-    """The memory limits of this process's cgroups (v1 and v2); ``max`` means none."""
-    candidates = [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
-    try:
-        own = membership.read_text().splitlines()
-    except OSError:
-        own = []
-    for line in own:
-        # cgroup v2 is "0::/path"; every ancestor's limit applies too.
-        if line.startswith("0::"):
-            path = root / line[3:].strip().lstrip("/")
-            while path != root and root in path.parents:
-                candidates.append(path / "memory.max")
-                path = path.parent
-    found: list[int] = []
-    for candidate in candidates:
-        try:
-            text = candidate.read_text().strip()
-        except OSError:
+def _cgroup_limits(root: Path = _CGROUP_ROOT, membership: Path = _CGROUP_MEMBERSHIP) -> list[int]:
+    """The memory limits over this process: its own cgroup's and every ancestor's, in cgroup
+    v2 and in v1's memory hierarchy. ``max``, v1's "no limit" and unreadable files are none."""
+    # The mount roots themselves come first: a container often has its own cgroup mounted
+    # there, while /proc/self/cgroup names it by the host's path, which is not under the mount.
+    files = [root / "memory.max", root / "memory" / "memory.limit_in_bytes"]
+    for line in _read(membership).splitlines():
+        # v2 is "0::/path"; v1 is "4:memory:/path", or "9:cpu,memory:/path" with controllers
+        # mounted together (in a directory named after them, or linked from memory/).
+        hierarchy, _, rest = line.partition(":")
+        controllers, found_path, path = rest.partition(":")
+        parts = [part for part in path.strip().split("/") if part not in ("", ".")]
+        if not found_path or ".." in parts:  # never look outside the mount
             continue
-        if text.isdigit():
-            found.append(int(text))
-    return found
+        if hierarchy == "0" and not controllers:
+            mounts, name = [root], "memory.max"
+        elif "memory" in controllers.split(","):
+            mounts, name = [root / "memory", root / controllers], "memory.limit_in_bytes"
+        else:
+            continue
+        for mount in mounts:
+            files += [mount.joinpath(*parts[:depth], name) for depth in range(len(parts), -1, -1)]
+    limits = (_limit_in(file) for file in dict.fromkeys(files))
+    return [limit for limit in limits if limit is not None]
+
+
+def _read(file: Path) -> str:
+    try:
+        return file.read_bytes().decode(errors="surrogateescape")
+    except OSError:
+        return ""
+
+
+def _limit_in(file: Path) -> int | None:
+    """The limit a cgroup file states, or ``None`` for none (absent, ``max``, garbage)."""
+    text = _read(file).strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    limit = int(text)
+    return limit if 0 < limit < _NO_LIMIT else None
