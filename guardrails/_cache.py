@@ -265,7 +265,8 @@ def _refuse_one_shot(ctx: Context, value: Any) -> None:
         return
     kind = type(value).__name__
     if asyncio.iscoroutine(value) or hasattr(value, "gi_frame"):
-        value.close()  # never started: close it rather than leave "never awaited" behind
+        # Never started: close it rather than leave "coroutine was never awaited" behind.
+        value.close()  # type: ignore[union-attr]
     hint = (
         "make it an `async def` (guardrails awaits it and caches the result)"
         if isinstance(value, Awaitable)

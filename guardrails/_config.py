@@ -203,5 +203,5 @@ def hydra_job() -> tuple[str, ...] | None:
     if not HydraConfig.initialized():
         return None
     cfg = HydraConfig.get()
-    job = cfg.job
+    job: Any = cfg.job  # a DictConfig at run time; `num` is missing outside a multirun
     return (str(job.get("num", "")), str(job.get("id", "")), str(cfg.runtime.output_dir))

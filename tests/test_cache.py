@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import logging
 import threading
 import time
 from typing import Any
@@ -388,3 +391,322 @@ def test_threads_never_see_a_wrong_value_under_eviction_and_expiry(clock: FakeCl
         store.cache.expire()
         assert set(store.cache.view) == set(store.cache.keys())
         assert len(store.cache) <= 8
+
+
+# --- Keys follow Python's binding: no shortcut may merge calls Python tells apart ---------
+
+
+def test_star_args_calls_that_python_tells_apart_do_not_share_an_entry() -> None:
+    cache_policy(ttl=60)
+    counter = Counter()
+
+    @guarded("c")
+    def f(*args: Any) -> Any:
+        return counter(*args)
+
+    assert f((1, 2)) == ((1, 2),)
+    assert f(1, 2) == (1, 2)
+    assert f(()) == ((),)
+    assert f() == ()
+    assert len(counter.calls) == 4
+
+
+def test_star_args_calls_that_python_tells_apart_do_not_share_an_entry_async() -> None:
+    cache_policy(ttl=60)
+    calls: list[Any] = []
+
+    @guarded("c")
+    async def f(*args: Any) -> Any:
+        calls.append(args)
+        return args
+
+    async def main() -> list[Any]:
+        return [await f((1, 2)), await f(1, 2), await f(()), await f()]
+
+    assert asyncio.run(main()) == [((1, 2),), (1, 2), ((),), ()]
+    assert len(calls) == 4
+
+
+def test_a_keyword_only_parameter_passed_by_position_fails_like_python() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    def f(*, a: int) -> int:
+        return a * 2
+
+    assert f(a=5) == 10
+    with pytest.raises(TypeError, match="positional"):
+        f(5)  # type: ignore[misc]
+
+
+def test_a_keyword_only_parameter_passed_by_position_fails_like_python_async() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    async def f(*, a: int) -> int:
+        return a * 2
+
+    assert asyncio.run(f(a=5)) == 10
+    with pytest.raises(TypeError, match="positional"):
+        asyncio.run(f(5))  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("cache", "path", "expected"),
+    [
+        ({"key": []}, "cache.key", "at least one parameter"),
+        ({"key": ["x", "x"]}, "cache.key", "each parameter name once"),
+        ({"maxsize": 10**19}, "cache.maxsize", "less than or equal to"),
+        ({"maxsize": 1e19}, "cache.maxsize", "valid integer"),
+    ],
+)
+def test_cache_settings_that_would_merge_every_call_or_overflow_are_refused(
+    cache: dict[str, Any], path: str, expected: str
+) -> None:
+    @guarded("c")
+    def f(x: int) -> int:
+        return x
+
+    configure({"policies": {"c": {"cache": {"ttl": 60}}}})
+    with pytest.raises(guardrails.PolicyConfigError) as exc:
+        configure({"policies": {"c": {"cache": cache}}})
+    ((where, message),) = exc.value.problems
+    assert where == f"guardrails.policies.c.{path}"
+    assert expected in message
+    assert guardrails.policy("c").cache is not None
+    assert guardrails.policy("c").cache.maxsize == 1024  # the configuration in force stays
+
+
+# --- One-shot values are never cached ------------------------------------------------------
+
+
+def test_a_sync_function_returning_a_coroutine_is_refused_with_the_fix() -> None:
+    cache_policy(ttl=60)
+    calls = []
+
+    async def work(x: int) -> int:
+        return x
+
+    @guarded("c")
+    def f(x: int) -> Any:
+        calls.append(x)
+        return work(x)
+
+    for _ in range(2):  # nothing was stored: the second call runs the function again
+        with pytest.raises(TypeError) as exc:
+            f(1)
+        assert "policy 'c'" in str(exc.value) and "async def" in str(exc.value)
+    assert calls == [1, 1]  # and the coroutines were closed: no "never awaited" warning
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (i for i in range(3)),
+        lambda: iter([1, 2, 3]),
+        lambda: map(str, [1, 2]),
+        lambda: asyncio.sleep(0),
+    ],
+    ids=["generator", "list_iterator", "map", "coroutine"],
+)
+def test_one_shot_values_are_refused_and_never_stored(make: Any) -> None:
+    cache_policy(ttl=60)
+    f = guarded("c")(lambda x: make())
+    with pytest.raises(TypeError, match="consumed only once"):
+        f(1)
+    assert guardrails.stats()["c"].cache_hits == 0
+    with pytest.raises(TypeError, match="consumed only once"):
+        f(1)
+
+
+def test_an_async_function_returning_a_one_shot_value_is_refused() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    async def f(x: int) -> Any:
+        return (i for i in range(x))
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="consumed only once"):
+            asyncio.run(f(3))
+    assert guardrails.stats()["c"].cache_hits == 0
+
+
+# --- Re-entry: recursion behaves as without the decorator, never waits on itself ----------
+
+
+def _finishes(target: Any) -> Any:
+    """Run ``target`` on a thread; fail (rather than hang the suite) if it never returns."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(target()), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the call deadlocked"
+    return box[0]
+
+
+def test_a_function_that_calls_itself_with_the_same_key_recurses() -> None:
+    cache_policy(ttl=60)
+    depth = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        depth.append(x)
+        return f(x) + 1 if len(depth) < 3 else 0
+
+    assert _finishes(lambda: f(1)) == 2
+    assert depth == [1, 1, 1]
+    assert f(1) == 2 and len(depth) == 3  # the outermost result is the cached one
+
+
+def test_same_key_recursion_through_another_guarded_function() -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}}, "d": {"cache": {"ttl": 60}}}})
+    depth = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        depth.append(x)
+        return g(x) if len(depth) < 3 else 0
+
+    @guarded("d")
+    def g(x: int) -> int:
+        return f(x) + 1
+
+    assert _finishes(lambda: f(1)) == 2
+
+
+def test_unbounded_same_key_recursion_raises_recursion_error() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    def f(x: int) -> int:
+        return f(x)
+
+    def call() -> str:
+        try:
+            f(1)
+        except RecursionError:
+            return "RecursionError"
+        return "returned"
+
+    assert _finishes(call) == "RecursionError"
+    assert f.__guardrails__.store.inflight == {}
+
+
+def test_async_same_key_recursion_in_one_task_and_through_child_tasks() -> None:
+    cache_policy(ttl=60)
+    depth = []
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        depth.append(x)
+        if len(depth) == 1:
+            return await f(x) + 1  # the same task
+        if len(depth) == 2:
+            return await asyncio.create_task(f(x)) + 1  # a child task, awaited by its parent
+        return 0
+
+    async def main() -> int:
+        return await asyncio.wait_for(f(1), 20)
+
+    assert asyncio.run(main()) == 2
+    assert depth == [1, 1, 1]
+
+
+def test_async_unbounded_same_key_recursion_raises_recursion_error() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        return await f(x)
+
+    async def main() -> None:
+        await asyncio.wait_for(f(1), 20)
+
+    with pytest.raises(RecursionError):
+        asyncio.run(main())
+
+
+# --- A failed call frees its arguments at once (no exception <-> frame cycle) --------------
+
+
+class _FormatAndForget(logging.Handler):
+    """Formats each record, traceback included, and keeps nothing, as a production handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.format(record)
+
+
+def _freed_after_failure(call: Any, *, threads: int = 1) -> bool:
+    """Whether a failing call's array argument dies with the exception, without the cyclic GC."""
+    import weakref
+
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    # pytest's log capture keeps every record, and a record keeps its exception's traceback.
+    logger = logging.getLogger("guardrails")
+    handler, propagate = _FormatAndForget(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        arr = np.ones(1000)
+        ref = weakref.ref(arr)
+        call(arr, threads)
+        del arr
+        return ref() is None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        if gc_was_on:
+            gc.enable()
+
+
+@pytest.mark.parametrize("log", [True, False])
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_failed_call_keeps_no_argument_alive(log: bool, threads: int) -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "log": {"enabled": log}}}})
+    release = threading.Event()
+
+    @guarded("c")
+    def f(a: Any) -> Any:
+        release.wait(10)
+        raise ConnectionError("down")
+
+    def call(arr: Any, n: int) -> None:
+        def one() -> None:
+            with contextlib.suppress(ConnectionError):
+                f(arr)
+
+        if n == 1:
+            release.set()
+            one()
+            return
+        pool = [threading.Thread(target=one) for _ in range(n)]
+        for t in pool:
+            t.start()
+        _wait_for(lambda: _waiters(f) == n - 1)
+        release.set()
+        for t in pool:
+            t.join()
+
+    assert _freed_after_failure(call, threads=threads)
+
+
+@pytest.mark.parametrize("log", [True, False])
+@pytest.mark.parametrize("tasks", [1, 4])
+def test_a_failed_async_call_keeps_no_argument_alive(log: bool, tasks: int) -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "log": {"enabled": log}}}})
+
+    @guarded("c")
+    async def f(a: Any) -> Any:
+        await asyncio.sleep(0)
+        raise ConnectionError("down")
+
+    def call(arr: Any, n: int) -> None:
+        async def main() -> None:
+            results = await asyncio.gather(*[f(arr) for _ in range(n)], return_exceptions=True)
+            assert all(isinstance(r, ConnectionError) for r in results)
+
+        asyncio.run(main())
+
+    assert _freed_after_failure(call, threads=tasks)
