@@ -710,3 +710,63 @@ def test_a_failed_async_call_keeps_no_argument_alive(log: bool, tasks: int) -> N
         asyncio.run(main())
 
     assert _freed_after_failure(call, threads=tasks)
+
+
+# --- clear_caches() -------------------------------------------------------------------------
+
+
+def test_clear_caches_empties_one_policy_or_all() -> None:
+    configure({"policies": {"a": {"cache": {"ttl": 60}}, "b": {"cache": {"ttl": 60}}}})
+    counter = Counter()
+    fa = guarded("a")(lambda x: counter("a", x))
+    fb = guarded("b")(lambda x: counter("b", x))
+    fa(1), fb(1)
+    guardrails.clear_caches("a")
+    fa(1), fb(1)
+    assert counter.calls == [("a", 1), ("b", 1), ("a", 1)]
+    guardrails.clear_caches()
+    fa(1), fb(1)
+    assert len(counter.calls) == 5
+    guardrails.clear_caches("no such policy")  # nothing to clear is not an error
+
+
+def test_a_computation_in_flight_during_clear_caches_is_not_stored() -> None:
+    cache_policy(ttl=60)
+    started, release = threading.Event(), threading.Event()
+    counter = Counter()
+
+    @guarded("c")
+    def f(x: int) -> Any:
+        started.set()
+        release.wait(10)
+        return counter(x)
+
+    thread = threading.Thread(target=f, args=(1,))
+    thread.start()
+    started.wait(10)
+    guardrails.clear_caches()  # e.g. the data behind f changed while it ran
+    release.set()
+    thread.join()
+    f(1)
+    assert len(counter.calls) == 2
+
+
+def test_a_computation_in_flight_during_clear_caches_is_not_stored_async() -> None:
+    cache_policy(ttl=60)
+    calls = []
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0)
+        return x
+
+    async def main() -> None:
+        task = asyncio.create_task(f(1))
+        await asyncio.sleep(0)
+        guardrails.clear_caches()
+        await task
+        await f(1)
+
+    asyncio.run(main())
+    assert calls == [1, 1]

@@ -196,3 +196,11 @@ def test_generator_functions_are_refused_at_decoration() -> None:
         guarded("p")(rows)
     with pytest.raises(TypeError, match="generator function"):
         guarded("p")(stream)
+
+
+def test_a_callable_without_a_signature_is_refused_at_decoration() -> None:
+    with pytest.raises(TypeError, match="no signature"):
+        guarded("x")(max)
+    # Nothing was registered, so configurations keep working.
+    guardrails.configure({"policies": {"x": {"cache": {"ttl": 60}}}})
+    assert guarded("x")(lambda a: a)(3) == 3
