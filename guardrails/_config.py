@@ -5,6 +5,11 @@ defaults) before validation, so nothing past this module ever sees a ``DictConfi
 Composing a config directory uses Hydra's config loader directly, with its own search
 path: it never initialises Hydra's global state, so it is safe from any thread and inside
 a running ``@hydra.main`` app.
+
+Before anything is resolved or merged, each source is checked for what would otherwise
+crash or hang the reading (nesting past ``MAX_DEPTH``; for YAML, alias bombs) and for
+YAML 1.1 booleans in disguise; values that came from interpolations (``${oc.env:...}``)
+are remembered, so no problem message ever echoes them.
 """
 
 from __future__ import annotations
@@ -13,15 +18,35 @@ import functools
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from guardrails import _yaml
 from guardrails._errors import PolicyConfigError
 from guardrails._policy import ROOT, Settings, build_settings, deep_merge
+from guardrails._yaml import MAX_DEPTH
 
 ENV_VAR = "GUARDRAILS_CONFIG"
 _compose_lock = threading.Lock()
+#: What replaces a value that came from an interpolation in a problem message.
+REDACTED = "<interpolated value>"
+
+Problem = tuple[str, str]
+KeyPath = tuple[Any, ...]
+
+
+@dataclass
+class _Read:
+    """One source, read: its top-level mapping, and what reading it found."""
+
+    top: dict[str, Any]
+    label: str
+    #: YAML-level problems (disguised booleans), reported with validation's.
+    problems: list[Problem] = field(default_factory=list)
+    #: Values that came from interpolations, never to be shown.
+    secrets: list[Any] = field(default_factory=list)
 
 
 def packaged_defaults_path() -> Path:
@@ -36,8 +61,29 @@ def load(
     config_name: str = "config",
 ) -> Settings:
     """Read, merge and validate a configuration from any supported source."""
-    node, label = _read(source, overrides, config_name)
-    return build_settings(deep_merge(_packaged(), node), label)
+    read: _Read | None = None
+    try:
+        read = _read(source, overrides, config_name)
+        try:
+            settings = build_settings(deep_merge(_packaged(), _node(read)), read.label)
+        except PolicyConfigError as exc:
+            flagged = {path for path, _ in read.problems}
+            found = [*read.problems, *(p for p in exc.problems if p[0] not in flagged)]
+            raise PolicyConfigError(found) from None
+        if read.problems:
+            raise PolicyConfigError(read.problems)
+        return settings
+    except PolicyConfigError as exc:
+        if read is None or not read.secrets:
+            raise
+        raise PolicyConfigError(_redact(exc.problems, read.secrets)) from None
+    except RecursionError:
+        # A safety net: every source is depth-checked before it is read, so this is a
+        # structure deeper than it looks (an interpolation into a deep node elsewhere).
+        label = read.label if read is not None else ROOT
+        raise PolicyConfigError(
+            [(label, f"nested too deeply to read (keep it under {MAX_DEPTH} levels)")]
+        ) from None
 
 
 def load_lazy_default() -> Settings:
@@ -58,34 +104,29 @@ def _packaged() -> dict[str, Any]:
     return {str(k): v for k, v in container.items()}
 
 
-def _read(source: Any, overrides: Sequence[str], config_name: str) -> tuple[dict[str, Any], str]:
-    from omegaconf import DictConfig, OmegaConf
+def _read(source: Any, overrides: Sequence[str], config_name: str) -> _Read:
+    from omegaconf import DictConfig
 
     if isinstance(overrides, str):
         raise TypeError("overrides is a sequence of override strings, not one string")
     if source is None:
         _no_overrides(overrides, "the packaged defaults")
-        return {}, "packaged defaults"
+        return _Read({}, "packaged defaults")
     if isinstance(source, DictConfig):
         _no_overrides(overrides, "a DictConfig")
-        return _node(_to_plain(source), "config object"), "config object"
+        return _from_config(source, "config object")
     if isinstance(source, Mapping):
         _no_overrides(overrides, "a mapping")
-        return _node(_plain_mapping(source), "mapping"), "mapping"
+        read = _Read({}, "mapping")
+        read.top = _plain_mapping(source, read.secrets)
+        return read
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
         if path.is_dir():
-            label = f"{path}/{config_name}.yaml"
-            return _node(compose(path, config_name, overrides), label), label
+            return compose(path, config_name, overrides)
         if path.is_file():
             _no_overrides(overrides, "a YAML file")
-            try:
-                loaded = OmegaConf.load(path)
-            except Exception as exc:  # yaml's and OmegaConf's errors share no base class
-                raise PolicyConfigError([(str(path), f"cannot read YAML: {exc}")]) from None
-            if not isinstance(loaded, DictConfig):
-                raise PolicyConfigError([(str(path), "expected a YAML mapping at the top")])
-            return _node(_to_plain(loaded), str(path)), str(path)
+            return _from_file(path)
         raise PolicyConfigError(
             [(str(path), "no such file or directory (expected a YAML file or a config directory)")]
         )
@@ -102,43 +143,185 @@ def _no_overrides(overrides: Sequence[str], what: str) -> None:
         )
 
 
-def _to_plain(cfg: Any) -> dict[str, Any]:
+@functools.cache
+def _omegaconf_loader() -> type[Any]:
+    """OmegaConf's own YAML loader class, so a checked file reads exactly as OmegaConf reads it."""
+    from omegaconf._utils import get_yaml_loader
+
+    loader: type[Any] = get_yaml_loader()
+    return loader
+
+
+def _yaml_text(path: Path | str, label: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
+
+
+def _from_file(path: Path) -> _Read:
+    from omegaconf import DictConfig, OmegaConf
+
+    label = str(path)
+    data, node = _yaml.load(_yaml_text(path, label), _omegaconf_loader(), label)
+    if data is None:
+        raise PolicyConfigError(
+            [
+                (
+                    label,
+                    "the file is empty (or holds only comments); write the guardrails "
+                    "configuration in it (an empty file would remove every policy)",
+                )
+            ]
+        )
+    if not isinstance(data, dict):
+        raise PolicyConfigError([(label, "expected a YAML mapping at the top")])
+    try:
+        cfg = OmegaConf.create(data)
+    except Exception as exc:  # OmegaConf refuses some keys (a list as a key) and values
+        raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
+    assert isinstance(cfg, DictConfig)
+    read = _from_config(cfg, label)
+    # The whole file is checked: every key in it is the user's guardrails configuration.
+    prefix = () if ROOT in data else (ROOT,)
+    read.problems = _yaml.boolean_problems(node, prefix, label)
+    return read
+
+
+def _from_config(cfg: Any, label: str) -> _Read:
+    """The ``guardrails`` node of a ``DictConfig`` (or the config, when it is that node),
+    resolved into plain containers; the rest of the config is never touched."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    read = _Read({}, label)
+    if ROOT not in cfg:
+        read.top = _plain_config(cfg, (ROOT,), read.secrets)
+        return read
+    interpolated = cfg._get_node(ROOT)._is_interpolation()
+    try:
+        node = cfg[ROOT]
+    except OmegaConfBaseException as exc:
+        raise PolicyConfigError([(ROOT, str(exc).splitlines()[0])]) from None
+    if OmegaConf.is_config(node):
+        value: Any = _plain_config(node, (ROOT,), read.secrets)
+    else:
+        value = node
+    if interpolated:
+        read.secrets.extend(_leaves(value))
+    read.top = {ROOT: value}
+    return read
+
+
+def _plain_config(cfg: Any, at: KeyPath, secrets: list[Any]) -> Any:
+    """``cfg`` resolved into plain containers, after checking its depth and noting (into
+    ``secrets``) the values of its interpolations."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    interpolations = _interpolations(cfg, at)
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         raise PolicyConfigError([(key, str(exc).splitlines()[0])]) from None
-    assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}
+    for path in interpolations:
+        value: Any = container
+        for part in path:
+            value = value[part]
+        secrets.extend(_leaves(value))
+    if isinstance(container, dict):
+        return {str(k): v for k, v in container.items()}
+    return container
 
 
-def _plain_mapping(source: Mapping[Any, Any]) -> dict[str, Any]:
+def _interpolations(cfg: Any, at: KeyPath) -> list[KeyPath]:
+    """The paths (relative to ``cfg``) of its interpolated nodes, found without resolving
+    anything; ``PolicyConfigError`` when it nests past ``MAX_DEPTH``."""
     from omegaconf import DictConfig, ListConfig
 
-    out: dict[str, Any] = {}
-    for key, raw in source.items():
-        value = raw
-        if isinstance(value, DictConfig | ListConfig):
-            from omegaconf import OmegaConf
+    found: list[KeyPath] = []
+    stack: list[tuple[Any, KeyPath]] = [(cfg, ())]
+    while stack:
+        node, path = stack.pop()
+        if node._is_none() or node._is_missing():
+            continue
+        if len(at) + len(path) >= MAX_DEPTH:
+            raise PolicyConfigError([(_dotted((*at, *path)), _too_deep())])
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            child = node._get_node(key)
+            if child._is_interpolation():
+                found.append((*path, key))
+            elif isinstance(child, DictConfig | ListConfig):
+                stack.append((child, (*path, key)))
+    return found
 
-            value = OmegaConf.to_container(value, resolve=True)
-        if isinstance(value, Mapping):
-            value = _plain_mapping(value)
-        out[str(key)] = value
-    return out
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep"
 
 
-def _node(top: dict[str, Any], label: str) -> dict[str, Any]:
+def _dotted(path: KeyPath) -> str:
+    return ".".join(map(str, path))
+
+
+def _leaves(value: Any) -> list[Any]:
+    """The scalars in a resolved value (itself, when it is one)."""
+    found: list[Any] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            found.append(item)
+    return found
+
+
+def _plain_mapping(source: Mapping[Any, Any], secrets: list[Any]) -> dict[str, Any]:
+    """A copy of a plain mapping as dicts and lists, refusing nesting past ``MAX_DEPTH``
+    (a cycle included) before anything recursive sees it."""
+    from omegaconf import OmegaConf
+
+    top: dict[str, Any] = {}
+    # Paths are where values land: under the `guardrails` node when the mapping is that node.
+    at: KeyPath = () if ROOT in source else (ROOT,)
+    stack: list[tuple[Any, Any, KeyPath]] = [(source, top, at)]
+    while stack:
+        src, dst, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            raise PolicyConfigError([(_dotted(path), _too_deep())])
+        items = src.items() if isinstance(src, Mapping) else enumerate(src)
+        for key, raw in items:
+            where = (*path, key)
+            value = _plain_config(raw, where, secrets) if OmegaConf.is_config(raw) else raw
+            if isinstance(value, Mapping):
+                copy: Any = {}
+                stack.append((value, copy, where))
+                value = copy
+            elif isinstance(value, list | tuple):
+                copy = [None] * len(value)
+                stack.append((value, copy, where))
+                value = copy
+            if isinstance(dst, dict):
+                dst[str(key)] = value
+            else:
+                dst[key] = value
+    return top
+
+
+def _node(read: _Read) -> dict[str, Any]:
     """The ``guardrails`` node of a root config, or the config itself when it is the node."""
+    top, label = read.top, read.label
     if ROOT in top:
         node = top[ROOT]
         if node is None:
             return {}
         if not isinstance(node, Mapping):
-            raise PolicyConfigError([(ROOT, f"expected a mapping, got {node!r}")])
+            raise PolicyConfigError([(ROOT, f"expected a mapping, got {_shown(node)}")])
         return dict(node)
     if not top or any(k in top for k in ("strict", "policy_defaults", "policies")):
         return top
@@ -154,9 +337,43 @@ def _node(top: dict[str, Any], label: str) -> dict[str, Any]:
     )
 
 
-def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """Compose ``config_dir/<config_name>.yaml`` with Hydra, applying override strings."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+def _shown(value: Any) -> str:
+    from guardrails._units import shown
+
+    return shown(value)
+
+
+def _redact(problems: Sequence[Problem], secrets: Sequence[Any]) -> list[Problem]:
+    """``problems`` with every value that came from an interpolation replaced by ``REDACTED``.
+
+    A string is replaced wherever it appears quoted, and bare when it is long enough not to
+    be an ordinary word of the message; numbers when they have four digits or more.
+    """
+    texts: set[str] = set()
+    for value in secrets:
+        if isinstance(value, str) and value:
+            texts.update({repr(value), f'"{value}"'})
+            if len(value) >= 4:
+                texts.add(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) >= 1000:
+            texts.add(repr(value))
+    ordered = sorted(texts, key=len, reverse=True)
+    out = []
+    for path, message in problems:
+        text = message
+        for secret in ordered:
+            text = text.replace(secret, REDACTED)
+        out.append((path, text))
+    return out
+
+
+def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> _Read:
+    """Compose ``config_dir/<config_name>.yaml`` with Hydra, applying override strings.
+
+    Each YAML file Hydra reads from disk is checked first (nesting, aliases), and after
+    composition the ones it used are searched for YAML 1.1 booleans that land under the
+    ``guardrails`` node.
+    """
     from hydra._internal.utils import create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.errors import HydraException
@@ -164,13 +381,14 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> dic
     from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
+    label = f"{config_dir}/{config_name}.yaml"
     with _compose_lock:
         search_path = create_config_search_path(str(config_dir.resolve()))
         # After the app's own directory (its guardrails/*.yaml win), before Hydra's schema entry.
         search_path.prepend(
             "guardrails", "pkg://guardrails.conf", anchor=SearchPathQuery(provider="schema")
         )
-        loader = ConfigLoaderImpl(config_search_path=search_path)
+        loader = _checking_loader(search_path)
         try:
             cfg = loader.load_configuration(
                 config_name=config_name,
@@ -180,12 +398,65 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> dic
             )
         except (HydraException, OmegaConfBaseException) as exc:
             raise PolicyConfigError(
-                [(f"{config_dir}/{config_name}.yaml", " ".join(str(exc).split()))],
+                [(label, " ".join(str(exc).split()))],
                 header="cannot compose the guardrails configuration with Hydra",
             ) from None
         with open_dict(cfg):
             cfg.pop("hydra", None)
-    return _to_plain(cfg)
+    read = _from_config(cfg, label)
+    for path, package in loader.used:
+        prefix = tuple(p for p in package.split(".") if p and p != "_global_")
+        read.problems.extend(
+            _yaml.boolean_problems(loader.documents[path], prefix, path, only_under=ROOT)
+        )
+    read.problems = list(dict.fromkeys(read.problems))
+    return read
+
+
+def _checking_loader(search_path: Any) -> Any:
+    """A Hydra ``ConfigLoaderImpl`` that checks each file before Hydra parses it and records
+    the files (and the packages they land at) a composition used."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.core_plugins.file_config_source import FileConfigSource
+    from hydra.core.object_type import ObjectType
+    from hydra.plugins.config_source import ConfigSource
+
+    documents: dict[str, Any] = {}
+
+    class CheckingRepository(ConfigRepository):
+        def load_config(self, config_path: str) -> Any:
+            source = self._find_object_source(config_path, ObjectType.CONFIG)
+            if isinstance(source, FileConfigSource):
+                path = _file_of(source.path, config_path, ConfigSource)
+                if path not in documents:
+                    documents[path] = _yaml.compose(
+                        _yaml_text(path, path), _omegaconf_loader(), path
+                    )[1]
+            return super().load_config(config_path)
+
+    class CheckingLoader(ConfigLoaderImpl):
+        def __init__(self, config_search_path: Any) -> None:
+            super().__init__(config_search_path=config_search_path)
+            self.repository = CheckingRepository(config_search_path)
+            self.documents = documents
+            #: ``(file, package)`` of each file in the composition, in order.
+            self.used: list[tuple[str, str]] = []
+
+        def _load_single_config(self, default: Any, repo: Any) -> Any:
+            result = super()._load_single_config(default, repo)
+            if str(result.path).startswith("file://") and default.config_path is not None:
+                path = _file_of(result.path[len("file://") :], default.config_path, ConfigSource)
+                if documents.get(path) is not None:
+                    self.used.append((path, default.package or ""))
+            return result
+
+    return CheckingLoader(search_path)
+
+
+def _file_of(directory: str, config_path: str, config_source: Any) -> str:
+    name = config_source._normalize_file_name(filename=config_path)
+    return os.path.realpath(os.path.join(directory, name))
 
 
 def hydra_job() -> tuple[str, ...] | None:
@@ -203,5 +474,5 @@ def hydra_job() -> tuple[str, ...] | None:
     if not HydraConfig.initialized():
         return None
     cfg = HydraConfig.get()
-    job: Any = cfg.job  # a DictConfig at run time; `num` is missing outside a multirun
+    job: Any = cfg.job  # a DictConfig at run time, whatever the schema's type says
     return (str(job.get("num", "")), str(job.get("id", "")), str(cfg.runtime.output_dir))

@@ -14,7 +14,7 @@ from guardrails._clock import Clock
 from guardrails._errors import PolicyConfigError
 from guardrails._imports import qualified_name, resolve
 from guardrails._stats import PolicyCounters
-from guardrails._units import parse_duration, parse_size
+from guardrails._units import parse_duration, parse_size, shown
 
 #: A compiled layer: takes the call's positional tuple, keyword dict and per-call info.
 #: ``info`` is ``None`` or a two-item list ``[attempts, cache_hit]`` the log layer reads.
@@ -52,7 +52,7 @@ def _import_type(value: object) -> Any:
     if isinstance(value, type):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected an import path like 'package.module:Name', got {value!r}")
+        raise ValueError(f"expected an import path like 'package.module:Name', got {shown(value)}")
     obj = resolve(value)
     if not isinstance(obj, type):
         raise ValueError(f"{value!r} names {obj!r}, which is not a class")
@@ -69,7 +69,7 @@ def _import_model(value: object) -> Any:
 def _import_exceptions(value: object) -> tuple[type[BaseException], ...]:
     items = [value] if isinstance(value, str | type) else value
     if not isinstance(items, list | tuple):
-        raise ValueError(f"expected a list of exception class names, got {value!r}")
+        raise ValueError(f"expected a list of exception class names, got {shown(value)}")
     classes: list[type[BaseException]] = []
     for item in items:
         cls = _import_type(item)

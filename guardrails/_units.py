@@ -28,20 +28,39 @@ _PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*%\s*$")
 
 DURATION_HINT = "a number of seconds or a string like '250ms', '30s', '5m', '1h' or 'PT5M'"
 SIZE_HINT = "a number of bytes or a string like '512MiB', '2GiB' or '2GB'"
+#: The longest duration: 100 years. Longer ones overflow the clocks and waits they feed.
+MAX_SECONDS = 100 * 365.25 * 86400
+#: The largest size: what a signed 64-bit byte count holds (8 EiB).
+MAX_BYTES = 2**63 - 1
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: shortened, and never raising (huge ints do)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__, or one nested too deeply
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_duration(value: object) -> float:
     """Seconds from ``30``, ``0.25``, ``"250ms"``, ``"5m"``, ``"PT5M"``; never negative."""
     if isinstance(value, bool):
-        raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
+        raise ValueError(f"expected {DURATION_HINT}, got {shown(value)}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        # An int too large for a float is an OverflowError, which pydantic would not catch.
+        seconds = float(value) if abs(value) <= MAX_SECONDS else math.inf
     elif isinstance(value, str):
         seconds = _parse_duration_text(value)
     else:
-        raise ValueError(f"expected {DURATION_HINT}, got {value!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"expected a finite duration of zero or more, got {value!r}")
+        raise ValueError(f"expected {DURATION_HINT}, got {shown(value)}")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise ValueError(
+            f"expected a finite duration from 0 to {MAX_SECONDS:.0f} seconds (100 years), "
+            f"got {shown(value)}"
+        )
     return seconds
 
 
@@ -58,33 +77,34 @@ def _parse_duration_text(text: str) -> float:
                 + parts.get("m", 0) * 60
                 + parts.get("s", 0)
             )
-    raise ValueError(f"expected {DURATION_HINT}, got {text!r}")
+    raise ValueError(f"expected {DURATION_HINT}, got {shown(text)}")
 
 
 def parse_size(value: object, *, allow_percent: bool = False) -> int:
     """Bytes from ``1024``, ``"512MiB"``, ``"2GB"`` and, for memory, ``"80%"`` of the limit."""
     if isinstance(value, bool):
-        raise ValueError(f"expected {SIZE_HINT}, got {value!r}")
-    if isinstance(value, int):
-        size = float(value)
-    elif isinstance(value, float):
-        size = value
+        raise ValueError(f"expected {SIZE_HINT}, got {shown(value)}")
+    size: int | float
+    if isinstance(value, int | float):
+        size = value  # an int stays exact: float() of a huge one would raise OverflowError
     elif isinstance(value, str):
         if allow_percent and (m := _PERCENT.match(value)):
             percent = float(m.group(1))
             if not 0 < percent <= 100:
-                raise ValueError(f"expected a percentage above 0% and at most 100%, got {value!r}")
+                raise ValueError(
+                    f"expected a percentage above 0% and at most 100%, got {shown(value)}"
+                )
             return int(effective_memory_limit() * percent / 100)
         m = _SIZE.match(value)
         if not m:
             hint = SIZE_HINT + (" or a percentage like '80%'" if allow_percent else "")
-            raise ValueError(f"expected {hint}, got {value!r}")
+            raise ValueError(f"expected {hint}, got {shown(value)}")
         number, unit = m.groups()
         size = float(number) * _unit_factor(unit or "b")
     else:
-        raise ValueError(f"expected {SIZE_HINT}, got {value!r}")
-    if not math.isfinite(size) or size < 0:
-        raise ValueError(f"expected a size of zero or more, got {value!r}")
+        raise ValueError(f"expected {SIZE_HINT}, got {shown(value)}")
+    if (isinstance(size, float) and not math.isfinite(size)) or not 0 <= size <= MAX_BYTES:
+        raise ValueError(f"expected a finite size from 0 to 2**63-1 bytes, got {shown(value)}")
     return int(size)
 
 
