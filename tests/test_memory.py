@@ -7,9 +7,10 @@ import select
 import signal
 import sys
 import threading
+import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -149,19 +150,14 @@ def test_async_memory_guard() -> None:
 
 
 @pytest.fixture
-def probe_time() -> Iterator[list[float]]:
+def probe_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Freeze the probe's clock: a reading is reused until the test moves this clock past
     ``MAX_AGE`` (the worst case of the reuse window, with no dependence on real timing)."""
-    real = _memory.monotonic
     # Behind real time, so readings stamped with it look old once the real clock is back.
-    now = [real() - 3600.0]
-    _memory.monotonic = lambda: now[0]  # type: ignore[assignment]
+    now = [time.monotonic() - 3600.0]
+    monkeypatch.setattr(_memory, "monotonic", lambda: now[0])
     PROBE.read()
-    try:
-        yield now
-    finally:
-        _memory.monotonic = real  # type: ignore[assignment]
-        PROBE.read()
+    return now
 
 
 def _ballast() -> Any:
