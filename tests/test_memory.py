@@ -119,19 +119,30 @@ def test_percent_of_the_limit_admits_a_normal_process() -> None:
     assert guardrails.stats()["m"].rejected == 0
 
 
-def test_memory_growth_is_recorded() -> None:
+def test_memory_growth_is_recorded(probe_time: list[float]) -> None:
     configure({"policies": {"m": {"memory": {"max_rss": "100%"}}}})
     keep = []
 
     @guarded("m")
     def grow() -> None:
-        # Faulting in 128 MiB takes far longer than the probe's 1 ms reuse window.
-        block = bytearray(128 * 2**20)
-        block[::4096] = b"x" * len(block[::4096])
-        keep.append(block)
+        keep.append(_ballast())
+        probe_time[0] += 1.0  # so the reading after the call is a fresh one
 
     grow()
-    assert guardrails.stats()["m"].max_rss_growth_bytes >= 64 * 2**20
+    assert guardrails.stats()["m"].max_rss_growth_bytes >= 48 * MiB
+
+
+def test_memory_growth_is_recorded_async(probe_time: list[float]) -> None:
+    configure({"policies": {"m": {"memory": {"max_rss": "100%"}}}})
+    keep = []
+
+    @guarded("m")
+    async def grow() -> None:
+        keep.append(_ballast())
+        probe_time[0] += 1.0  # so the reading after the call is a fresh one
+
+    asyncio.run(grow())
+    assert guardrails.stats()["m"].max_rss_growth_bytes >= 48 * MiB
 
 
 def test_async_memory_guard() -> None:
