@@ -6,10 +6,11 @@ Works on plain dicts only: OmegaConf and Hydra stay in ``_config``.
 from __future__ import annotations
 
 import difflib
+import functools
 import types
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from guardrails._log import LogConfig
 from guardrails._memory import MemoryConfig
 from guardrails._retry import RetryConfig
 from guardrails._types import Section
+from guardrails._units import shown
 from guardrails._validate import ValidateConfig
 
 with warnings.catch_warnings():
@@ -95,7 +97,7 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
             problems.append((f"{ROOT}.{key}", _unknown_key(str(key), _NODE_KEYS)))
     strict = node.get("strict", False)
     if not isinstance(strict, bool):
-        problems.append((f"{ROOT}.strict", f"expected true or false, got {strict!r}"))
+        problems.append((f"{ROOT}.strict", f"expected true or false, got {shown(strict)}"))
         strict = False
     raw_defaults = _mapping(node.get("policy_defaults"), f"{ROOT}.policy_defaults", problems)
     raw_policies = _mapping(node.get("policies"), f"{ROOT}.policies", problems)
@@ -109,19 +111,19 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
     for name, body in raw_policies.items():
         own[str(name)] = _mapping(body, f"{ROOT}.policies.{name}", problems)
 
-    defaults_source = (f"{ROOT}.policy_defaults", raw_defaults)
-    defaults = _validate(raw_defaults, [defaults_source], problems)
+    defaults = _validate(raw_defaults, lambda loc: f"{ROOT}.policy_defaults", problems)
+    merged_raw = _inherit(own, raw_defaults, problems)
+    origins = _Origins(own, raw_defaults)
     policies: dict[str, Policy] = {}
     for name, body in own.items():
-        chain = _base_chain(name, own, problems)
-        if chain is None:
+        merged = merged_raw[name]
+        if merged is None:
             continue
-        merged: dict[str, Any] = raw_defaults
-        for ancestor in reversed(chain):
-            merged = deep_merge(merged, own[ancestor])
-        merged = {**merged, "base": body.get("base")}
-        sources = [(f"{ROOT}.policies.{n}", own[n]) for n in chain] + [defaults_source]
-        validated = _validate(merged, sources, problems)
+        validated = _validate(
+            {**merged, "base": body.get("base")},
+            functools.partial(origins.prefix, name),
+            problems,
+        )
         if validated is not None:
             policies[name] = validated
     if problems:
@@ -139,37 +141,111 @@ def _mapping(value: Any, path: str, problems: list[tuple[str, str]]) -> dict[str
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        problems.append((path, f"expected a mapping, got {value!r}"))
+        problems.append((path, f"expected a mapping, got {shown(value)}"))
         return {}
     return dict(value)
 
 
-def _base_chain(
-    name: str, own: Mapping[str, Mapping[str, Any]], problems: list[tuple[str, str]]
-) -> list[str] | None:
-    """``[name, its base, that base's base, ...]``, or ``None`` after reporting a problem."""
-    chain = [name]
-    while (base := own[chain[-1]].get("base")) is not None:
-        path = f"{ROOT}.policies.{chain[-1]}.base"
-        if not isinstance(base, str):
-            problems.append((path, f"expected the name of another policy, got {base!r}"))
-            return None
-        if base not in own:
-            near = difflib.get_close_matches(base, list(own), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            problems.append((path, f"no policy named {base!r} to inherit from{hint}"))
-            return None
-        if base in chain:
-            cycle = " -> ".join([*chain[chain.index(base) :], base])
-            problems.append((path, f"inheritance cycle: {cycle}"))
-            return None
-        chain.append(base)
-    return chain
+def _inherit(
+    own: Mapping[str, dict[str, Any]],
+    defaults: dict[str, Any],
+    problems: list[tuple[str, str]],
+) -> dict[str, dict[str, Any] | None]:
+    """Each policy's raw mapping merged over its bases and ``policy_defaults``, or ``None``
+    when its inheritance is broken (reported once, at the ``base`` key that breaks it).
+
+    Each policy is merged once, over its base's memoised result: linear in the number of
+    policies however long the chains, and without recursion.
+    """
+    merged: dict[str, dict[str, Any] | None] = {}
+    for start in own:
+        walked: dict[str, int] = {}  # the names being resolved, in order
+        name = start
+        parent: dict[str, Any] | None = defaults
+        while name not in merged:
+            walked[name] = len(walked)
+            base = own[name].get("base")
+            if base is None:
+                parent = defaults
+                break
+            path = f"{ROOT}.policies.{name}.base"
+            if not isinstance(base, str):
+                problems.append((path, f"expected the name of another policy, got {shown(base)}"))
+                parent = None
+                break
+            if base not in own:
+                near = difflib.get_close_matches(base, list(own), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                problems.append((path, f"no policy named {shown(base)} to inherit from{hint}"))
+                parent = None
+                break
+            if base in walked:
+                cycle = " -> ".join([*list(walked)[walked[base] :], base])
+                problems.append((path, f"inheritance cycle: {cycle}"))
+                parent = None
+                break
+            name = base
+        else:
+            parent = merged[name]
+        for member in reversed(walked):
+            if parent is not None:
+                parent = deep_merge(parent, own[member])
+            merged[member] = parent
+    return merged
+
+
+class _Origins:
+    """Which source wrote the value at an error's location: the policy, one of its bases,
+    or ``policy_defaults``. Asked only when validation fails; memoised per (policy,
+    location), so a long chain that fails at its root is walked once, not once per policy."""
+
+    def __init__(self, own: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any]):
+        self.own = own
+        self.defaults = defaults
+        self.memo: dict[tuple[str, tuple[Any, ...]], str | None] = {}
+
+    def prefix(self, name: str, loc: tuple[Any, ...]) -> str:
+        """The dotted prefix for an error at ``loc`` in policy ``name``: of the most derived
+        source that wrote the deepest part of ``loc`` anything wrote."""
+        for depth in range(len(loc), 0, -1):
+            found = self._writer(name, loc[:depth])
+            if found is not None:
+                return found
+        return f"{ROOT}.policies.{name}"
+
+    def _writer(self, name: str, part: tuple[Any, ...]) -> str | None:
+        walked: list[tuple[str, tuple[Any, ...]]] = []
+        current: str | None = name
+        found: str | None = None
+        while current is not None:
+            key = (current, part)
+            if key in self.memo:
+                found = self.memo[key]
+                break
+            walked.append(key)
+            if _writes(self.own[current], part):
+                found = f"{ROOT}.policies.{current}"
+                break
+            current = self.own[current].get("base")  # a valid chain: validation got here
+        else:
+            found = f"{ROOT}.policy_defaults" if _writes(self.defaults, part) else None
+        for key in walked:
+            self.memo[key] = found
+        return found
+
+
+def _writes(raw: Mapping[str, Any], part: tuple[Any, ...]) -> bool:
+    node: Any = raw
+    for key in part:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def _validate(
     merged: Mapping[str, Any],
-    sources: Sequence[tuple[str, Mapping[str, Any]]],
+    origin: Callable[[tuple[Any, ...]], str],
     problems: list[tuple[str, str]],
 ) -> Policy | None:
     try:
@@ -177,24 +253,9 @@ def _validate(
     except pydantic.ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            prefix = _origin(loc, sources)
-            path = ".".join([prefix, *map(str, loc)])
+            path = ".".join([origin(loc), *map(str, loc)])
             problems.append((path, _message(err, loc)))
         return None
-
-
-def _origin(loc: tuple[Any, ...], sources: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """The dotted prefix of the most derived source that wrote the value at ``loc``."""
-    for depth in range(len(loc), 0, -1):
-        for prefix, raw in sources:
-            node: Any = raw
-            for part in loc[:depth]:
-                if not isinstance(node, Mapping) or part not in node:
-                    break
-                node = node[part]
-            else:
-                return prefix
-    return sources[0][0]
 
 
 def _message(err: Any, loc: tuple[Any, ...]) -> str:
@@ -204,8 +265,8 @@ def _message(err: Any, loc: tuple[Any, ...]) -> str:
     if kind == "value_error":
         return str(msg).removeprefix("Value error, ")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a mapping, got {value!r}"
-    return f"{msg}, got {value!r}"
+        return f"expected a mapping, got {shown(value)}"
+    return f"{msg}, got {shown(value)}"
 
 
 def _unknown_key(key: str, allowed: typing.Sequence[str]) -> str:

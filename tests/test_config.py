@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
@@ -490,3 +492,230 @@ def test_directory_with_another_primary_config(tmp_path: Path) -> None:
     assert configure(conf, config_name="serving").policies["f"].retry.max_attempts == 2  # type: ignore[union-attr]
     with pytest.raises(PolicyConfigError, match="cannot compose"):
         configure(conf, config_name="missing")
+
+
+# --- hostile input: nothing escapes as anything but PolicyConfigError ---------------------
+
+
+def _nested_dict(depth: int) -> dict[str, Any]:
+    top: dict[str, Any] = {}
+    node = top
+    for _ in range(depth):
+        node["a"] = {}
+        node = node["a"]
+    return top
+
+
+def _nested_dictconfig(depth: int) -> Any:
+    # Built level by level: OmegaConf.create() of the whole thing would recurse itself.
+    cfg = OmegaConf.create({"guardrails": {"policies": {"p": {}}}})
+    node = cfg.guardrails.policies.p
+    for _ in range(depth):
+        node["a"] = {}
+        node = node._get_node("a")
+    return cfg
+
+
+def test_deep_nesting_from_a_mapping_and_a_dictconfig() -> None:
+    for source in (
+        {"policies": {"p": _nested_dict(5000)}},
+        {"guardrails": {"policies": {"p": _nested_dict(5000)}}},
+        _nested_dictconfig(5000),
+        _nested_dictconfig(5000).guardrails,
+    ):
+        with pytest.raises(PolicyConfigError) as exc:
+            configure(source)
+        ((path, message),) = exc.value.problems
+        assert path.startswith("guardrails.policies.p.a.a.a")
+        assert message == "nested more than 32 levels deep"
+
+
+def test_a_cycle_in_a_mapping_is_refused() -> None:
+    looped: dict[str, Any] = {"retry": {}}
+    looped["retry"]["again"] = looped
+    with pytest.raises(PolicyConfigError, match="nested more than 32 levels deep"):
+        configure({"policies": {"p": looped}})
+
+
+def test_an_interpolation_into_a_deep_node_elsewhere() -> None:
+    cfg = _nested_dictconfig(0)
+    cfg.outside = {}
+    deep = cfg._get_node("outside")
+    for _ in range(3000):
+        deep["a"] = {}
+        deep = deep._get_node("a")
+    cfg.guardrails.policies.p.retry = "${outside}"  # deep, but only once resolved
+    with pytest.raises(PolicyConfigError, match="nested too deeply"):
+        configure(cfg)
+
+
+@pytest.mark.parametrize(
+    ("block", "value", "expected"),
+    [
+        ({"cache": {"ttl": 10**400}}, "cache.ttl", "finite duration"),
+        ({"memory": {"max_rss": 10**400}}, "memory.max_rss", "finite size"),
+        ({"memory": {"max_rss": float("inf")}}, "memory.max_rss", "finite size"),
+        ({"memory": {"soft_rss": 2**70}}, "memory.soft_rss", "finite size"),
+        ({"validate": {"args": {"x": {"min": True}}}}, "validate.args.x.min", "valid number"),
+        ({"validate": {"args": {"x": {"max": "5"}}}}, "validate.args.x.max", "valid number"),
+        ({"validate": {"args": {"x": {"min": float("nan")}}}}, "validate.args.x.min", "finite"),
+        ({"validate": {"args": {"x": {"max": 10**400}}}}, "validate.args.x.max", "number"),
+    ],
+)
+def test_numbers_out_of_range_are_config_errors(
+    block: dict[str, Any], value: str, expected: str
+) -> None:
+    with pytest.raises(PolicyConfigError) as exc:
+        configure({"policies": {"p": block}})
+    message = problems(exc)[f"guardrails.policies.p.{value}"]
+    assert expected in message
+    assert len(message) < 300  # a 400-digit number is not echoed whole
+
+
+def test_interpolated_values_are_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hunter2-s3cr3t-token"
+    monkeypatch.setenv("GUARDRAILS_TEST_SECRET", secret)
+    node = {
+        "policies": {
+            "p": {"retry": {"max_attempts": "${oc.env:GUARDRAILS_TEST_SECRET}"}},
+            "r": {"base": "${oc.env:GUARDRAILS_TEST_SECRET}"},
+            "q": {"cache": {"ttl": "x${oc.env:GUARDRAILS_TEST_SECRET}"}},
+            "s": {"cache": {"ttl": "lots"}},  # written out: still echoed
+        }
+    }
+    yaml_file = write(tmp_path / "g.yaml", OmegaConf.to_yaml({"guardrails": node}))
+    conf = _app_dir(tmp_path)
+    write(conf / "guardrails" / "secret.yaml", OmegaConf.to_yaml(node))
+    sources: list[tuple[Any, tuple[str, ...]]] = [
+        (OmegaConf.create({"guardrails": node}), ()),
+        (OmegaConf.create(node), ()),
+        ({"guardrails": OmegaConf.create(node)}, ()),
+        (yaml_file, ()),
+        (conf, ("guardrails=secret",)),
+    ]
+    for source, overrides in sources:
+        with pytest.raises(PolicyConfigError) as exc:
+            configure(source, overrides=overrides)
+        found = problems(exc)
+        assert secret not in str(exc.value), source
+        assert "<interpolated value>" in found["guardrails.policies.p.retry.max_attempts"]
+        assert "no policy named <interpolated value>" in found["guardrails.policies.r.base"]
+        assert found["guardrails.policies.q.cache.ttl"].endswith("got <interpolated value>")
+        assert found["guardrails.policies.s.cache.ttl"].endswith("got 'lots'")
+
+
+def test_each_new_failure_keeps_the_configuration_in_force(tmp_path: Path) -> None:
+    calls = []
+
+    @guarded("kept")
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    configure({"policies": {"kept": {"cache": {"ttl": 60}}}})
+    f(1)
+    bad: list[Any] = [
+        {"policies": {"p": _nested_dict(5000)}},
+        _nested_dictconfig(5000),
+        {"policies": {"kept": {"cache": {"ttl": 10**400}}}},
+        {"policies": {"kept": {"memory": {"max_rss": 10**400}}}},
+        {"policies": {"kept": {"validate": {"output": "numpy:ndarray"}}}},
+        {"policies": {"kept": {"validate": {"args": {"x": {"min": True}}}}}},
+        {"policies": {"kept": {"base": "kept"}}},
+        write(tmp_path / "empty.yaml", "# nothing here\n"),
+        write(tmp_path / "bool.yaml", "policies: {kept: {cache: {enabled: off}}}\n"),
+    ]
+    for source in bad:
+        with pytest.raises(PolicyConfigError):
+            configure(source)
+        f(1)
+        assert calls == [1], source
+        assert policy("kept").cache.ttl == 60  # type: ignore[union-attr]
+
+
+# --- base inheritance stays linear -----------------------------------------------------
+
+
+def _chain(n: int, root: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Policies p0 <- p1 <- ... <- p(n-1), each inheriting the one before."""
+    policies: dict[str, Any] = {"p0": root or {"retry": {"max_attempts": 2}}}
+    for i in range(1, n):
+        policies[f"p{i}"] = {"base": f"p{i - 1}", "cache": {"ttl": i}}
+    return {"policies": policies}
+
+
+def _lines_run_in_policy_module(source: dict[str, Any]) -> int:
+    """Lines executed in guardrails/_policy.py by one configure(): the work done, not time."""
+    import guardrails._policy as module
+
+    count = 0
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def global_(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == module.__file__ else None
+
+    sys.settrace(global_)
+    try:
+        with contextlib.suppress(PolicyConfigError):
+            configure(source)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_a_long_base_chain_merges_each_policy_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import guardrails._policy as module
+
+    merges = 0
+    real = module.deep_merge
+
+    def counting(base: Any, over: Any) -> dict[str, Any]:
+        nonlocal merges
+        merges += 1
+        return real(base, over)
+
+    monkeypatch.setattr(module, "deep_merge", counting)
+    counts = {}
+    for n in (2000, 4000):
+        merges = 0
+        settings = configure(_chain(n))
+        counts[n] = merges
+        last = settings.policies[f"p{n - 1}"]
+        assert last.retry is not None and last.retry.max_attempts == 2
+        assert last.cache is not None and last.cache.ttl == n - 1
+    # One merge per policy and level of its own body (plus the packaged defaults).
+    assert counts[4000] - counts[2000] <= 2 * 2000 * 2
+
+
+def test_a_long_base_chain_stays_linear_when_it_fails() -> None:
+    # The root's error is inherited by every policy; finding where it was written must not
+    # walk the chain once per policy.
+    work = {
+        n: _lines_run_in_policy_module(_chain(n, {"cache": {"ttl": "soon"}})) for n in (2000, 4000)
+    }
+    assert work[4000] < 2.2 * work[2000]
+    with pytest.raises(PolicyConfigError) as exc:
+        configure(_chain(4000, {"cache": {"ttl": "soon"}}))
+    assert list(problems(exc)) == ["guardrails.policies.p0.cache.ttl"]
+
+
+def test_a_long_chain_with_a_broken_link_reports_it_once() -> None:
+    source = _chain(4000)
+    source["policies"]["p10"]["base"] = "p_missing"
+    source["policies"]["p20"]["base"] = "p30"  # p20 -> p30 -> ... -> p21 -> p20: a cycle
+    with pytest.raises(PolicyConfigError) as exc:
+        configure(source)
+    found = problems(exc)
+    assert set(found) == {"guardrails.policies.p10.base", "guardrails.policies.p21.base"}
+    assert "no policy named 'p_missing'" in found["guardrails.policies.p10.base"]
+    assert found["guardrails.policies.p21.base"].startswith("inheritance cycle: p20 -> p30 -> ")
+    assert _lines_run_in_policy_module(source) < 2.2 * _lines_run_in_policy_module(
+        {"policies": dict(list(source["policies"].items())[:2000])}
+    )
