@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import pydantic
 from pydantic import Field, StrictBool, StrictInt, TypeAdapter, field_validator
 
 from guardrails._errors import InputValidationError, OutputValidationError
+from guardrails._imports import qualified_name
 from guardrails._types import AsyncInner, Context, ImportedModel, ImportedType, Inner, Section
 from guardrails._types import Block as _Block
+
+#: A bound for a value: a finite int or float, never a bool or a numeric string.
+Bound = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class ArgCheck(Section):
@@ -27,8 +32,8 @@ class ArgCheck(Section):
     shape: tuple[StrictInt, ...] | None = None
     ndim: StrictInt | None = Field(default=None, ge=0)
     finite: StrictBool = False
-    min: float | None = None
-    max: float | None = None
+    min: Bound | None = None
+    max: Bound | None = None
 
     @field_validator("shape")
     @classmethod
@@ -55,6 +60,41 @@ class ValidateConfig(_Block):
     input: ImportedModel | None = None
     output: ImportedType | None = None
     args: dict[str, ArgCheck] = Field(default_factory=dict)
+
+    @field_validator("output")
+    @classmethod
+    def _validatable(cls, output: Any) -> Any:
+        # Built here, so a type pydantic cannot validate is a configuration error, not a
+        # failure on the first call; the compiled layer reuses the adapter.
+        if output is not None:
+            output_adapter(output)
+        return output
+
+
+_adapters: dict[Any, TypeAdapter[Any]] = {}
+_adapters_lock = threading.Lock()
+
+
+def output_adapter(output: Any) -> TypeAdapter[Any]:
+    """The pydantic ``TypeAdapter`` for a ``validate.output`` type, built once per type.
+
+    Keyed by the type rather than kept on the frozen ``ValidateConfig``, so two equal
+    policies stay equal and share it. Raises ``ValueError`` when pydantic cannot build one.
+    """
+    adapter = _adapters.get(output)
+    if adapter is not None:
+        return adapter
+    try:
+        adapter = TypeAdapter(output)
+    except Exception as exc:  # PydanticSchemaGenerationError, or a type's own schema hook
+        reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"pydantic cannot validate a return value as {qualified_name(output)} "
+            f"({type(exc).__name__}: {reason}); name a pydantic model or a type pydantic "
+            "can validate"
+        ) from None
+    with _adapters_lock:
+        return _adapters.setdefault(output, adapter)
 
 
 def _numpy() -> Any:
@@ -210,8 +250,7 @@ def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | 
     """``result -> validated result``, or ``None`` when no output type is set."""
     if cfg.output is None:
         return None
-    adapter: TypeAdapter[Any] = TypeAdapter(cfg.output)
-    validate = adapter.validate_python
+    validate = output_adapter(cfg.output).validate_python
 
     def check(result: Any) -> Any:
         try:
