@@ -58,3 +58,31 @@ def test_packaged_defaults_and_yaml_files(tmp_path: Path) -> None:
     out = run("show", str(path))
     assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["f"]["cache"]["ttl"] == 3600
     assert run("check", str(path), "x=1").returncode == 2
+
+
+def test_check_finds_what_would_otherwise_fail_on_a_call(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "policies:\n  p: {validate: {output: 'numpy:ndarray'}, cache: {enabled: no, ttl: 1e400}}\n"
+    )
+    out = run("check", str(path))
+    assert out.returncode == 1
+    assert "(3 problems)" in out.stderr
+    assert "guardrails.policies.p.validate.output: pydantic cannot validate" in out.stderr
+    assert "guardrails.policies.p.cache.enabled: 'no' is a YAML 1.1 boolean" in out.stderr
+    assert "guardrails.policies.p.cache.ttl: expected a finite duration" in out.stderr
+
+
+def test_check_refuses_an_alias_bomb_in_a_config_directory(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    (conf / "guardrails").mkdir(parents=True)
+    (conf / "config.yaml").write_text(
+        "defaults:\n  - guardrails: bomb\n  - _self_\nhydra:\n  searchpath: [pkg://guardrails.conf]\n"
+    )
+    bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    for prev, name in zip("abcdefghi", "bcdefghij", strict=True):
+        bomb += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]\n"
+    (conf / "guardrails" / "bomb.yaml").write_text(bomb)
+    out = run("check", str(conf))
+    assert out.returncode == 1
+    assert "guardrails/bomb.yaml: its aliases would expand it by" in out.stderr

@@ -4,10 +4,17 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from guardrails._units import effective_memory_limit, parse_duration, parse_size
+from guardrails._units import (
+    MAX_BYTES,
+    MAX_SECONDS,
+    effective_memory_limit,
+    parse_duration,
+    parse_size,
+    shown,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +79,57 @@ def test_bad_percentages(bad: str) -> None:
         parse_size(bad, allow_percent=True)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [10**400, -(10**400), 10**38, MAX_SECONDS + 1, "101000000000000000000d"],
+    ids=["10**400", "-10**400", "10**38", "100 years and a second", "10**20 days"],
+)
+def test_durations_too_long_for_a_float_or_a_clock(bad: object) -> None:
+    with pytest.raises(ValueError, match="finite duration from 0 to 3155760000 seconds"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [10**400, 2**63, float("inf"), float("nan"), 1e300, "9" * 400, "9000000PiB"],
+    ids=["10**400", "2**63", "inf", "nan", "1e300", "400 nines", "9000000PiB"],
+)
+def test_sizes_too_large_or_not_finite(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"finite size from 0 to 2\*\*63-1 bytes"):
+        parse_size(bad)
+    assert parse_size(MAX_BYTES) == MAX_BYTES
+
+
+@given(
+    st.integers()
+    | st.integers(min_value=-(10**500), max_value=10**500)
+    | st.floats()
+    | st.text(max_size=40)
+    | st.booleans()
+    | st.none()
+)
+@example(10**400)
+def test_any_number_parses_or_says_expected(value: object) -> None:
+    # Never OverflowError (pydantic would not turn it into a configuration problem).
+    for parse in (parse_duration, parse_size):
+        try:
+            parse(value)
+        except ValueError as exc:
+            assert "expected" in str(exc)
+            assert len(str(exc)) < 250
+
+
+def test_shown_never_raises_and_stays_short() -> None:
+    assert shown(10**5000) == "an integer of about 5001 digits"
+    assert shown("x" * 1000) == "'" + "x" * 78 + "…"
+
+    class Hostile:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    assert shown(Hostile()) == "<Hostile>"
+
+
 def test_effective_limit_is_positive_and_at_most_physical_memory() -> None:
     import psutil
 
@@ -92,7 +150,12 @@ _SIZE_UNITS = {
 
 @given(st.integers(min_value=0, max_value=10**6), st.sampled_from(sorted(_UNITS)))
 def test_duration_units_scale(number: int, unit: str) -> None:
-    assert parse_duration(f"{number}{unit}") == pytest.approx(number * _UNITS[unit])
+    seconds = number * _UNITS[unit]
+    if seconds <= MAX_SECONDS:
+        assert parse_duration(f"{number}{unit}") == pytest.approx(seconds)
+    else:
+        with pytest.raises(ValueError, match="100 years"):
+            parse_duration(f"{number}{unit}")
 
 
 @given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
