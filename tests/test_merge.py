@@ -58,3 +58,43 @@ def test_inputs_are_not_mutated(a: dict[str, Any], b: dict[str, Any]) -> None:
     a0, b0 = copy.deepcopy(a), copy.deepcopy(b)
     deep_merge(a, b)
     assert (a, b) == (a0, b0)
+
+
+names = st.sampled_from(["a", "b", "c", "d", "e"])
+bodies = st.fixed_dictionaries(
+    {}, optional={"base": st.one_of(names, st.just("zz"), st.integers()), "x": trees, "y": leaves}
+)
+
+
+@given(st.dictionaries(names, bodies, min_size=1), trees)
+def test_inheritance_is_the_left_fold_along_each_chain(
+    own: dict[str, dict[str, Any]], defaults: dict[str, Any]
+) -> None:
+    """The memoised resolution gives each policy exactly defaults <- root ... <- policy,
+    and refuses (once, at the breaking `base`) exactly the chains that end badly."""
+    from guardrails._policy import _inherit
+
+    problems: list[tuple[str, str]] = []
+    merged = _inherit(own, defaults, problems)
+    broken_at: set[str] = set()
+    for name in own:
+        chain, seen = [name], {name}
+        while (base := own[chain[-1]].get("base")) is not None:
+            if not isinstance(base, str) or base not in own or base in seen:
+                broken_at.add(f"guardrails.policies.{chain[-1]}.base")
+                chain = []
+                break
+            chain.append(base)
+            seen.add(base)
+        if not chain:
+            assert merged[name] is None
+            continue
+        expected = defaults
+        for ancestor in reversed(chain):
+            expected = deep_merge(expected, own[ancestor])
+        assert merged[name] == expected
+    # Each broken link is reported, and only once (a cycle at one of its links).
+    paths = [path for path, _ in problems]
+    assert len(paths) == len(set(paths))
+    assert set(paths) <= broken_at
+    assert bool(paths) == bool(broken_at)
