@@ -319,23 +319,39 @@ def test_report_prints_a_table() -> None:
     f = guarded("fetch")(lambda x: x)
     f(1), f(1)
     guarded("quiet")(lambda: 1)()
-    latencies = STATE.counters["fetch"].latencies
-    latencies.clear()
-    latencies.extend(ms / 1000 for ms in range(100, 0, -1))
-    STATE.counters["fetch"].max_rss_growth = 3 * 2**20
+    # Every figure different, so no two columns can trade places unseen.
+    c = STATE.counters["fetch"]
+    bumps = [(c.success, 4), (c.failure, 4), (c.retry, 3), (c.cache_hit, 4), (c.rejection, 2)]
+    for bump, times in bumps:
+        for _ in range(times):
+            bump()
+    c.latencies.clear()
+    c.latencies.extend(ms / 1000 for ms in range(100, 0, -1))
+    c.max_rss_growth = 3 * 2**20
     out = io.StringIO()
     guardrails.report(Console(file=out, width=150))
     text = out.getvalue()
     assert "guardrails statistics" in text
+    header = [cell.strip() for cell in text.splitlines()[2].split("┃")[1:-1]]
+    assert header[:8] == [
+        "policy",
+        "calls",
+        "ok",
+        "failed",
+        "retries",
+        "hits",
+        "misses",
+        "rejected",
+    ]
     assert cells(text, "fetch") == [
         "fetch",
-        "2",
-        "2",
-        "0",
-        "0",
+        "10",
+        "6",
+        "4",
+        "3",
+        "5",
         "1",
-        "1",
-        "0",
+        "2",
         "50.00",
         "95.00",
         "99.00",
