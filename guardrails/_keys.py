@@ -1,4 +1,4 @@
-"""Cache keys made from argument values: two values share a key only if a call cannot tell them apart.
+"""Cache keys from argument values: two values share a key only if a call cannot tell them apart.
 
 Scalars are tagged with their type (``1``, ``1.0`` and ``True`` differ); floats and complex
 numbers by value with ``-0.0`` its own key and every NaN of one bit pattern one key; numpy
@@ -22,6 +22,7 @@ from typing import Any
 import xxhash
 
 _hash128 = xxhash.xxh3_128_intdigest
+_isnan = math.isnan
 _float_bits = struct.Struct("<q")
 _pack_double = struct.Struct("<d").pack
 #: Stands for -0.0 in a key: it equals no float, so ``0.0`` and ``-0.0`` never share a key.
@@ -31,9 +32,6 @@ _NEG_ZERO = "-0.0"
 #: type cannot be told apart. The cache layer inlines this for one argument.
 ATOMIC: frozenset[type] = frozenset({int, bool, str, bytes, type(None)})
 
-#: numpy's own ndarray subclasses, whose instance ``__dict__`` holds no value-defining state
-#: (filled on first use, so importing this module does not import numpy).
-_plain_array_types: frozenset[type] = frozenset()
 #: MaskedArray's bookkeeping attributes, left out of the state of its subclasses.
 _MASKED_ATTRIBUTES = frozenset(
     {
@@ -60,7 +58,7 @@ def key_of(value: Any) -> Hashable:
         return (t, value)
     if t is float:
         # The common float keys as itself; only 0.0 and NaN need a closer look.
-        if value == value and value:
+        if value and not _isnan(value):
             return (float, value)
         return (float, _float_part(value))
     if t is tuple or t is list:
@@ -83,7 +81,7 @@ def key_of(value: Any) -> Hashable:
 def _float_part(x: float) -> Hashable:
     """A float's key: the float itself, except -0.0 and NaN (keyed by its bits)."""
     x = float(x)
-    if x == x and x:
+    if x and not _isnan(x):
         return x
     if x == 0.0:
         return _NEG_ZERO if math.copysign(1.0, x) < 0.0 else 0.0
@@ -190,15 +188,5 @@ def _masked_key(ma: Any, arr: Any, t: type) -> Hashable:
 
 
 def _is_plain(np: Any, t: type) -> bool:
-    global _plain_array_types
-    if not _plain_array_types:
-        _plain_array_types = frozenset(
-            {
-                np.ndarray,
-                np.matrix,
-                np.memmap,
-                np.recarray,
-                np.char.chararray,
-            }
-        )
-    return t in _plain_array_types
+    """numpy's own ndarray subclasses, whose instance ``__dict__`` holds no value-defining state."""
+    return t in (np.matrix, np.memmap, np.recarray, np.char.chararray)

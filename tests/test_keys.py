@@ -312,6 +312,7 @@ def test_containers_python_tells_apart_never_share_a_key() -> None:
         (frozenset([1]), {1}),
         ([frozenset([1])], [{1}]),
         ([(1,)], [[1]]),
+        ({}, set()),
     ]
     for a, b in different:
         assert key_of(a) != key_of(b), (a, b)
@@ -364,40 +365,44 @@ def _told_apart() -> list[tuple[object, object]]:
     ]
 
 
+def _call_twice(a: object, b: object, asynchronous: bool) -> tuple[list[object], list[object]]:
+    """Cached one- and two-parameter functions called with ``a`` then ``b``: (results, runs)."""
+    ran: list[object] = []
+    if asynchronous:
+
+        @guarded("keyed")
+        async def aone(x: object) -> object:
+            ran.append(x)
+            return x
+
+        @guarded("keyed")
+        async def atwo(x: object, y: int = 1) -> object:
+            ran.append(x)
+            return x
+
+        async def calls() -> list[object]:
+            return [await aone(a), await aone(b), await aone(x=b), await atwo(a), await atwo(b, 1)]
+
+        return asyncio.run(calls()), ran
+
+    @guarded("keyed")
+    def one(x: object) -> object:
+        ran.append(x)
+        return x
+
+    @guarded("keyed")
+    def two(x: object, y: int = 1) -> object:
+        ran.append(x)
+        return x
+
+    return [one(a), one(b), one(x=b), two(a), two(b, 1)], ran
+
+
 def _run_pairs(asynchronous: bool) -> None:
     configure({"policies": {"keyed": {"cache": {"ttl": 60}}}})
     for a, b in _told_apart():
-        ran: list[object] = []
-
-        if asynchronous:
-
-            @guarded("keyed")
-            async def one(x: object) -> object:
-                ran.append(x)
-                return x
-
-            @guarded("keyed")
-            async def two(x: object, y: int = 1) -> object:
-                ran.append(x)
-                return x
-
-            async def calls() -> list[object]:
-                return [await one(a), await one(b), await one(x=b), await two(a), await two(b, 1)]
-
-            got = asyncio.run(calls())
-        else:
-
-            @guarded("keyed")
-            def one(x: object) -> object:
-                ran.append(x)
-                return x
-
-            @guarded("keyed")
-            def two(x: object, y: int = 1) -> object:
-                ran.append(x)
-                return x
-
-            got = [one(a), one(b), one(x=b), two(a), two(b, 1)]
+        got, ran = _call_twice(a, b, asynchronous)
+        # Each result is the object the function returned for that very argument.
         assert [g is v for g, v in zip(got, [a, b, b, a, b], strict=True)] == [True] * 5, (a, b)
         assert [x is v for x, v in zip(ran, [a, b, a, b], strict=True)] == [True] * 4, (a, b)
 
