@@ -74,7 +74,7 @@ def key_of(value: Any) -> Hashable:
         if isinstance(value, np.ndarray):
             return _array_key(np, value)
         if isinstance(value, np.generic):
-            return _numpy_scalar_key(value)
+            return _numpy_scalar_key(np, value, type(value))
     return _other_key(value, t)
 
 
@@ -142,12 +142,27 @@ def _other_key(value: Any, t: type) -> Hashable:
     return (t, value)
 
 
-def _numpy_scalar_key(value: Any) -> Hashable:
+def _numpy_scalar_key(np: Any, value: Any, t: type) -> Hashable:
     # Never by ==: np.float64(-0.0) == np.float64(0.0), and NaN equals nothing.
+    if t is np.float64:
+        return (t, _float_part(value))  # a float subclass: float() copies its bits exactly
+    if t in _numpy_integer_types(np):
+        return (t, int(value))  # the type fixes the dtype; int() is 4x faster than tobytes()
     dtype = value.dtype
     if dtype.hasobject:
         raise UnkeyableArgument("numpy scalar holding objects (its bytes are pointers)")
-    return (type(value), dtype, value.tobytes())
+    return (t, dtype, value.tobytes())
+
+
+#: Filled on first use: this module never imports numpy itself.
+_integer_types: set[type] = set()
+
+
+def _numpy_integer_types(np: Any) -> set[type]:
+    """numpy's bool and integer scalar types, whose type alone fixes their dtype."""
+    if not _integer_types:
+        _integer_types.update(np.dtype(c).type for c in "?bhilqpBHILQP")
+    return _integer_types
 
 
 def _array_key(np: Any, arr: Any) -> Hashable:
