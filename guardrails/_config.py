@@ -244,13 +244,13 @@ def _interpolations(cfg: Any, at: KeyPath) -> list[KeyPath]:
     stack: list[tuple[Any, KeyPath]] = [(cfg, ())]
     while stack:
         node, path = stack.pop()
-        if node._is_none() or node._is_missing():
-            continue
+        # A container's nodes, read directly: twice as fast as keys() and _get_node().
+        content = node._content
+        if not isinstance(content, dict | list):
+            continue  # None, missing, or an interpolation (its parent noted it)
         if len(at) + len(path) >= MAX_DEPTH:
             raise PolicyConfigError([(_dotted((*at, *path)), _too_deep())])
-        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-        for key in keys:
-            child = node._get_node(key)
+        for key, child in content.items() if isinstance(content, dict) else enumerate(content):
             if child._is_interpolation():
                 found.append((*path, key))
             elif isinstance(child, DictConfig | ListConfig):
