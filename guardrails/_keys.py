@@ -146,7 +146,7 @@ def _numpy_scalar_key(np: Any, value: Any, t: type) -> Hashable:
     # Never by ==: np.float64(-0.0) == np.float64(0.0), and NaN equals nothing.
     if t is np.float64:
         return (t, _float_part(value))  # a float subclass: float() copies its bits exactly
-    if t in _numpy_integer_types(np):
+    if t in (_lazy.get("integers") or _integer_types(np)):
         return (t, int(value))  # the type fixes the dtype; int() is 4x faster than tobytes()
     dtype = value.dtype
     if dtype.hasobject:
@@ -154,15 +154,14 @@ def _numpy_scalar_key(np: Any, value: Any, t: type) -> Hashable:
     return (t, dtype, value.tobytes())
 
 
-#: Filled on first use: this module never imports numpy itself.
-_integer_types: set[type] = set()
+#: Values computed on first use: this module never imports numpy itself.
+_lazy: dict[str, frozenset[type]] = {}
 
 
-def _numpy_integer_types(np: Any) -> set[type]:
+def _integer_types(np: Any) -> frozenset[type]:
     """numpy's bool and integer scalar types, whose type alone fixes their dtype."""
-    if not _integer_types:
-        _integer_types.update(np.dtype(c).type for c in "?bhilqpBHILQP")
-    return _integer_types
+    types = _lazy["integers"] = frozenset(np.dtype(c).type for c in "?bhilqpBHILQP")
+    return types
 
 
 def _array_key(np: Any, arr: Any) -> Hashable:
@@ -182,7 +181,7 @@ def _array_key(np: Any, arr: Any) -> Hashable:
         except (ValueError, TypeError):  # dtypes with no buffer format (datetime64, ...)
             digest = _hash128(contiguous.reshape(-1).view(np.uint8))
     # The dtype itself, not dtype.str: "|V4" is every 4-byte structured dtype.
-    if t is np.ndarray or _is_plain(np, t):
+    if t is np.ndarray or _is_numpys_own(t):
         return (t, dtype, arr.shape, digest)
     return (t, dtype, arr.shape, digest, _state(arr, t))
 
@@ -202,6 +201,10 @@ def _masked_key(ma: Any, arr: Any, t: type) -> Hashable:
     return (*key, _state(arr, t, _MASKED_ATTRIBUTES))
 
 
-def _is_plain(np: Any, t: type) -> bool:
-    """numpy's own ndarray subclasses, whose instance ``__dict__`` holds no value-defining state."""
-    return t in (np.matrix, np.memmap, np.recarray, np.char.chararray)
+def _is_numpys_own(t: type) -> bool:
+    """Whether numpy defines this ndarray subclass (matrix, memmap, recarray, chararray).
+
+    Their instance ``__dict__`` holds no part of the value (memmap's file name, matrix's
+    indexing flag); a subclass defined elsewhere may keep some there, as astropy's units.
+    """
+    return t.__module__.partition(".")[0] == "numpy"
