@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -114,7 +116,9 @@ def _read(source: Any, overrides: Sequence[str], config_name: str) -> _Read:
         return _Read({}, "packaged defaults")
     if isinstance(source, DictConfig):
         _no_overrides(overrides, "a DictConfig")
-        return _from_config(source, "config object")
+        read = _from_config(source, "config object")
+        read.problems.extend(_hydra_job_booleans())
+        return read
     if isinstance(source, Mapping):
         _no_overrides(overrides, "a mapping")
         read = _Read({}, "mapping")
@@ -404,13 +408,52 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> _Re
         with open_dict(cfg):
             cfg.pop("hydra", None)
     read = _from_config(cfg, label)
+    read.problems = list(dict.fromkeys(_booleans_in(loader)))
+    return read
+
+
+def _hydra_job_booleans() -> list[Problem]:
+    """YAML 1.1 booleans under ``guardrails`` in the files the running Hydra job composed.
+
+    ``@hydra.main`` hands over a config whose YAML was read before guardrails saw it: the job's
+    composition (its search path, primary config and overrides) is repeated with the checking
+    loader to find which files it used, then those files are searched. Outside a Hydra job, or
+    if the composition cannot be repeated, there is nothing to check.
+    """
+    if "hydra" not in sys.modules:
+        return []
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return []
+    hydra_cfg: Any = HydraConfig.get()
+    search_path = ConfigSearchPathImpl()
+    for entry in hydra_cfg.runtime.config_sources:
+        search_path.append(entry.provider, f"{entry.schema}://{entry.path}")
+    loader = _checking_loader(search_path)
+    try:
+        with _compose_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Hydra warns of sources it could not reach
+            loader.load_configuration(
+                config_name=hydra_cfg.job.config_name,
+                overrides=list(hydra_cfg.overrides.task),
+                run_mode=RunMode.RUN,
+                from_shell=False,
+            )
+    except Exception:  # the job composed once already; a second try is only a check
+        return []
+    return _booleans_in(loader)
+
+
+def _booleans_in(loader: Any) -> list[Problem]:
+    """The disguised booleans landing under ``guardrails`` in the files a composition used."""
+    found: list[Problem] = []
     for path, package in loader.used:
         prefix = tuple(p for p in package.split(".") if p and p != "_global_")
-        read.problems.extend(
-            _yaml.boolean_problems(loader.documents[path], prefix, path, only_under=ROOT)
-        )
-    read.problems = list(dict.fromkeys(read.problems))
-    return read
+        found.extend(_yaml.boolean_problems(loader.documents[path], prefix, path, only_under=ROOT))
+    return found
 
 
 def _checking_loader(search_path: Any) -> Any:
@@ -465,8 +508,6 @@ def hydra_job() -> tuple[str, ...] | None:
     ``configure()`` uses it to start each job of a multirun afresh. Hydra is looked up only if
     the application already imported it.
     """
-    import sys
-
     if "hydra" not in sys.modules:
         return None
     from hydra.core.hydra_config import HydraConfig

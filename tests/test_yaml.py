@@ -283,3 +283,66 @@ def test_failures_keep_the_configuration_in_force(tmp_path: Path) -> None:
         with pytest.raises(PolicyConfigError):
             configure(write(tmp_path / name, text))
         assert policy("kept").cache.ttl == 7, name  # type: ignore[union-attr]
+
+
+HYDRA_APP = """
+import hydra
+import guardrails
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg):
+    try:
+        guardrails.configure(cfg)
+    except guardrails.PolicyConfigError as exc:
+        print("REFUSED", exc)
+    else:
+        print("CONFIGURED", guardrails.policy("f").cache)
+
+
+main()
+"""
+
+
+def _hydra_app(tmp_path: Path, policy_yaml: str, *overrides: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "conf" / "guardrails").mkdir(parents=True)
+    (tmp_path / "conf" / "config.yaml").write_text(
+        "defaults:\n  - guardrails: mine\n  - _self_\n"
+        "hydra:\n  searchpath: [pkg://guardrails.conf]\n"
+        "job: {verbose: yes}\n"  # the app's own key: none of guardrails' business
+    )
+    (tmp_path / "conf" / "guardrails" / "mine.yaml").write_text(policy_yaml)
+    (tmp_path / "app.py").write_text(HYDRA_APP)
+    env = {k: v for k, v in os.environ.items() if k != "GUARDRAILS_CONFIG"}
+    out = subprocess.run(
+        [sys.executable, "app.py", f"hydra.run.dir={tmp_path / 'out'}", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_hydra_main_app_gets_the_booleans_of_the_files_its_job_composed(tmp_path: Path) -> None:
+    out = _hydra_app(tmp_path, "policies:\n  f:\n    cache: {ttl: 5, enabled: no}\n")
+    assert "REFUSED" in out
+    assert "guardrails.policies.f.cache.enabled: 'no' is a YAML 1.1 boolean" in out
+    assert "mine.yaml, line 3" in out
+    assert "job.verbose" not in out
+
+
+def test_a_hydra_main_app_with_true_and_false_configures(tmp_path: Path) -> None:
+    out = _hydra_app(
+        tmp_path,
+        "policies:\n  f:\n    cache: {ttl: 5, enabled: false}\n",
+        "guardrails.policies.f.cache.ttl=7",
+    )
+    assert "CONFIGURED enabled=False ttl=7.0" in out
