@@ -185,6 +185,7 @@ def _from_file(path: Path) -> _Read:
     except Exception as exc:  # OmegaConf refuses some keys (a list as a key) and values
         raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
     assert isinstance(cfg, DictConfig)
+    assert node is not None  # the document held a mapping
     read = _from_config(cfg, label)
     # The whole file is checked: every key in it is the user's guardrails configuration.
     prefix = () if ROOT in data else (ROOT,)

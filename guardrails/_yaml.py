@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev extras
+import yaml
 
 from guardrails._errors import PolicyConfigError
 
