@@ -289,8 +289,14 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
 
     def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         # The hit path, kept flat and lock-free: it is most of the calls of a cached function.
-        if one_arg and not kwargs and len(args) == 1 and type(args[0]) in ATOMIC:
-            key: Hashable = (type(args[0]), args[0])  # what key_of gives, inlined
+        if one_arg and not kwargs and len(args) == 1:
+            arg = args[0]
+            kind = type(arg)
+            # What key_of gives, inlined; a float only when it is neither a zero nor a NaN.
+            if kind in ATOMIC or (kind is float and arg and arg == arg):  # noqa: PLR0124
+                key: Hashable = (kind, arg)
+            else:
+                key = make_key(args, kwargs)
         else:
             key = make_key(args, kwargs)
         entry = view_get(key)
