@@ -14,10 +14,10 @@ are remembered, so no problem message ever echoes them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +27,12 @@ from typing import Any
 
 from guardrails import _yaml
 from guardrails._errors import PolicyConfigError
+from guardrails._forksafe import ForkSafeLock
 from guardrails._policy import ROOT, Settings, build_settings, deep_merge
 from guardrails._yaml import MAX_DEPTH
 
 ENV_VAR = "GUARDRAILS_CONFIG"
-_compose_lock = threading.Lock()
+_compose_lock = ForkSafeLock()
 #: What replaces a value that came from an interpolation in a problem message.
 REDACTED = "<interpolated value>"
 
@@ -74,11 +75,14 @@ def load(
             raise PolicyConfigError(found) from None
         if read.problems:
             raise PolicyConfigError(read.problems)
+        if read.secrets:
+            # Compiling chains finds problems too (a cache key naming no parameter).
+            settings = dataclasses.replace(settings, secrets=tuple(read.secrets))
         return settings
     except PolicyConfigError as exc:
         if read is None or not read.secrets:
             raise
-        raise PolicyConfigError(_redact(exc.problems, read.secrets)) from None
+        raise PolicyConfigError(redact(exc.problems, read.secrets)) from None
     except RecursionError:
         # A safety net: every source is depth-checked before it is read, so this is a
         # structure deeper than it looks (an interpolation into a deep node elsewhere).
@@ -348,7 +352,7 @@ def _shown(value: Any) -> str:
     return shown(value)
 
 
-def _redact(problems: Sequence[Problem], secrets: Sequence[Any]) -> list[Problem]:
+def redact(problems: Sequence[Problem], secrets: Sequence[Any]) -> list[Problem]:
     """``problems`` with every value that came from an interpolation replaced by ``REDACTED``.
 
     A string is replaced wherever it appears quoted, and bare when it is long enough not to

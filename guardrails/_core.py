@@ -72,7 +72,12 @@ class Slot:
             logger=LOGGER,
             store_for=store_for,
         )
-        chain = compile_chain(policy, ctx)
+        try:
+            chain = compile_chain(policy, ctx)
+        except PolicyConfigError as exc:
+            if not settings.secrets:
+                raise
+            raise PolicyConfigError(_config.redact(exc.problems, settings.secrets)) from None
         return chain, (chosen[-1] if chosen else None)
 
     def policy_in(self, settings: Settings) -> Policy:

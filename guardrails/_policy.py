@@ -11,7 +11,7 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -54,6 +54,8 @@ class Settings:
     policy_defaults: Policy
     policies: Mapping[str, Policy]
     source: str
+    #: Values that came from interpolations, never to be shown in a problem.
+    secrets: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     def policy(self, name: str) -> Policy:
         """The effective policy for ``name``: its own, or ``policy_defaults`` (unless strict)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import operator
-import threading
 from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple
 
@@ -17,6 +16,7 @@ import pydantic
 from pydantic import Field, StrictBool, StrictInt, TypeAdapter, field_validator
 
 from guardrails._errors import InputValidationError, OutputValidationError
+from guardrails._forksafe import ForkSafeLock
 from guardrails._imports import qualified_name
 from guardrails._types import AsyncInner, Context, ImportedModel, ImportedType, Inner, Section
 from guardrails._types import Block as _Block
@@ -72,7 +72,7 @@ class ValidateConfig(_Block):
 
 
 _adapters: dict[Any, TypeAdapter[Any]] = {}
-_adapters_lock = threading.Lock()
+_adapters_lock = ForkSafeLock()
 
 
 def output_adapter(output: Any) -> TypeAdapter[Any]:

@@ -606,6 +606,25 @@ def test_interpolated_values_are_never_echoed(
         assert found["guardrails.policies.s.cache.ttl"].endswith("got 'lots'")
 
 
+def test_interpolated_values_are_never_echoed_by_problems_found_compiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "hunter2-s3cr3t-token"
+    monkeypatch.setenv("GUARDRAILS_TEST_SECRET", secret)
+
+    @guarded("k")
+    def f(x: int) -> int:
+        return x
+
+    node = {"policies": {"k": {"cache": {"key": ["${oc.env:GUARDRAILS_TEST_SECRET}"]}}}}
+    with pytest.raises(PolicyConfigError) as exc:
+        configure(OmegaConf.create(node))
+    assert secret not in str(exc.value)
+    assert (
+        "has no parameter <interpolated value>" in problems(exc)["guardrails.policies.k.cache.key"]
+    )
+
+
 def test_each_new_failure_keeps_the_configuration_in_force(tmp_path: Path) -> None:
     calls = []
 

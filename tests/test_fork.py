@@ -202,3 +202,33 @@ def test_a_child_forked_while_a_store_lock_is_held_starts_that_cache_empty() -> 
         assert _run_in_fork(child) == 0
     finally:
         store.lock.release()
+
+
+def test_a_child_forked_while_another_thread_composes_a_config_dir_can_compose(
+    tmp_path: Any,
+) -> None:
+    from guardrails._config import _compose_lock
+
+    (tmp_path / "config.yaml").write_text(
+        "guardrails:\n  policies:\n    forked: {cache: {ttl: 30}}\n"
+    )
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # as a thread in the middle of configure(directory) would
+        with _compose_lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait(10)
+    try:
+
+        def child() -> int:
+            configure(str(tmp_path))
+            return 0 if square(3) == 9 else 1
+
+        assert _run_in_fork(child) == 0
+    finally:
+        release.set()
+        holder.join(10)
