@@ -152,19 +152,42 @@ def _collect_if_due(monotonic: Any) -> bool:
     return True
 
 
+class _Crossing:
+    """Whether the process is over a policy's soft limit, shared by every function of the
+    policy and kept across ``configure()`` while the limits stay: one warning per crossing,
+    however many functions or compiled chains see it."""
+
+    __slots__ = ("gate", "over_soft")
+
+    def __init__(self, hard: int) -> None:
+        self.over_soft = False
+        #: A call whose first reading is above this goes through ``admit``: the hard limit
+        #: normally, below any reading while over the soft limit (so each call reads afresh).
+        self.gate = hard
+
+
+_CROSSINGS: dict[tuple[str, int, int], _Crossing] = {}
+
+
+def forget_crossings() -> None:
+    """Forget which soft limits the process is over (a test starts over)."""
+    _CROSSINGS.clear()
+
+
 class _Guard:
     """The admission decision and the soft-limit warning of one compiled memory layer."""
 
-    __slots__ = ("ctx", "gate", "hard", "over_soft", "soft")
+    __slots__ = ("ctx", "hard", "soft", "state")
 
     def __init__(self, cfg: MemoryConfig, ctx: Context) -> None:
         self.ctx = ctx
         self.hard = cfg.max_rss if cfg.max_rss is not None else 1 << 62
         self.soft = cfg.soft_rss if cfg.soft_rss is not None else 1 << 62
-        self.over_soft = False
-        #: A call whose first reading is above this goes through ``admit``: the hard limit
-        #: normally, below any reading while over the soft limit (so each call reads afresh).
-        self.gate = self.hard
+        key = (ctx.policy, self.hard, self.soft)
+        found = _CROSSINGS.get(key)
+        self.state = (
+            found if found is not None else _CROSSINGS.setdefault(key, _Crossing(self.hard))
+        )
 
     def admit(self, before: int) -> int:
         """The slow path of admission: refuse over the hard limit, and while over the soft
@@ -172,14 +195,14 @@ class _Guard:
         rss = before if before > self.hard else PROBE.read()
         if rss > self.hard:
             rss = self.over_hard()
-        if self.over_soft and rss <= self.soft:
+        if self.state.over_soft and rss <= self.soft:
             self.rearm()
         return rss
 
     def rearm(self) -> None:
         """Memory was seen back under the soft limit: the next crossing warns again."""
-        self.over_soft = False
-        self.gate = self.hard
+        self.state.over_soft = False
+        self.state.gate = self.hard
 
     def over_hard(self) -> int:
         """Called when a reading is over the hard limit: collect once, look again, then refuse."""
@@ -196,9 +219,10 @@ class _Guard:
         growth = rss - before
         counters.max_rss_growth = max(counters.max_rss_growth, growth)
         if rss > self.soft:
-            if not self.over_soft:
-                self.over_soft = True
-                self.gate = -1
+            state = self.state
+            if not state.over_soft:
+                state.over_soft = True
+                state.gate = -1
                 self.ctx.logger.warning(
                     "%s: resident memory %s is over memory.soft_rss %s",
                     self.ctx.policy,
@@ -206,18 +230,18 @@ class _Guard:
                     _fmt_bytes(self.soft),
                     extra={"policy": self.ctx.policy, "function": self.ctx.qualname, "rss": rss},
                 )
-        elif self.over_soft:
+        elif self.state.over_soft:
             self.rearm()
 
 
 def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
     """The sync memory layer around ``inner``."""
     guard = _Guard(cfg, ctx)
-    rss, soft, note = PROBE.rss, guard.soft, guard.note
+    rss, soft, note, state = PROBE.rss, guard.soft, guard.note, guard.state
 
     def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
-        if before > guard.gate:
+        if before > state.gate:
             before = guard.admit(before)
         result = inner(args, kwargs, info)
         now = rss()
@@ -231,11 +255,11 @@ def build(cfg: MemoryConfig, inner: Inner, ctx: Context) -> Inner:
 def build_async(cfg: MemoryConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async memory layer around ``inner``."""
     guard = _Guard(cfg, ctx)
-    rss, soft, note = PROBE.rss, guard.soft, guard.note
+    rss, soft, note, state = PROBE.rss, guard.soft, guard.note, guard.state
 
     async def memory_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         before = rss()
-        if before > guard.gate:
+        if before > state.gate:
             before = guard.admit(before)
         result = await inner(args, kwargs, info)
         now = rss()

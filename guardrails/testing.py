@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from guardrails._clock import Clock, FakeClock, SystemClock
 from guardrails._core import recompile
-from guardrails._memory import forget_collections
+from guardrails._memory import forget_collections, forget_crossings
 from guardrails._state import STATE
 
 __all__ = ["FakeClock", "fake_clock", "reset"]
@@ -27,6 +27,7 @@ def reset() -> None:
         for slot in list(STATE.slots):
             slot.reset()
     forget_collections()
+    forget_crossings()
 
 
 @contextmanager

@@ -245,6 +245,47 @@ def test_soft_limit_warns_again_after_a_call_saw_memory_back_under_it_async(
     assert asyncio.run(scenario()) == [0, 1, 1, 2]
 
 
+def test_one_warning_per_crossing_for_the_policy_across_functions_and_reconfigures(
+    logs: pytest.LogCaptureFixture, probe_time: list[float]
+) -> None:
+    f = guarded("m")(lambda: None)
+    g = guarded("m")(lambda: None)
+    _soft_limit_just_above_now(f)
+    soft = guardrails.policy("m").memory.soft_rss  # type: ignore[union-attr]
+    ballast = _ballast()
+    probe_time[0] += 1.0
+    f()
+    g()  # another function of the policy sees the same crossing
+    for _ in range(3):  # the same limits again: still the same crossing
+        configure({"policies": {"m": {"memory": {"soft_rss": soft}, "log": None}}})
+        f()
+        g()
+    assert _soft_warnings(logs) == 1
+    del ballast
+
+
+def test_one_warning_per_crossing_for_the_policy_across_functions_async(
+    logs: pytest.LogCaptureFixture, probe_time: list[float]
+) -> None:
+    @guarded("m")
+    async def f() -> None: ...
+
+    @guarded("m")
+    async def g() -> None: ...
+
+    _soft_limit_just_above_now(lambda: asyncio.run(f()))
+    ballast = _ballast()
+    probe_time[0] += 1.0
+
+    async def scenario() -> None:
+        await f()
+        await g()
+
+    asyncio.run(scenario())
+    assert _soft_warnings(logs) == 1
+    del ballast
+
+
 # --- a failed or refused call does not keep its arguments alive ----------------------------
 
 
