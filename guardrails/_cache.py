@@ -125,8 +125,8 @@ class Store:
         "view",
     )
 
-    def __init__(self, cfg: CacheConfig, timer: Callable[[], float]) -> None:
-        self.settings = (cfg.ttl, cfg.maxsize, cfg.key, timer)
+    def __init__(self, cfg: CacheConfig, timer: Callable[[], float], output: Any = None) -> None:
+        self.settings = self.settings_for(cfg, timer, output)
         self.timer = timer
         self.view: dict[Hashable, tuple[Any, float]] = {}
         self.cache = self._new_cache()
@@ -139,8 +139,14 @@ class Store:
         self.touched: collections.deque[Hashable] = collections.deque(maxlen=cfg.maxsize)
         _STORES.add(self)
 
+    @staticmethod
+    def settings_for(cfg: CacheConfig, timer: Callable[[], float], output: Any) -> tuple[Any, ...]:
+        """What a store's entries depend on: a store is kept across ``configure()`` only
+        while these stay the same (``output`` is the ``validate.output`` type below it)."""
+        return (cfg.ttl, cfg.maxsize, cfg.key, timer, output)
+
     def _new_cache(self) -> _MirroredTTLCache:
-        ttl, maxsize, _, timer = self.settings
+        ttl, maxsize, _, timer, _ = self.settings
         self.view.clear()
         return _MirroredTTLCache(maxsize=maxsize, ttl=ttl, timer=timer, view=self.view)
 

@@ -53,10 +53,15 @@ class Slot:
         chosen: list[Store] = []
         kept = self.store  # not `self`: a chain must not keep its slot alive
 
+        # The cache stores what validate.output returned: a new output type must not be
+        # answered with values validated (or coerced) by the old one.
+        checks = policy.validate
+        output = checks.output if checks is not None and checks.enabled else None
+
         def store_for(cfg: CacheConfig) -> Store:
             store = kept
-            if store is None or store.settings != (cfg.ttl, cfg.maxsize, cfg.key, timer):
-                store = Store(cfg, timer)
+            if store is None or store.settings != Store.settings_for(cfg, timer, output):
+                store = Store(cfg, timer, output)
             chosen.append(store)
             return store
 

@@ -770,3 +770,41 @@ def test_a_computation_in_flight_during_clear_caches_is_not_stored_async() -> No
 
     asyncio.run(main())
     assert calls == [1, 1]
+
+
+def test_a_new_output_type_is_never_answered_from_the_old_cache() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    def f(x: int) -> Any:
+        return {"score": "not a number"}
+
+    f(1)
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "validate": {"output": "float"}}}})
+    with pytest.raises(guardrails.OutputValidationError):
+        f(1)  # the stored value was never validated as a float
+
+
+def test_a_new_output_type_is_never_answered_from_the_old_cache_async() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    async def f(x: int) -> Any:
+        return {"score": "not a number"}
+
+    asyncio.run(f(1))
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "validate": {"output": "float"}}}})
+    with pytest.raises(guardrails.OutputValidationError):
+        asyncio.run(f(1))
+
+
+def test_an_unchanged_output_type_keeps_the_cache() -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "validate": {"output": "float"}}}})
+    counter = Counter()
+    f = guarded("c")(lambda x: counter(x) and 1.5)
+    f(1)
+    configure(
+        {"policies": {"c": {"cache": {"ttl": 60}, "validate": {"output": "float"}, "retry": {}}}}
+    )
+    f(1)
+    assert len(counter.calls) == 1
