@@ -20,6 +20,9 @@ from guardrails._errors import InputValidationError, MemoryBudgetExceeded, Outpu
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 LOGGER = logging.getLogger("guardrails")
+# A library never prints: without a handler of the application's own, records go nowhere,
+# not to logging's last-resort stderr handler.
+LOGGER.addHandler(logging.NullHandler())
 _REFUSALS = (InputValidationError, OutputValidationError, MemoryBudgetExceeded)
 _ARG_TEXT_LIMIT = 120
 
@@ -46,7 +49,18 @@ class LogConfig(Block):
 
 
 def describe_value(value: Any, detail: str) -> str:
-    """A short text for a value in a log record: its shape, or its (truncated) repr."""
+    """A short text for a value in a log record: its shape, or its (truncated) repr.
+
+    A value whose ``repr``, ``shape`` or ``len`` raises is described by its type: logging a
+    call must never turn its success into an exception or replace its own exception.
+    """
+    try:
+        return _describe(value, detail)
+    except Exception:
+        return f"<{type(value).__name__}: unprintable>"
+
+
+def _describe(value: Any, detail: str) -> str:
     if detail == "values":
         text = repr(value)
         return text if len(text) <= _ARG_TEXT_LIMIT else text[: _ARG_TEXT_LIMIT - 1] + "…"
@@ -57,6 +71,13 @@ def describe_value(value: Any, detail: str) -> str:
     if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
         return f"{type(value).__name__}[len={len(value)}]"
     return type(value).__name__
+
+
+def _exception_text(exc: BaseException) -> str:
+    try:
+        return str(getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}")
+    except Exception:
+        return f"{type(exc).__name__}: <unprintable>"
 
 
 class _Emitter:
@@ -98,7 +119,7 @@ class _Emitter:
         params: tuple[Any, ...] = (ctx.policy, ctx.qualname, call_args, outcome, ms, suffix)
         if exc is not None and outcome != "cancelled":
             message += ": %s"
-            params += (getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}",)
+            params += (_exception_text(exc),)
         ctx.logger.log(
             level,
             message,

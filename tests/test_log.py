@@ -381,7 +381,9 @@ def test_the_library_never_configures_the_root_logger(kind: str) -> None:
     log_policy(kind)
     guard(kind, lambda: 1)()
     assert (list(root.handlers), root.level) == before
-    assert logging.getLogger("guardrails").handlers == []
+    # Only the NullHandler every library adds, so records never reach the last resort.
+    (handler,) = logging.getLogger("guardrails").handlers
+    assert type(handler) is logging.NullHandler
 
 
 def test_bad_level_is_a_config_error() -> None:
@@ -421,3 +423,74 @@ def test_cancellation_is_not_logged_as_an_error(
     assert (record.levelname, record.outcome, record.exc_info) == (level, "cancelled", None)  # type: ignore[attr-defined]
     s = guardrails.stats()["l"]
     assert (s.calls, s.successes, s.rejected) == (1, 0, 0)
+
+
+# --- Logging a call never changes its outcome ---------------------------------------------
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr exploded")
+
+
+class _BadShape:
+    @property
+    def shape(self) -> Any:
+        raise RuntimeError("shape exploded")
+
+
+class _BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str exploded")
+
+
+@pytest.mark.parametrize(
+    ("detail", "argument"), [("values", _BadRepr()), ("shapes", _BadShape())], ids=["repr", "shape"]
+)
+def test_an_argument_that_cannot_be_described_does_not_fail_the_call(
+    kind: str, detail: str, argument: Any, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, level="INFO", args=detail)
+    f = guard(kind, lambda a: "ran")
+    assert f(argument) == "ran"
+    (record,) = ours(logs)
+    assert "unprintable" in record.call_args  # type: ignore[attr-defined]
+    assert guardrails.stats()["l"].successes == 1
+
+
+def test_an_exception_that_cannot_be_printed_reaches_the_caller(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, level="INFO")
+
+    def raise_it() -> None:
+        raise _BadStr
+
+    with pytest.raises(_BadStr):
+        guard(kind, raise_it)()
+    (record,) = ours(logs)
+    assert record.outcome == "failed"  # type: ignore[attr-defined]
+
+
+def test_without_a_handler_of_the_application_nothing_is_printed(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import guardrails\n"
+        "guardrails.configure({'policies': {'p': {'log': {'level': 'WARNING'}}}})\n"
+        "@guardrails.guarded('p')\n"
+        "def f():\n"
+        "    raise ConnectionError('down')\n"
+        "try:\n"
+        "    f()\n"
+        "except ConnectionError:\n"
+        "    pass\n"
+        "print('done')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout == "done\n"
+    assert out.stderr == ""  # not logging's last-resort handler: a library never prints
