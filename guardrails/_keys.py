@@ -7,6 +7,11 @@ their bytes (never ``str()``/``repr()``), masked arrays also by mask and fill va
 sets by their items regardless of order (``OrderedDict`` in order); lists and tuples element
 by element; other hashable objects by their own ``__hash__``/``__eq__``, as
 ``functools.lru_cache`` does. Anything else is refused with a ``TypeError``.
+
+A subclass of a number or container type keys like its base plus its instance state (its
+``__dict__`` and every ``__slots__`` entry) only while its ``==`` is the base's; a subclass
+with an ``__eq__`` of its own keys by its own ``__hash__``/``__eq__``, or is refused when it
+has no hash.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import enum
 import math
 import struct
 import sys
+import types
 from collections.abc import Hashable
 from typing import Any
 
@@ -27,6 +33,8 @@ _float_bits = struct.Struct("<q")
 _pack_double = struct.Struct("<d").pack
 #: Stands for -0.0 in a key: it equals no float, so ``0.0`` and ``-0.0`` never share a key.
 _NEG_ZERO = "-0.0"
+_COMPLEX_REAL = complex.real.__get__
+_COMPLEX_IMAG = complex.imag.__get__
 
 #: Types keyed as ``(type(value), value)``: their ``==`` holds exactly when two values of the
 #: type cannot be told apart. The cache layer inlines this for one argument.
@@ -96,15 +104,77 @@ def _bag(keys: list[Any]) -> Hashable:
     return ("counted", frozenset(collections.Counter(keys).items()))
 
 
-def _state(value: Any, t: type, skip: frozenset[str] = frozenset()) -> Hashable:
-    """The key of an instance's own attributes: a subclass may keep value-defining state there."""
+#: The ``__eq__`` of each base type keyed structurally, and of the stdlib subclasses whose
+#: ``==`` is no finer than their items (``Counter`` counts a missing item as zero;
+#: ``OrderedDict`` is keyed in order). A subclass whose ``__eq__`` is another one defines
+#: its own equality, which its elements and state may not capture (identity, say).
+_STRUCTURAL = (float, complex, list, tuple, dict, set, frozenset)
+_STRUCTURAL_EQ: tuple[object, ...] = tuple(
+    t.__eq__ for t in (*_STRUCTURAL, collections.OrderedDict, collections.Counter)
+)
+
+#: Per subclass of a type in ``_STRUCTURAL`` (filled on first sight): ``None`` when it has
+#: an ``__eq__`` of its own, else the descriptors of its ``__slots__`` along the MRO.
+_SUBCLASSES: dict[type, Any] = {}
+_UNSEEN = object()
+#: Past this many types the verdicts start over: classes made at run time must not pile up.
+_MAX_TYPES = 4096
+#: Per other type whose instance state is keyed (ndarray subclasses): its slot descriptors.
+_SLOTS: dict[type, tuple[Any, ...]] = {}
+
+
+def _slot_descriptors(t: type) -> tuple[Any, ...]:
+    """Every ``__slots__`` entry along the MRO (``__dict__``/``__weakref__`` hold no state)."""
+    found: list[Any] = []
+    for cls in t.__mro__:
+        if "__slots__" not in vars(cls):
+            continue  # builtins and classes without slots
+        for attr in vars(cls).values():
+            # Mangled names (``__x`` becomes ``_C__x``) need no parsing this way, and a slot a
+            # subclass shadows with the same name is still read through its own descriptor.
+            if isinstance(attr, types.MemberDescriptorType) and attr.__objclass__ is cls:
+                found.append(attr)
+    return tuple(found)
+
+
+def _subclass_slots(t: type) -> tuple[Any, ...] | None:
+    """``_SUBCLASSES[t]``: ``None`` if ``t`` defines its own equality, else its slots."""
+    eq: object = t.__eq__
+    verdict = _slot_descriptors(t) if any(eq is e for e in _STRUCTURAL_EQ) else None
+    if len(_SUBCLASSES) >= _MAX_TYPES:
+        _SUBCLASSES.clear()
+    _SUBCLASSES[t] = verdict
+    return verdict
+
+
+def _state(
+    value: Any, t: type, skip: frozenset[str] = frozenset(), slots: tuple[Any, ...] | None = None
+) -> Hashable:
+    """The key of an instance's own attributes: a subclass may keep value-defining state there.
+
+    Its ``__dict__`` (less ``skip``) and every ``__slots__`` entry it has set, by position.
+    """
+    if slots is None:
+        slots = _SLOTS.get(t)
+        if slots is None:
+            if len(_SLOTS) >= _MAX_TYPES:
+                _SLOTS.clear()
+            slots = _SLOTS[t] = _slot_descriptors(t)
     attrs = getattr(value, "__dict__", None)
-    if not attrs:
-        return ()
-    if skip:
-        attrs = {k: v for k, v in attrs.items() if k not in skip}
     try:
-        return key_of(attrs)
+        if attrs and skip:
+            attrs = {k: v for k, v in attrs.items() if k not in skip}
+        state = key_of(attrs) if attrs else ()
+        if not slots:
+            return state
+        filled = []
+        for i, slot in enumerate(slots):
+            try:
+                item = slot.__get__(value, t)
+            except AttributeError:
+                continue  # never set: told apart from any value by its absence
+            filled.append((i, key_of(item)))
+        return (state, tuple(filled))
     except UnkeyableArgument as exc:
         raise UnkeyableArgument(
             f"{t.__module__}.{t.__qualname__} with an attribute that has no key ({exc})"
@@ -119,22 +189,47 @@ def _other_key(value: Any, t: type) -> Hashable:
     if t is range:
         # range(0) == range(5, 5), yet a function can read .start.
         return (t, value.start, value.stop, value.step)
+    if isinstance(value, _STRUCTURAL):
+        slots = _SUBCLASSES.get(t, _UNSEEN)
+        if slots is _UNSEEN:
+            slots = _subclass_slots(t)
+        if slots is not None:
+            return _structural_key(value, t, slots)
+    return _hashed_key(value, t)
+
+
+def _structural_key(value: Any, t: type, slots: tuple[Any, ...]) -> Hashable:
+    """A subclass whose ``==`` is its base's: its base's key, its type and its instance state.
+
+    The contents are read through the base type, as its ``==`` reads them, never through an
+    override (``__iter__``, ``items``, ``__float__``, ``real``) that could hide some.
+    """
+    state = _state(value, t, slots=slots)
     if isinstance(value, float):
-        return (t, _float_part(value), _state(value, t))
+        return (t, _float_part(float.__float__(value)), state)
     if isinstance(value, complex):
-        return (t, _float_part(value.real), _float_part(value.imag), _state(value, t))
-    if isinstance(value, tuple | list):
-        return (t, tuple([key_of(v) for v in value]), _state(value, t))
+        real, imag = _COMPLEX_REAL(value), _COMPLEX_IMAG(value)
+        return (t, _float_part(real), _float_part(imag), state)
+    if isinstance(value, tuple):
+        return (t, tuple([key_of(v) for v in tuple.__iter__(value)]), state)
+    if isinstance(value, list):
+        return (t, tuple([key_of(v) for v in list.__iter__(value)]), state)
     if isinstance(value, dict):
-        pairs = [(key_of(k), key_of(v)) for k, v in value.items()]
         if isinstance(value, collections.OrderedDict):
-            return (t, tuple(pairs), _state(value, t))  # its == is order-sensitive
+            items = collections.OrderedDict.items(value)
+            pairs = [(key_of(k), key_of(v)) for k, v in items]
+            return (t, tuple(pairs), state)  # its == is order-sensitive
+        pairs = [(key_of(k), key_of(v)) for k, v in dict.items(value)]
         if isinstance(value, collections.defaultdict):
             extra = key_of(value.default_factory)
-            return (t, _bag(pairs), extra, _state(value, t))
-        return (t, _bag(pairs), _state(value, t))
-    if isinstance(value, frozenset | set):
-        return (t, _bag([key_of(v) for v in value]), _state(value, t))
+            return (t, _bag(pairs), extra, state)
+        return (t, _bag(pairs), state)
+    base = set if isinstance(value, set) else frozenset
+    return (t, _bag([key_of(v) for v in base.__iter__(value)]), state)
+
+
+def _hashed_key(value: Any, t: type) -> Hashable:
+    """``(type, value)``: a value keyed by its own ``__hash__``/``__eq__``, as lru_cache does."""
     try:
         hash(value)
     except TypeError:
@@ -160,8 +255,8 @@ _lazy: dict[str, frozenset[type]] = {}
 
 def _integer_types(np: Any) -> frozenset[type]:
     """numpy's bool and integer scalar types, whose type alone fixes their dtype."""
-    types = _lazy["integers"] = frozenset(np.dtype(c).type for c in "?bhilqpBHILQP")
-    return types
+    found = _lazy["integers"] = frozenset(np.dtype(c).type for c in "?bhilqpBHILQP")
+    return found
 
 
 def _array_key(np: Any, arr: Any) -> Hashable:

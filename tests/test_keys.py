@@ -413,3 +413,317 @@ def test_a_cached_function_runs_again_for_an_argument_it_can_tell_apart() -> Non
 
 def test_an_async_cached_function_runs_again_for_an_argument_it_can_tell_apart() -> None:
     _run_pairs(asynchronous=True)
+
+
+# --- subclasses of numbers and containers: their own equality, their slots ----------------------
+# A subclass keys like its base plus its state only while its == is the base's; state in
+# __slots__ counts as much as state in __dict__; an __eq__ of its own is the key's equality.
+
+
+class TaggedFloat(float):
+    """The reviewer's case: state in a slot, and an __eq__/__hash__ that read it."""
+
+    __slots__ = ("tag",)
+    tag: object
+
+    def __new__(cls, value: float, tag: object) -> TaggedFloat:
+        obj = super().__new__(cls, value)
+        obj.tag = tag
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, TaggedFloat) and float(self) == float(other) and self.tag == other.tag
+        )
+
+    def __hash__(self) -> int:
+        return hash((float(self), self.tag))
+
+
+def _own_eq(base: type) -> type:
+    """A subclass of ``base`` with a ``tag`` slot read by its own ``__eq__`` and ``__hash__``.
+
+    ``tuple`` takes no slots: its subclass keeps the tag in ``__dict__``.
+    """
+
+    def __eq__(self: object, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and base.__eq__(self, other) is True  # type: ignore[call-arg]
+            and getattr(self, "tag", None) == getattr(other, "tag", None)
+        )
+
+    def __hash__(self: object) -> int:
+        return hash(getattr(self, "tag", None))
+
+    body: dict[str, object] = {"__eq__": __eq__, "__hash__": __hash__}
+    if base is not tuple:
+        body["__slots__"] = ("tag",)
+    return type(f"OwnEq{base.__name__.title()}", (base,), body)
+
+
+def _identity(base: type) -> type:
+    """A subclass of ``base`` whose instances are equal only to themselves."""
+    return type(
+        f"Identity{base.__name__.title()}",
+        (base,),
+        {"__eq__": object.__eq__, "__ne__": object.__ne__, "__hash__": object.__hash__},
+    )
+
+
+def _slotted(base: type) -> type:
+    """A subclass of ``base`` that keeps ``tag`` in a slot, with the base's own equality."""
+    return type(f"Slotted{base.__name__.title()}", (base,), {"__slots__": ("tag",)})
+
+
+def _both(base: type) -> type:
+    """Slots and a ``__dict__``: ``tag`` in the slot, ``note`` in the dict."""
+    return type(f"Both{base.__name__.title()}", (base,), {"__slots__": ("tag", "__dict__")})
+
+
+_CONTENT: dict[type, object] = {
+    float: 1.0,
+    complex: 1 + 2j,
+    list: [1, 2],
+    tuple: (1, 2),
+    dict: {"k": 1},
+    set: {1, 2},
+    frozenset: frozenset({1, 2}),
+}
+_BASES = list(_CONTENT)
+_SLOTTABLE = [b for b in _BASES if b is not tuple]  # nonempty __slots__ are refused on tuple
+
+
+def _tagged(cls: type, tag: object = None, **attrs: object) -> object:
+    base = next(b for b in cls.__mro__ if b in _CONTENT)
+    obj = cls(copy.deepcopy(_CONTENT[base]))
+    if tag is not None:
+        obj.tag = tag
+    for name, value in attrs.items():
+        setattr(obj, name, value)
+    return obj
+
+
+def test_the_reviewers_tagged_float_keys_by_its_own_equality() -> None:
+    a, b = TaggedFloat(1.0, "a"), TaggedFloat(1.0, "b")
+    assert key_of(a) != key_of(b)
+    assert key_of(a) == key_of(TaggedFloat(1.0, "a"))
+    assert key_of([a]) != key_of([b])  # inside containers too
+    assert key_of(a) != key_of(1.0)
+
+
+@pytest.mark.parametrize("base", _BASES, ids=lambda b: b.__name__)
+def test_a_subclass_with_its_own_eq_keys_by_it(base: type) -> None:
+    cls = _own_eq(base)
+    a, b = _tagged(cls, "a"), _tagged(cls, "b")
+    # These subclasses all define __hash__, so even the list, dict and set ones are hashable.
+    assert key_of(a) != key_of(b)
+    assert key_of(a) == key_of(_tagged(cls, "a"))
+    assert key_of(a) != key_of(_CONTENT[base])
+    # The same rule lru_cache follows: one entry exactly when the arguments are ==.
+    seen = functools.lru_cache(lambda x: object())
+    assert (key_of(a) == key_of(b)) is (seen(a) is seen(b))
+
+
+@pytest.mark.parametrize("base", [list, dict, set], ids=lambda b: b.__name__)
+def test_an_unhashable_subclass_with_its_own_eq_is_refused(base: type) -> None:
+    def __eq__(self: object, other: object) -> bool:
+        return self is other
+
+    cls = type(f"Unhashable{base.__name__.title()}", (base,), {"__eq__": __eq__})
+    assert cls.__hash__ is None
+    with pytest.raises(UnkeyableArgument, match="unhashable"):
+        key_of(cls(_CONTENT[base]))
+
+
+@pytest.mark.parametrize("base", _BASES, ids=lambda b: b.__name__)
+def test_a_subclass_equal_only_to_itself_never_shares_a_key(base: type) -> None:
+    cls = _identity(base)
+    a, b = _tagged(cls), _tagged(cls)
+    assert key_of(a) != key_of(b)
+    assert key_of(a) == key_of(a)
+
+
+@pytest.mark.parametrize("base", _SLOTTABLE, ids=lambda b: b.__name__)
+def test_state_in_slots_is_part_of_the_key(base: type) -> None:
+    cls = _slotted(base)
+    a, b = _tagged(cls, "a"), _tagged(cls, "b")
+    assert key_of(a) != key_of(b)
+    assert key_of(a) == key_of(_tagged(cls, "a"))
+    assert key_of(a) != key_of(_tagged(cls))  # a slot never set is a state of its own
+    assert key_of(_tagged(cls)) == key_of(_tagged(cls))
+    assert key_of(a) != key_of(copy.deepcopy(_CONTENT[base]))
+    with pytest.raises(UnkeyableArgument, match="with an attribute that has no key"):
+        key_of(_tagged(cls, Box()))
+
+
+@pytest.mark.parametrize("base", _SLOTTABLE, ids=lambda b: b.__name__)
+def test_slots_and_dict_are_both_part_of_the_key(base: type) -> None:
+    cls = _both(base)
+    ref = _tagged(cls, "a", note=1)
+    assert key_of(ref) == key_of(_tagged(cls, "a", note=1))
+    assert key_of(ref) != key_of(_tagged(cls, "b", note=1))
+    assert key_of(ref) != key_of(_tagged(cls, "a", note=2))
+    assert key_of(ref) != key_of(_tagged(cls, "a"))
+    assert key_of(ref) != key_of(_tagged(cls, note=1))
+
+
+def test_slots_along_the_mro_and_private_names_count() -> None:
+    class Base(list):  # type: ignore[type-arg]
+        __slots__ = ("__private",)
+
+    class Child(Base):
+        __slots__ = ("__private", "public")  # the same private name, another slot
+        public: object
+
+    def child(outer: object, inner: object, public: object) -> Child:
+        obj = Child([1])
+        obj._Base__private = outer  # type: ignore[attr-defined]
+        obj._Child__private = inner  # type: ignore[attr-defined]
+        obj.public = public
+        return obj
+
+    assert key_of(child(1, 2, 3)) == key_of(child(1, 2, 3))
+    assert len({key_of(child(*abc)) for abc in [(1, 2, 3), (9, 2, 3), (1, 9, 3), (1, 2, 9)]}) == 4
+    assert key_of(child(1, 2, 3)) != key_of(child(2, 1, 3))
+
+
+def test_tuple_subclasses_key_by_their_dict_or_their_own_eq() -> None:
+    Point = collections.namedtuple("Point", "x y")
+    assert key_of(Point(1, 2)) == key_of(Point(1, 2)) != key_of((1, 2))
+    cls = _own_eq(tuple)
+    assert key_of(_tagged(cls, "a")) != key_of(_tagged(cls, "b"))
+
+
+def test_contents_are_read_as_the_base_type_compares_them() -> None:
+    """Overriding how a value is read (iteration, items, __float__, .real) hides nothing."""
+
+    class Hiding(list):  # type: ignore[type-arg]
+        def __iter__(self) -> object:  # type: ignore[override]
+            return iter(())
+
+    class HidingDict(dict):  # type: ignore[type-arg]
+        def items(self) -> object:  # type: ignore[override]
+            return []
+
+    class HidingSet(frozenset):  # type: ignore[type-arg]
+        def __iter__(self) -> object:  # type: ignore[override]
+            return iter(())
+
+    class Rounded(float):
+        def __float__(self) -> float:
+            return 0.0
+
+    class Real(complex):
+        @property
+        def real(self) -> float:
+            return 0.0
+
+    assert key_of(Hiding([1])) != key_of(Hiding([2]))
+    assert key_of(HidingDict(a=1)) != key_of(HidingDict(a=2))
+    assert key_of(HidingSet({1})) != key_of(HidingSet({2}))
+    assert key_of(Rounded(1.0)) != key_of(Rounded(2.0))
+    assert key_of(Real(1 + 1j)) != key_of(Real(2 + 1j))
+
+
+def test_stdlib_container_subclasses_still_key_by_their_items() -> None:
+    # Counter has an __eq__ of its own (a missing item counts as zero), no finer than its items.
+    counted = collections.Counter(a=1)
+    assert key_of(counted) == key_of(collections.Counter(a=1))
+    assert key_of(counted) != key_of(collections.Counter(a=1, b=0))  # `"b" in c` tells
+    assert key_of(counted) != key_of({"a": 1})
+    ordered = collections.OrderedDict(a=1, b=2)
+    ordered.move_to_end("a")
+    assert key_of(ordered) == key_of(collections.OrderedDict(b=2, a=1))
+    assert key_of(ordered) != key_of(collections.OrderedDict(a=1, b=2))
+
+
+def _subclass_pairs() -> list[tuple[object, object]]:
+    """Subclass arguments a function can tell apart (and lru_cache keeps apart)."""
+    pairs: list[tuple[object, object]] = [(TaggedFloat(1.0, "a"), TaggedFloat(1.0, "b"))]
+    for base in _BASES:
+        pairs.append((_tagged(_own_eq(base), "a"), _tagged(_own_eq(base), "b")))
+        identity = _identity(base)
+        pairs.append((_tagged(identity), _tagged(identity)))
+    for base in _SLOTTABLE:
+        pairs.append((_tagged(_slotted(base), "a"), _tagged(_slotted(base), "b")))
+        both = _both(base)
+        pairs.append((_tagged(both, "a", note=1), _tagged(both, "a", note=2)))
+    return pairs
+
+
+def _call_a_b_a_b(a: object, b: object, asynchronous: bool) -> tuple[list[object], list[object]]:
+    """A new cached function called with a, b, a, x=b: (its results, the arguments it ran with)."""
+    ran: list[object] = []
+    if asynchronous:
+
+        @guarded("c")
+        async def afn(x: object) -> object:
+            ran.append(x)
+            return x
+
+        async def calls() -> list[object]:
+            return [await afn(a), await afn(b), await afn(a), await afn(x=b)]
+
+        return asyncio.run(calls()), ran
+
+    @guarded("c")
+    def fn(x: object) -> object:
+        ran.append(x)
+        return x
+
+    return [fn(a), fn(b), fn(a), fn(x=b)], ran
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_cached_function_runs_again_for_subclass_arguments_it_can_tell_apart(
+    asynchronous: bool,
+) -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}}}})
+    for a, b in _subclass_pairs():
+        got, ran = _call_a_b_a_b(a, b, asynchronous)
+        assert [g is v for g, v in zip(got, [a, b, a, b], strict=True)] == [True] * 4, (a, b)
+        assert [x is v for x, v in zip(ran, [a, b], strict=True)] == [True] * 2, (a, b)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_cached_function_refuses_an_unhashable_subclass_with_its_own_eq(
+    asynchronous: bool,
+) -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}}}})
+
+    class Loose(list):  # type: ignore[type-arg]  # noqa: PLW1641
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, list) and len(self) == len(other)
+
+    if asynchronous:
+
+        @guarded("c")
+        async def afn(x: object) -> object:
+            return x
+
+        with pytest.raises(TypeError, match=r"argument 'x'.*cache\.key"):
+            asyncio.run(afn(Loose([1])))
+    else:
+
+        @guarded("c")
+        def fn(x: object) -> object:
+            return x
+
+        with pytest.raises(TypeError, match=r"argument 'x'.*cache\.key"):
+            fn(Loose([1]))
+
+
+def test_array_subclass_state_in_slots_is_part_of_the_key() -> None:
+    class Slotted(np.ndarray):
+        __slots__ = ("unit",)
+
+    class SlottedMasked(np.ma.MaskedArray):
+        __slots__ = ("unit",)
+
+    for cls in (Slotted, SlottedMasked):
+        a, b, c = (np.asarray([1.0, 2.0]).view(cls) for _ in range(3))
+        for arr, unit in ((a, "m"), (b, "s"), (c, "m")):
+            setattr(arr, "unit", unit)  # noqa: B010
+        assert key_of(a) != key_of(b), cls
+        assert key_of(a) == key_of(c), cls

@@ -3,7 +3,10 @@
 ``same`` below is the reference: same type at every level, equal values, ``-0.0`` distinct
 from ``0.0``, a NaN equal to a NaN of the same bits; numpy scalars by type, dtype and bytes;
 arrays by type, dtype, shape and content bytes (masked arrays also by mask, fill value and
-hardness). Every generated value is within the types whose keys claim exactly this.
+hardness); a subclass of a number or container by its base's content and its state
+(``__slots__`` and ``__dict__``) while its ``==`` is the base's, else by its own ``==`` as
+``functools.lru_cache`` does. Every generated value is within the types whose keys claim
+exactly this.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def same(a: Any, b: Any) -> bool:
     t = type(a)
     if t is not type(b):
         return False
+    if t in _SUBCLASSES:
+        return _same_subclass(a, b)
     if t is float:
         return _bits(a) == _bits(b)
     if t is complex:
@@ -75,6 +80,75 @@ def _same_bag(xs: list[Any], ys: list[Any]) -> bool:
     return True
 
 
+# --- subclasses of numbers and containers ----------------------------------------------------
+
+_MISSING = "<missing>"  # a tag slot never set
+
+
+def _tag(x: Any) -> Any:
+    return getattr(x, "tag", _MISSING)
+
+
+def _content(x: Any) -> Any:
+    """The builtin value a subclass instance holds."""
+    return _BASE[type(x)](x)
+
+
+def _folded(x: Any) -> Any:
+    tag = _tag(x)
+    return tag.lower() if isinstance(tag, str) else tag
+
+
+def _own_eq(self: Any, other: Any) -> bool:
+    """An equality of its own, coarser than the content and state: the tag's case is ignored."""
+    return (
+        type(other) is type(self)
+        and same(_content(self), _content(other))
+        and (_folded(self) == _folded(other))
+    )
+
+
+def _own_hash(self: Any) -> int:
+    return hash(_folded(self))
+
+
+def _subclass(base: type, kind: str) -> type:
+    body: dict[str, Any] = {}
+    if kind != "identity" and base is not tuple:  # nonempty __slots__ are refused on tuple
+        body["__slots__"] = ("tag", "__dict__") if base is dict else ("tag",)
+    if kind == "own":
+        body.update(__eq__=_own_eq, __hash__=_own_hash)
+    if kind == "identity":
+        body.update(__eq__=object.__eq__, __ne__=object.__ne__, __hash__=object.__hash__)
+    return type(f"{kind.title()}{base.__name__.title()}", (base,), body)
+
+
+#: kind: "state" keys by content and state, "own" by its own ==, "identity" by identity.
+_KINDS = {
+    "state": [float, complex, list, tuple, dict, set, frozenset],
+    "own": [float, complex, list, tuple, frozenset],
+    "identity": [float, tuple],
+}
+_SUBCLASSES = {_subclass(b, k): k for k, bases in _KINDS.items() for b in bases}
+_BASE = {cls: next(b for b in cls.__mro__ if b in _KINDS["state"]) for cls in _SUBCLASSES}
+
+
+def _same_subclass(a: Any, b: Any) -> bool:
+    kind = _SUBCLASSES[type(a)]
+    if kind == "identity":
+        return a is b
+    if kind == "own":
+        return a is b or bool(a == b)  # as a dict lookup (lru_cache) compares: NaN tags
+    return same(_content(a), _content(b)) and same(_tag(a), _tag(b))
+
+
+def _make(cls: type, content: Any, tag: Any) -> Any:
+    obj = cls(content)
+    if tag is not _MISSING:
+        obj.tag = tag
+    return obj
+
+
 # --- generators: small domains, so values that look alike meet often -----------------------
 
 # Each generator is drawn through a composite of its own, so a filter's retry notes (and a
@@ -116,6 +190,13 @@ def one_value(draw: st.DrawFn) -> Any:
     return draw(_values)
 
 
+@st.composite
+def one_subclassed(draw: st.DrawFn) -> Any:
+    cls = draw(st.sampled_from(sorted(_SUBCLASSES, key=lambda c: c.__name__)))
+    content = draw(_CONTENTS[_BASE[cls]])
+    return _make(cls, content, draw(_TAGS))
+
+
 small_floats = one_small_float()
 floats = one_float()
 numpy_scalars = one_numpy_scalar()
@@ -123,6 +204,7 @@ scalars = one_scalar()
 arrays = one_array()
 hashables = one_hashable()
 values = one_value()
+subclassed = one_subclassed()
 
 _FLOAT_BITS = [
     _bits(x) for x in (0.0, -0.0, 1.0, -1.5, float("inf"), float("-inf"), float("nan"))
@@ -245,6 +327,18 @@ def _masked(data: Any, mask: Any = np.ma.nomask, fill: Any = None) -> Any:
 
 
 _arrays = st.one_of(plain_arrays(), masked_arrays())
+# Tags an own == still finds equal to themselves (no NaN): "a" and "A", 0.0 and -0.0 are
+# told apart by the state, not by the own == below.
+_TAGS = st.sampled_from(["a", "A", "b", _MISSING, 0.0, -0.0])
+_CONTENTS: dict[type, st.SearchStrategy[Any]] = {
+    float: small_floats,
+    complex: st.builds(complex, small_floats, small_floats),
+    list: st.lists(scalars, max_size=2),
+    tuple: st.lists(scalars, max_size=2).map(tuple),
+    dict: st.dictionaries(hashables, scalars, max_size=2),
+    set: st.sets(hashables, max_size=2),
+    frozenset: st.frozensets(hashables, max_size=2),
+}
 _hashables = st.recursive(
     scalars,
     lambda inner: st.one_of(
@@ -253,7 +347,7 @@ _hashables = st.recursive(
     max_leaves=6,
 )
 _values = st.recursive(
-    st.one_of(scalars, arrays),
+    st.one_of(scalars, arrays, subclassed),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3),
         st.tuples(inner, inner),
@@ -289,6 +383,10 @@ def _with_fill(arr: np.ma.MaskedArray[Any, Any], like: np.ma.MaskedArray[Any, An
 def rebuilt(value: Any, how: int) -> Any:
     """An equal value built apart from ``value`` (``how`` picks views, copies, orders)."""
     t = type(value)
+    if t in _SUBCLASSES:
+        if _SUBCLASSES[t] == "identity":
+            return value  # equal to itself only
+        return _make(t, rebuilt(_content(value), how), rebuilt(_tag(value), how))
     if t is float:
         return struct.unpack("<d", _bits(value))[0]
     if t is complex:
@@ -328,6 +426,18 @@ def variants(
     """
     options: list[st.SearchStrategy[Any]] = [domain, st.just(rebuilt(value, 0))]
     t = type(value)
+    if t in _SUBCLASSES:
+        base, content, tag = _BASE[t], _content(value), _tag(value)
+        siblings = sorted((c for c in _SUBCLASSES if _BASE[c] is base), key=lambda c: c.__name__)
+        options += [
+            st.just(content),  # the bare builtin value
+            _TAGS.map(lambda other: _make(t, rebuilt(content, 0), other)),
+            st.sampled_from(siblings).map(lambda c: _make(c, rebuilt(content, 0), tag)),
+            variants(content, _CONTENTS[base]).map(
+                lambda v: _make(t, v, tag) if type(v) is base else v
+            ),
+        ]
+        return st.one_of(options)
     if t is float or t is complex:
         negated = -value
         options.append(
@@ -424,7 +534,7 @@ def test_equal_values_built_apart_share_a_key(value: Any, how: int) -> None:
     assert hash(key_of(twin)) == hash(key_of(value))
 
 
-_DOMAINS = {"scalars": scalars, "arrays": arrays, "nested": values}
+_DOMAINS = {"scalars": scalars, "arrays": arrays, "nested": values, "subclassed": subclassed}
 
 
 @pytest.mark.parametrize("name", sorted(_DOMAINS))
