@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import copy
 import os
 import threading
 import weakref
@@ -200,11 +201,32 @@ class _Flight:
         self.waiters = 0
 
 
-#: The async computations this task (and the tasks it started) is leading: a call that
-#: meets one of them in flight is re-entering it and must not wait on itself.
-_LEADING: contextvars.ContextVar[tuple[asyncio.Future[Any], ...]] = contextvars.ContextVar(
+#: The computations this call stack is leading (``_Flight`` objects and futures), seen by
+#: the tasks it starts and the threads it hands its context to (``asyncio.to_thread``): a
+#: call that meets one of them in flight is re-entering it and must not wait on itself.
+_LEADING: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
     "guardrails_cache_leading", default=()
 )
+
+
+def _for_waiter(error: Exception) -> Exception:
+    """The leader's exception as a waiter raises it: a copy whose cause is the original.
+
+    Raising the one instance in every waiter would chain every waiter's frames (and the
+    arguments in them) onto one traceback, alive as long as any caller keeps the exception.
+    An exception that cannot be copied faithfully is raised as it is.
+    """
+    try:
+        twin = copy.copy(error)
+    except Exception:
+        return error
+    if type(twin) is not type(error):
+        return error
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        twin.__notes__ = list(notes)  # not one list shared by both
+    twin.__traceback__ = None
+    return twin
 
 
 def make_key_function(
@@ -292,6 +314,7 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     view_get, touch, now = store.view.get, store.touched.append, store.timer
     one_arg = cfg.key is None and ctx.binder.plain_arity == 1
     get_ident = threading.get_ident
+    leading = _LEADING
 
     def cache_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         # The hit path, kept flat and lock-free: it is most of the calls of a cached function.
@@ -326,8 +349,8 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                     if flight is None:
                         flight = inflight[key] = _Flight()
                         break
-                    if flight.owner == get_ident():
-                        # This thread is computing this key further up its own stack.
+                    if flight.owner == get_ident() or flight in leading.get():
+                        # This call stack is computing this key further up.
                         flight = None
                         break
                     flight.waiters += 1
@@ -340,17 +363,21 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                 pass
             if flight.error is not None:
                 error = flight.error
+                twin = _for_waiter(error)  # type: ignore[arg-type]
                 try:
-                    raise error
+                    if twin is error:
+                        raise error
+                    raise twin from error
                 finally:
                     # The traceback holds this frame: drop what would hold the traceback.
-                    del error, flight
+                    del error, twin, flight
             if flight.value is not _AGAIN:
                 hit()
                 if info is not None:
                     info[1] = True
                 return flight.value
         generation = store.generation
+        token = leading.set((*leading.get(), flight)) if flight is not None else None
         miss()
         try:
             value = inner(args, kwargs, info)
@@ -368,6 +395,8 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                     store.cache[key] = value
             return value
         finally:
+            if token is not None:
+                leading.reset(token)
             if flight is not None:
                 with store.lock:
                     if inflight.get(key) is flight:
@@ -402,6 +431,7 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
     ) -> Any:
         loop = asyncio.get_running_loop()
         mine: asyncio.Future[Any] | None = None
+        twin: Exception | None = None
         while True:
             with store.lock:
                 store.replay()
@@ -424,8 +454,13 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
             try:
                 # shield: a waiter's cancellation must not cancel the leader's future.
                 value = await asyncio.shield(found)
+            except Exception as exc:
+                twin = _for_waiter(exc)
+                if twin is exc:
+                    raise
+                raise twin from exc
             finally:
-                found = None  # an exception's traceback holds this frame
+                found = twin = None  # an exception's traceback holds this frame
             if value is not _AGAIN:
                 hit()
                 if info is not None:

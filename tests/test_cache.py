@@ -808,3 +808,131 @@ def test_an_unchanged_output_type_keeps_the_cache() -> None:
     )
     f(1)
     assert len(counter.calls) == 1
+
+
+# --- Waiters raise their own copy of the leader's exception --------------------------------
+
+
+class Upstream(ConnectionError):
+    """Weakly referenceable, unlike the built-in exceptions."""
+
+
+def test_each_waiter_raises_its_own_copy_caused_by_the_leaders_exception() -> None:
+    cache_policy(ttl=60)
+    release = threading.Event()
+
+    @guarded("c")
+    def f(x: int) -> int:
+        release.wait(10)
+        raise Upstream("down")
+
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            f(1)
+        except Upstream as exc:
+            errors.append(exc)
+
+    _all_at_once(call, f, 4, release)
+    (leader,) = [e for e in errors if e.__cause__ is None]
+    waiters = [e for e in errors if e is not leader]
+    assert len(waiters) == 3 and len({id(e) for e in errors}) == 4
+    assert all(type(e) is Upstream and e.__cause__ is leader for e in waiters)
+    assert all(str(e) == "down" for e in waiters)
+
+
+def test_each_waiter_raises_its_own_copy_async() -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        await asyncio.sleep(0)
+        raise Upstream("down")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*[f(1) for _ in range(4)], return_exceptions=True)
+
+    errors = asyncio.run(main())
+    (leader,) = [e for e in errors if e.__cause__ is None]
+    assert all(e.__cause__ is leader and type(e) is Upstream for e in errors if e is not leader)
+    assert len({id(e) for e in errors}) == 4
+
+
+def test_waiters_arguments_die_while_the_leaders_caller_keeps_its_exception() -> None:
+    import weakref
+
+    # No log block: pytest's log capture would keep every failure record, traceback and all.
+    configure({"policies": {"c": {"cache": {"ttl": 60}, "log": None}}})
+    release = threading.Event()
+    leader_started = threading.Event()
+
+    @guarded("c")
+    def f(a: Any) -> Any:
+        leader_started.set()
+        release.wait(10)
+        raise Upstream("down")
+
+    kept: list[BaseException] = []
+    refs = []
+
+    def leader() -> None:
+        try:
+            f(np.zeros(100))
+        except Upstream as exc:
+            kept.append(exc)  # as an error reporter would
+
+    def waiter() -> None:
+        arr = np.zeros(100)  # an equal value: the same key, so it waits on the leader
+        refs.append(weakref.ref(arr))
+        with contextlib.suppress(Upstream):
+            f(arr)
+
+    gc.disable()
+    try:
+        first = threading.Thread(target=leader)
+        first.start()
+        leader_started.wait(10)
+        rest = [threading.Thread(target=waiter) for _ in range(3)]
+        for t in rest:
+            t.start()
+        _wait_for(lambda: _waiters(f) == 3)
+        release.set()
+        for t in [first, *rest]:
+            t.join()
+        assert kept and all(ref() is None for ref in refs)
+    finally:
+        gc.enable()
+
+
+def test_same_key_re_entry_through_a_thread_that_carries_the_context() -> None:
+    import concurrent.futures
+    import contextvars
+
+    cache_policy(ttl=60)
+    depth = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        depth.append(x)
+        if len(depth) > 1:
+            return 0
+        ctx = contextvars.copy_context()  # as asyncio.to_thread does
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(ctx.run, f, x).result() + 1
+
+    assert _finishes(lambda: f(1)) == 1
+
+
+def test_same_key_re_entry_through_asyncio_to_thread() -> None:
+    cache_policy(ttl=60)
+    depth = []
+
+    @guarded("c")
+    def f(x: int) -> int:
+        depth.append(x)
+        if len(depth) > 1:
+            return 0
+        return asyncio.run(asyncio.wait_for(asyncio.to_thread(f, x), 20)) + 1
+
+    assert _finishes(lambda: f(1)) == 1
