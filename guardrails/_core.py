@@ -34,7 +34,7 @@ class Slot:
         self.fn = fn
         self.name = name
         self.qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = _is_async(fn)
         self.rebind = rebind
         self.store: Store | None = None
         # Read now: a callable without a signature (a C builtin such as `max`) would
@@ -120,6 +120,17 @@ class Slot:
     def reset(self) -> None:
         self.store = None
         self.rebind(self.lazy_chain())
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a coroutine: an ``async def``, a partial of one, or an
+    object whose ``__call__`` is one (a model client); its chain awaits each call."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 (the method, not callability)
+    return inspect.iscoroutinefunction(call)
 
 
 @overload

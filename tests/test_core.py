@@ -204,3 +204,41 @@ def test_a_callable_without_a_signature_is_refused_at_decoration() -> None:
     # Nothing was registered, so configurations keep working.
     guardrails.configure({"policies": {"x": {"cache": {"ttl": 60}}}})
     assert guarded("x")(lambda a: a)(3) == 3
+
+
+class AsyncClient:
+    """A model client called like a function: ``await client(x)``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, x: int) -> int:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.calls < 3:
+            raise ConnectionError("flaky")
+        return x * 2
+
+
+def test_an_object_with_an_async_call_is_guarded_as_async() -> None:
+    guardrails.configure(
+        {"policies": {"client": {"retry": {"max_attempts": 5, "wait": {"initial": 0}}}}}
+    )
+    client = AsyncClient()
+    g = guarded("client")(client)
+    assert inspect.iscoroutinefunction(g)
+    assert asyncio.run(g(21)) == 42
+    assert client.calls == 3  # retried: the failures were awaited, not handed back unawaited
+    s = guardrails.stats()["client"]
+    assert (s.successes, s.retries) == (1, 2)
+
+
+def test_a_partial_of_an_async_function_is_guarded_as_async() -> None:
+    import functools
+
+    async def scale(factor: int, x: int) -> int:
+        return factor * x
+
+    g = guarded("p")(functools.partial(scale, 3))
+    assert inspect.iscoroutinefunction(g)
+    assert asyncio.run(g(2)) == 6
