@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +21,7 @@ from guardrails import (
 from guardrails._layers import ORDER
 from guardrails._memory import PROBE
 from guardrails.testing import FakeClock
+from tests.twins import guard_as
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -30,17 +30,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 def guard(kind: str, fn: Callable[..., Any], name: str = "p") -> Callable[..., Any]:
-    """``fn`` guarded as a sync function, or as an async one run to completion per call."""
-    if kind == "sync":
-        return guarded(name)(fn)
-
-    @functools.wraps(fn)
-    async def native(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return fn(*args, **kwargs)
-
-    g = guarded(name)(native)
-    return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
+    return guard_as(kind, fn, name)
 
 
 def test_the_order_table() -> None:
@@ -215,7 +205,7 @@ def test_a_cache_hit_skips_memory_retry_and_output(kind: str, clock: FakeClock) 
     full()
     f = guard(kind, lambda x: x)
     f(1)
-    configure({"policies": {"p": {"cache": {"ttl": 60}, "memory": {"max_rss": 1024}}}})
+    full(memory={"max_rss": 1024})  # the cache is kept: its settings and output type stay
     assert f(1) == 1  # the hit is served although memory is now over budget
     with pytest.raises(MemoryBudgetExceeded):
         f(2)

@@ -8,7 +8,6 @@ function with another layer between them, and an async function.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from time import perf_counter
@@ -19,6 +18,7 @@ import pytest
 
 import guardrails
 from guardrails import configure, guarded
+from tests.twins import guard_as
 
 KINDS = ("sync", "sync-chained", "async")
 # A retry layer that never retries: it puts a layer between log and the function (so the
@@ -39,18 +39,7 @@ def log_policy(kind: str, /, **log: Any) -> None:
 
 
 def guard(kind: str, fn: Callable[..., Any], name: str = "l") -> Callable[..., Any]:
-    """``fn`` guarded as a sync function, or as an async one run to completion per call."""
-    if not kind.startswith("async"):
-        return guarded(name)(fn)
-
-    @functools.wraps(fn)  # the same signature, so the same call_args
-    async def native(*args: Any, **kwargs: Any) -> Any:
-        # A real suspension: the layer must time the awaited coroutine, not its creation.
-        await asyncio.sleep(0)
-        return fn(*args, **kwargs)
-
-    g = guarded(name)(native)
-    return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
+    return guard_as(kind, fn, name)
 
 
 def ours(logs: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import decimal
-import functools
 import gc
 import io
 import logging
@@ -27,6 +26,7 @@ from guardrails._retry import RetryConfig, WaitConfig, tenacity
 from guardrails._stats import PolicyCounters
 from guardrails._types import Context
 from guardrails.testing import FakeClock, fake_clock
+from tests.twins import guard_as
 
 
 class Flaky:
@@ -54,17 +54,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 def guard(kind: str, fn: Callable[..., Any], name: str = "r") -> Callable[..., Any]:
-    """``fn`` guarded as a sync function, or as an async one run to completion per call."""
-    if kind == "sync":
-        return guarded(name)(fn)
-
-    @functools.wraps(fn)
-    async def native(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return fn(*args, **kwargs)
-
-    g = guarded(name)(native)
-    return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
+    return guard_as(kind, fn, name)
 
 
 def context(fn: Callable[..., Any], clock: FakeClock, *, is_async: bool = False) -> Context:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import io
 import logging
 import math
@@ -24,6 +23,7 @@ from guardrails import configure, guarded
 from guardrails._state import STATE
 from guardrails._stats import LATENCY_WINDOW, PolicyCounters
 from guardrails.testing import FakeClock
+from tests.twins import guard_as
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -32,17 +32,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 def guard(kind: str, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """``fn`` guarded as a sync function, or as an async one run to completion per call."""
-    if kind == "sync":
-        return guarded(name)(fn)
-
-    @functools.wraps(fn)
-    async def native(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return fn(*args, **kwargs)
-
-    g = guarded(name)(native)
-    return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
+    return guard_as(kind, fn, name)
 
 
 def nearest_rank(values: list[float], pct: float) -> float:

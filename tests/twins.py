@@ -1,0 +1,26 @@
+"""Sync and async twins of one test body: the same function guarded either way."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from guardrails import guarded
+
+
+def guard_as(kind: str, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``fn`` guarded as a sync function, or (``kind`` starting with ``async``) as an async
+    one run to completion per call."""
+    if not kind.startswith("async"):
+        return guarded(name)(fn)
+
+    @functools.wraps(fn)  # the same signature, so the same bound arguments and call_args
+    async def native(*args: Any, **kwargs: Any) -> Any:
+        # A real suspension: the layers must handle the awaited coroutine, not its creation.
+        await asyncio.sleep(0)
+        return fn(*args, **kwargs)
+
+    g = guarded(name)(native)
+    return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
