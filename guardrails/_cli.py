@@ -69,10 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     names = args.policy or sorted(settings.policies)
+    try:
+        # A name with no policy gets policy_defaults, or (strict) a PolicyConfigError.
+        policies = {name: _policy_yaml(settings.policy(name)) for name in names}
+    except PolicyConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     shown = {
         "strict": settings.strict,
         "policy_defaults": _policy_yaml(settings.policy_defaults),
-        "policies": {name: _policy_yaml(settings.policy(name)) for name in names},
+        "policies": policies,
     }
     sys.stdout.write(OmegaConf.to_yaml({"guardrails": shown}))
     return 0

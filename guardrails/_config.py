@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -194,6 +195,11 @@ def _from_file(path: Path) -> _Read:
     # The whole file is checked: every key in it is the user's guardrails configuration.
     prefix = () if ROOT in data else (ROOT,)
     read.problems = _yaml.boolean_problems(node, prefix, label)
+    # ... and the words that reach the guardrails node through an interpolation are reported
+    # there too, where the policy reads them.
+    index = {path: (label, scalar) for path, scalar in _yaml.value_scalars(node, ()).items()}
+    read.problems.extend(_interpolated_booleans(cfg, index))
+    read.problems = list(dict.fromkeys(read.problems))
     return read
 
 
@@ -413,7 +419,8 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> _Re
         with open_dict(cfg):
             cfg.pop("hydra", None)
     read = _from_config(cfg, label)
-    read.problems = list(dict.fromkeys(_booleans_in(loader)))
+    found = [*_booleans_in(loader), *_interpolated_booleans(cfg, _index_of(loader), overrides)]
+    read.problems = list(dict.fromkeys(found))
     return read
 
 
@@ -438,18 +445,20 @@ def _hydra_job_booleans() -> list[Problem]:
     for entry in hydra_cfg.runtime.config_sources:
         search_path.append(entry.provider, f"{entry.schema}://{entry.path}")
     loader = _checking_loader(search_path)
+    overrides = list(hydra_cfg.overrides.task)
     try:
         with _compose_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Hydra warns of sources it could not reach
-            loader.load_configuration(
+            cfg = loader.load_configuration(
                 config_name=hydra_cfg.job.config_name,
-                overrides=list(hydra_cfg.overrides.task),
+                overrides=overrides,
                 run_mode=RunMode.RUN,
                 from_shell=False,
             )
     except Exception:  # the job composed once already; a second try is only a check
         return []
-    return _booleans_in(loader)
+    found = [*_booleans_in(loader), *_interpolated_booleans(cfg, _index_of(loader), overrides)]
+    return list(dict.fromkeys(found))
 
 
 def _booleans_in(loader: Any) -> list[Problem]:
@@ -459,6 +468,151 @@ def _booleans_in(loader: Any) -> list[Problem]:
         prefix = tuple(p for p in package.split(".") if p and p != "_global_")
         found.extend(_yaml.boolean_problems(loader.documents[path], prefix, path, only_under=ROOT))
     return found
+
+
+#: A scalar of a YAML file: the file, and its node (which keeps the word and its line).
+Located = tuple[str, Any]
+#: An interpolation that is only a reference to another node: ``${a.b}``, ``${.b}``, ``${..b}``.
+_REFERENCE = re.compile(r"\$\{(\.*)([\w-]+(?:\.[\w-]+)*)\}")
+#: How many references in a row are followed (``${a}`` -> ``${b}`` -> ...).
+_MAX_HOPS = 16
+#: How many nodes are visited following references, at most (each may copy a subtree).
+_MAX_VISITS = 100_000
+
+
+def _index_of(loader: Any) -> dict[KeyPath, Located]:
+    """Every scalar value of the files a composition used, by the path it lands at in the
+    composed config; where files set the same path, the one merged last."""
+    index: dict[KeyPath, Located] = {}
+    for path, package in loader.used:
+        prefix = tuple(p for p in package.split(".") if p and p != "_global_")
+        for at, node in _yaml.value_scalars(loader.documents[path], prefix).items():
+            index[at] = (path, node)
+    return index
+
+
+def _interpolated_booleans(
+    cfg: Any, index: Mapping[KeyPath, Located], overrides: Sequence[str] = ()
+) -> list[Problem]:
+    """Disguised booleans that reach the ``guardrails`` node through node references.
+
+    Each interpolation under the node (in ``cfg``, unresolved) that is only a reference to
+    another node is followed, through chains of references and into referenced subtrees, to
+    the values it lands on. A value that the files (``index``) wrote as a plain YAML 1.1
+    boolean word, and that still holds what the word was read as, is reported at the
+    ``guardrails`` path it reaches, naming the file, line and interpolations. A key set by an
+    override string holds the override's value, not the file's.
+    """
+    from omegaconf import DictConfig, ListConfig
+
+    overridden = {o.split("=", 1)[0].lstrip("~+").split("@", 1)[0] for o in overrides}
+    start: KeyPath = (ROOT,) if ROOT in cfg else ()
+    budget = [_MAX_VISITS]  # references followed, in all
+    node = _node_at(cfg, start, budget)[0]
+    if node is None:
+        return []
+    found: list[Problem] = []
+    # (where the node is in cfg, the guardrails path it lands at, the node, references so far)
+    stack: list[tuple[KeyPath, KeyPath, Any, tuple[str, ...]]] = [(start, (ROOT,), node, ())]
+    visits = 0
+    while stack and visits < _MAX_VISITS:
+        at, shown, node, chain = stack.pop()
+        visits += 1
+        if node._is_interpolation():
+            raw = node._value()
+            target = _reference(raw, at)
+            if target is None or len(chain) >= _MAX_HOPS:
+                continue  # a resolver, a string with text around it, or a cycle
+            referenced, where, followed = _node_at(cfg, target, budget)
+            if referenced is not None:
+                stack.append((where, shown, referenced, (*chain, str(raw), *followed)))
+        elif isinstance(node, DictConfig | ListConfig):
+            content = node._content
+            if not isinstance(content, dict | list) or len(shown) >= MAX_DEPTH:
+                continue
+            items = content.items() if isinstance(content, dict) else enumerate(content)
+            children = [((*at, k), (*shown, k), child, chain) for k, child in items]
+            stack.extend(reversed(children))  # visited in the order they are written
+        elif chain:
+            problem = _disguised_at(at, shown, node._value(), chain, index, overridden)
+            if problem is not None:
+                found.append(problem)
+    return found
+
+
+def _disguised_at(
+    at: KeyPath,
+    shown: KeyPath,
+    value: Any,
+    chain: tuple[str, ...],
+    index: Mapping[KeyPath, Located],
+    overridden: set[str],
+) -> Problem | None:
+    """The problem of the value at ``at`` reaching ``shown`` through ``chain``, if a file
+    wrote it as a boolean word."""
+    located = index.get(tuple(map(str, at)))
+    if located is None or not isinstance(value, bool) or _dotted(at) in overridden:
+        return None
+    where, scalar = located
+    meant = _yaml.disguised(scalar)
+    if meant is None or value is not (meant == "true"):
+        return None  # written as true/false, or set since (a later merge, an override)
+    line = f"{where}, line {scalar.start_mark.line + 1}, at {_dotted(at)}"
+    message = _yaml.boolean_message(scalar.value, meant, line, through=chain)
+    return _dotted(shown), message
+
+
+def _reference(raw: Any, at: KeyPath) -> KeyPath | None:
+    """The path an interpolation at ``at`` refers to, when it is only a node reference."""
+    match = _REFERENCE.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None:
+        return None
+    dots, dotted = match.groups()
+    parts = tuple(dotted.split("."))
+    if not dots:
+        return parts
+    # `.b` is a sibling (in the same parent); each further dot goes one level up.
+    parent = at[:-1]
+    up = len(dots) - 1
+    if up > len(parent):
+        return None
+    return (*parent[: len(parent) - up], *parts)
+
+
+def _node_at(
+    cfg: Any, path: KeyPath, budget: list[int], depth: int = 0
+) -> tuple[Any, KeyPath, tuple[str, ...]]:
+    """``(node, where, references)``: the unresolved node ``path`` names in ``cfg``, where it
+    really is, and the references followed on the way (a container written as a reference,
+    ``cache: ${shared.cache}``, stands for the node it names); ``(None, (), ())`` when there
+    is none, or when following would take more than ``budget[0]`` more references (or
+    references nested more than ``_MAX_HOPS`` deep)."""
+    node: Any = cfg
+    where: KeyPath = ()
+    followed: tuple[str, ...] = ()
+    for part in path:
+        while node._is_interpolation():
+            raw = node._value()
+            target = _reference(raw, where)
+            budget[0] -= 1
+            if target is None or budget[0] < 0 or depth >= _MAX_HOPS:
+                return None, (), ()
+            node, where, more = _node_at(cfg, target, budget, depth + 1)
+            if node is None:
+                return None, (), ()
+            followed = (*followed, str(raw), *more)
+        content = getattr(node, "_content", None)
+        if isinstance(content, dict):
+            node = content.get(part, content.get(str(part)))
+        elif isinstance(content, list):
+            index = int(part) if isinstance(part, int) or str(part).isdigit() else -1
+            node = content[index] if 0 <= index < len(content) else None
+        else:
+            return None, (), ()  # a value, None or missing: no node under it
+        if node is None:
+            return None, (), ()
+        where = (*where, part)
+    return node, where, followed
 
 
 def _checking_loader(search_path: Any) -> Any:

@@ -7,6 +7,7 @@ scalars without writing a model; ``validate.output`` is a model or type for the 
 
 from __future__ import annotations
 
+import cmath
 import math
 import operator
 from collections.abc import Callable
@@ -118,13 +119,24 @@ def _describe_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[tu
 
 
 def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
-    """A function returning what is wrong with one argument value (empty when fine)."""
+    """A function returning what is wrong with one argument value (empty when fine).
+
+    A check that passes costs what it did: for a real array, ``isfinite().all()``, ``min()``
+    and ``max()``. Everything else happens only once something looks wrong: a NaN makes
+    ``min()``/``max()`` NaN, which is not ``>=`` any bound, so it fails the comparison and is
+    then counted. Arrays the numeric checks cannot judge (complex against a bound; object,
+    string, datetime and other non-number dtypes) are refused, never passed unchecked.
+    """
     np = _numpy()
     want_dtype = check.dtype
+    low_bound, high_bound = check.min, check.max
+    bounded = low_bound is not None or high_bound is not None
+    numeric = check.finite or bounded
+    array_types = (np.ndarray, np.generic) if np is not None else ()
 
     def problems(value: Any) -> list[str]:
         found: list[str] = []
-        is_array = np is not None and isinstance(value, np.ndarray | np.generic)
+        is_array = isinstance(value, array_types)
         if (want_dtype or check.shape is not None or check.ndim is not None) and not is_array:
             return [f"expected a numpy array, got {type(value).__name__}"]
         if is_array:
@@ -135,28 +147,98 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
             if check.shape is not None and not _shape_ok(value.shape, check.shape):
                 want = "[" + ", ".join(str(d) for d in check.shape) + "]"
                 found.append(f"expected shape {want}, got {list(value.shape)}")
-            if found or value.size == 0 or value.dtype.kind not in "biuf":
+            if found or not numeric:
                 return found
-            if check.finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+            kind = value.dtype.kind
+            if kind not in "biuf":
+                return _unjudged_array(value, check, np)
+            if value.size == 0:
+                return found
+            if check.finite and kind == "f" and not np.isfinite(value).all():
                 bad = int((~np.isfinite(value)).sum())
                 found.append(f"expected finite values, found {bad} NaN or infinite")
-            if check.min is not None and (low := value.min()) < check.min:
-                found.append(f"expected values >= {check.min:g}, found {low:g}")
-            if check.max is not None and (high := value.max()) > check.max:
-                found.append(f"expected values <= {check.max:g}, found {high:g}")
+            if low_bound is not None and not ((low := value.min()) >= low_bound):
+                found.extend(_out_of_bounds(value, low, ">=", low_bound, check.finite, np))
+            if high_bound is not None and not ((high := value.max()) <= high_bound):
+                # A NaN is counted once: under `finite`, else under the first bound.
+                noted = check.finite or low_bound is not None
+                found.extend(_out_of_bounds(value, high, "<=", high_bound, noted, np))
             return found
-        if check.finite or check.min is not None or check.max is not None:
+        if numeric:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return [f"expected a number, got {type(value).__name__}"]
-            if check.finite and not math.isfinite(value):
+                return _unjudged_scalar(value, check)
+            if check.finite and isinstance(value, float) and not math.isfinite(value):
                 found.append(f"expected a finite number, got {value!r}")
-            if check.min is not None and value < check.min:
-                found.append(f"expected >= {check.min:g}, got {value!r}")
-            if check.max is not None and value > check.max:
-                found.append(f"expected <= {check.max:g}, got {value!r}")
+            # `not >=`: a NaN is no more within a bound than outside it.
+            if low_bound is not None and not (value >= low_bound):
+                found.extend(_scalar_out_of_bounds(value, ">=", low_bound, check.finite))
+            if high_bound is not None and not (value <= high_bound):
+                noted = check.finite or low_bound is not None
+                found.extend(_scalar_out_of_bounds(value, "<=", high_bound, noted))
         return found
 
     return problems
+
+
+def _out_of_bounds(
+    value: Any, extreme: Any, op: str, bound: float, nan_noted: bool, np: Any
+) -> list[str]:
+    """The problem of an array whose ``min()`` (or ``max()``) ``extreme`` is outside ``bound``:
+    the value past it, and the NaN (which make ``extreme`` NaN) unless already reported."""
+    if not np.isnan(extreme):
+        return [f"expected values {op} {bound:g}, found {extreme:g}"]
+    # NaN: find the extreme of the rest, then count the NaN.
+    nans = int(np.isnan(value).sum())
+    parts = []
+    if nans < value.size:
+        rest = np.nanmin(value) if op == ">=" else np.nanmax(value)
+        if rest < bound if op == ">=" else rest > bound:
+            parts.append(f"{rest:g}")
+    if not nan_noted:
+        parts.append(f"{nans} NaN")
+    return [f"expected values {op} {bound:g}, found {' and '.join(parts)}"] if parts else []
+
+
+def _scalar_out_of_bounds(value: float, op: str, bound: float, nan_noted: bool) -> list[str]:
+    """The problem of a number outside ``bound``; a NaN only when not already reported."""
+    if nan_noted and isinstance(value, float) and math.isnan(value):
+        return []
+    return [f"expected {op} {bound:g}, got {_number(value)}"]
+
+
+def _unjudged_array(value: Any, check: ArgCheck, np: Any) -> list[str]:
+    """What keeps ``finite``/``min``/``max`` from judging a non-real array or numpy scalar."""
+    what = "array" if isinstance(value, np.ndarray) else "numpy scalar"
+    if value.dtype.kind != "c":
+        return [f"expected a numeric {what}, got dtype {value.dtype}"]
+    found = []
+    if check.finite and value.size and not np.isfinite(value).all():
+        # A complex number is finite when both its parts are.
+        bad = int((~np.isfinite(value)).sum())
+        found.append(f"expected finite values, found {bad} NaN or infinite")
+    if check.min is not None or check.max is not None:
+        found.append(f"expected real numbers, got {value.dtype}")
+    return found
+
+
+def _unjudged_scalar(value: Any, check: ArgCheck) -> list[str]:
+    """What keeps ``finite``/``min``/``max`` from judging a Python value that is no real number."""
+    if not isinstance(value, complex):
+        return [f"expected a number, got {type(value).__name__}"]
+    found = []
+    if check.finite and not cmath.isfinite(value):
+        found.append(f"expected a finite number, got {value!r}")
+    if check.min is not None or check.max is not None:
+        found.append("expected a real number, got complex")
+    return found
+
+
+def _number(value: int | float) -> str:
+    """``repr(value)``, or the size of an int too long to read (or past Python's digit limit)."""
+    if isinstance(value, int) and value.bit_length() > 96:  # 29 digits or more
+        sign = "a negative" if value < 0 else "an"
+        return f"{sign} int of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return repr(value)
 
 
 def _shape_ok(actual: tuple[int, ...], wanted: tuple[int, ...]) -> bool:

@@ -8,7 +8,7 @@ style and shares aliased nodes), checked, and only then constructed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -143,6 +143,18 @@ def _shape_problem(root: yaml.Node) -> str | None:
     return None
 
 
+def disguised(node: yaml.Node) -> str | None:
+    """``"true"``/``"false"`` when ``node`` is a plain YAML 1.1 boolean word, else ``None``."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    word = node.value
+    if node.style is not None or word not in BOOLEAN_WORDS:
+        return None
+    if node.tag == _STR_TAG and word not in _PLAIN_STRINGS:
+        return None  # ``!!str no``: an explicit tag says what was meant
+    return "true" if word in _TRUE_WORDS else "false"
+
+
 def boolean_problems(
     root: yaml.Node, prefix: tuple[str, ...], where: str, only_under: str | None = None
 ) -> list[Problem]:
@@ -151,12 +163,10 @@ def boolean_problems(
     top-level key. ``where`` names the file in each message."""
     found: list[Problem] = []
     for path, node, is_key in _scalars(root, prefix, only_under):
-        word = node.value
-        if node.style is not None or word not in BOOLEAN_WORDS:
+        meant = disguised(node)
+        if meant is None:
             continue
-        if node.tag == _STR_TAG and word not in _PLAIN_STRINGS:
-            continue  # ``!!str no``: an explicit tag says what was meant
-        meant = "true" if word in _TRUE_WORDS else "false"
+        word = node.value
         at = f"{where}, line {node.start_mark.line + 1}"
         if is_key:
             message = (
@@ -164,12 +174,31 @@ def boolean_problems(
                 f"quote it ('{word}') to use it as a name"
             )
         else:
-            message = (
-                f"{word!r} is a YAML 1.1 boolean, read as {meant} ({at}); "
-                f"write {meant} (or quote it, '{word}', to mean the word)"
-            )
+            message = boolean_message(word, meant, at)
         found.append((".".join(path), message))
     return list(dict.fromkeys(found))
+
+
+def boolean_message(word: str, meant: str, at: str, through: Sequence[str] = ()) -> str:
+    """The problem of a value written as the boolean word ``word``, found ``at`` (a file and
+    line), reaching the reported path ``through`` interpolations when they are named."""
+    if not through:
+        return (
+            f"{word!r} is a YAML 1.1 boolean, read as {meant} ({at}); "
+            f"write {meant} (or quote it, '{word}', to mean the word)"
+        )
+    which = "interpolation" if len(through) == 1 else "interpolations"
+    return (
+        f"{word!r} is a YAML 1.1 boolean, read as {meant} ({at}), and lands here through "
+        f"the {which} {' -> '.join(through)}; write {meant} there (or quote it, '{word}', "
+        "to mean the word)"
+    )
+
+
+def value_scalars(root: yaml.Node, prefix: tuple[str, ...]) -> dict[tuple[str, ...], yaml.Node]:
+    """Every scalar value of a document (not keys) by the path it lands at (``prefix`` plus
+    its keys and item indexes); for a key written twice, the last, as the loader keeps it."""
+    return {path: node for path, node, is_key in _scalars(root, prefix, None) if not is_key}
 
 
 def _scalars(

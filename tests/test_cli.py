@@ -86,3 +86,20 @@ def test_check_refuses_an_alias_bomb_in_a_config_directory(tmp_path: Path) -> No
     out = run("check", str(conf))
     assert out.returncode == 1
     assert "guardrails/bomb.yaml: its aliases would expand it by" in out.stderr
+
+
+def test_show_an_unknown_policy_when_strict_fails_like_check(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("strict: true\npolicies: {fetch: {cache: {ttl: 1h}}}\n")
+    out = run("show", str(path), "--policy", "fetch", "--policy", "fetc")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""
+    assert out.stderr.startswith("invalid guardrails configuration (1 problem):\n")
+    assert "guardrails.policies.fetc: no policy named 'fetc'" in out.stderr
+    assert "(did you mean 'fetch'?)" in out.stderr
+    # Not strict, an unknown name shows policy_defaults, as `policy()` returns them.
+    path.write_text("strict: false\npolicies: {fetch: {cache: {ttl: 1h}}}\n")
+    out = run("show", str(path), "--policy", "nope")
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["nope"]["log"]["level"] == "INFO"

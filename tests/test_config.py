@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -738,3 +739,84 @@ def test_a_long_chain_with_a_broken_link_reports_it_once() -> None:
     assert _lines_run_in_policy_module(source) < 2.2 * _lines_run_in_policy_module(
         {"policies": dict(list(source["policies"].items())[:2000])}
     )
+
+
+# --- import paths whose modules fail ------------------------------------------------------
+
+
+@pytest.fixture
+def failing_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on ``sys.path`` with modules that fail at import, or on an attribute."""
+    write(tmp_path / "mods" / "grx_boom.py", "raise RuntimeError('boom')\n")
+    write(tmp_path / "mods" / "grx_syntax.py", "class X(:\n    pass\n")
+    write(tmp_path / "mods" / "grx_zero.py", "X = 1 / 0\n")
+    write(
+        tmp_path / "mods" / "grx_lazy.py",
+        """
+        def __getattr__(name):
+            raise LookupError(f"no lazy {name}")
+        """,
+    )
+    write(tmp_path / "mods" / "grx_interrupt.py", "raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    before = set(sys.modules)
+    yield tmp_path / "mods"
+    for name in set(sys.modules) - before:
+        if name.startswith("grx_"):
+            del sys.modules[name]
+
+
+def test_import_paths_whose_modules_fail_are_config_errors(failing_modules: Path) -> None:
+    source = {
+        "policies": {
+            "p": {
+                "validate": {"input": "grx_boom:X", "output": "grx_syntax:X"},
+                "retry": {"retry_on": ["ConnectionError", "..x"], "abort_on": ["grx_lazy:X"]},
+            },
+            "q": {"retry": {"retry_on": "grx_zero.X", "abort_on": ".grx_boom:X"}},
+        }
+    }
+    with pytest.raises(PolicyConfigError) as exc:
+        configure(source)
+    found = problems(exc)
+    assert set(found) == {
+        "guardrails.policies.p.validate.input",
+        "guardrails.policies.p.validate.output",
+        "guardrails.policies.p.retry.retry_on",
+        "guardrails.policies.p.retry.abort_on",
+        "guardrails.policies.q.retry.retry_on",
+        "guardrails.policies.q.retry.abort_on",
+    }
+    assert (
+        "importing module 'grx_boom' for 'grx_boom:X' raised RuntimeError: boom"
+        in found["guardrails.policies.p.validate.input"]
+    )
+    output = found["guardrails.policies.p.validate.output"]
+    assert "importing module 'grx_syntax' for 'grx_syntax:X' raised SyntaxError" in output
+    assert "'..x' is a relative import path" in found["guardrails.policies.p.retry.retry_on"]
+    assert (
+        "reading 'X' from module 'grx_lazy' for 'grx_lazy:X' raised LookupError: no lazy X"
+        in found["guardrails.policies.p.retry.abort_on"]
+    )
+    assert (
+        "importing module 'grx_zero' for 'grx_zero.X' raised ZeroDivisionError: division by zero"
+        in found["guardrails.policies.q.retry.retry_on"]
+    )
+    assert (
+        "'.grx_boom:X' is a relative import path" in found["guardrails.policies.q.retry.abort_on"]
+    )
+    assert "grx_boom" not in sys.modules
+
+
+def test_an_interrupt_while_importing_a_module_propagates(failing_modules: Path) -> None:
+    configure({"policies": {"kept": {"cache": {"ttl": 7}}}})
+    with pytest.raises(KeyboardInterrupt):
+        configure({"policies": {"p": {"validate": {"input": "grx_interrupt:X"}}}})
+    assert policy("kept").cache.ttl == 7  # type: ignore[union-attr]
+    # A malformed path is refused before anything is imported.
+    with pytest.raises(PolicyConfigError) as exc:
+        configure({"policies": {"p": {"validate": {"output": ":X", "input": "grx_boom:"}}}})
+    found = problems(exc)
+    assert "':X' is not an import path" in found["guardrails.policies.p.validate.output"]
+    assert "'grx_boom:' is not an import path" in found["guardrails.policies.p.validate.input"]
+    assert "grx_boom" not in sys.modules

@@ -475,3 +475,111 @@ def test_async_a_model_with_no_fields_on_a_function_with_no_parameters() -> None
         return "ran"
 
     assert asyncio.run(f()) == "ran"
+
+
+# --- values the numeric checks must not wave through ---------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+BOUNDS = {"min": 0, "max": 10}
+#: (checks, value, the problem expected, or None when the value passes)
+NUMERIC_CASES: list[tuple[dict[str, Any], Any, str | None]] = [
+    # A NaN makes min()/max() NaN, and `nan < 0` is False: it must still fail a bound.
+    (BOUNDS, np.array([1.0, NAN, 2.0, NAN]), "expected values >= 0, found 2 NaN"),
+    ({"max": 10}, np.array([[1.0], [NAN]]), "expected values <= 10, found 1 NaN"),
+    (BOUNDS, np.array([NAN, -1.0, 3.0]), "expected values >= 0, found -1 and 1 NaN"),
+    ({"max": 10}, np.array([NAN, 11.0], dtype=np.float32), "<= 10, found 11 and 1 NaN"),
+    (BOUNDS, np.float64(NAN), "expected values >= 0, found 1 NaN"),
+    (BOUNDS, np.float16(NAN), "found 1 NaN"),
+    (BOUNDS, NAN, "expected >= 0, got nan"),
+    ({"max": 10}, NAN, "expected <= 10, got nan"),
+    # With `finite`, the NaN is reported once, by it; a value past a bound is still found.
+    (
+        {**BOUNDS, "finite": True},
+        np.array([NAN, -1.0]),
+        "expected finite values, found 1 NaN or infinite; expected values >= 0, found -1",
+    ),
+    # Complex: `finite` looks at both parts; a bound on a complex number makes no sense.
+    ({"finite": True}, np.array([1 + 1j, complex(1, INF)]), "found 1 NaN or infinite"),
+    ({"finite": True}, np.complex64(complex(NAN, 0)), "found 1 NaN or infinite"),
+    ({"finite": True}, 1 + 2j, None),
+    ({"finite": True}, complex(0, NAN), "expected a finite number, got nanj"),
+    ({"min": 0}, np.array([1 + 0j]), "expected real numbers, got complex128"),
+    ({"max": 1}, np.complex64(0), "expected real numbers, got complex64"),
+    ({"min": 0}, 1j, "expected a real number, got complex"),
+    # Dtypes no numeric check can judge are refused, not passed unchecked.
+    ({"finite": True}, np.array([1.0, None]), "expected a numeric array, got dtype object"),
+    ({"min": 0}, np.array([], dtype=object), "expected a numeric array, got dtype object"),
+    ({"min": 0}, np.array(["2024-01-01"], dtype="datetime64[D]"), "got dtype datetime64[D]"),
+    ({"max": 5}, np.array([1], dtype="timedelta64[s]"), "got dtype timedelta64[s]"),
+    ({"finite": True}, np.array(["1.0"]), "expected a numeric array, got dtype <U3"),
+    ({"min": 0}, np.datetime64("2024-01-01"), "expected a numeric numpy scalar, got dtype"),
+    ({"finite": True}, np.str_("1"), "expected a numeric numpy scalar, got dtype <U1"),
+    # A Python int is always finite, however large; one past a bound is named by its size.
+    ({"finite": True}, 10**400, None),
+    ({"finite": True, "min": 0}, -(10**400), "expected >= 0, got a negative int of about 401"),
+    ({"max": 10}, 10**5000, "expected <= 10, got an int of about 5001 digits"),
+]
+
+
+def _case_id(case: tuple[dict[str, Any], Any, str | None]) -> str:
+    checks, value, _ = case
+    shown = f"{type(value).__name__}[{getattr(value, 'dtype', '')}]"
+    return f"{'+'.join(checks)}-{shown}"
+
+
+@pytest.mark.parametrize(
+    ("checks", "value", "expected"), NUMERIC_CASES, ids=[_case_id(c) for c in NUMERIC_CASES]
+)
+def test_numeric_checks_refuse_what_they_cannot_pass(
+    checks: dict[str, Any], value: Any, expected: str | None
+) -> None:
+    validate_policy(args={"x": checks})
+    calls = []
+
+    @guarded("v")
+    def f(x: Any) -> str:
+        calls.append(x)
+        return "ran"
+
+    if expected is None:
+        assert f(value) == "ran"
+        assert f(x=value) == "ran"
+        return
+    for call in (lambda: f(value), lambda: f(x=value)):
+        with pytest.raises(InputValidationError) as exc:
+            call()
+        assert {field for field, _ in exc.value.errors} == {"x"}
+        detail = "; ".join(problem for _, problem in exc.value.errors)
+        assert expected in detail
+        assert detail.count("NaN") == expected.count("NaN")  # each NaN reported once
+    assert calls == []
+    assert guardrails.stats()["v"].rejected == 2
+
+
+@pytest.mark.parametrize(
+    ("checks", "value", "expected"), NUMERIC_CASES, ids=[_case_id(c) for c in NUMERIC_CASES]
+)
+def test_async_numeric_checks_refuse_what_they_cannot_pass(
+    checks: dict[str, Any], value: Any, expected: str | None
+) -> None:
+    validate_policy(args={"x": checks})
+    calls = []
+
+    @guarded("v")
+    async def f(x: Any) -> str:
+        calls.append(x)
+        return "ran"
+
+    if expected is None:
+        assert asyncio.run(f(value)) == "ran"
+        assert asyncio.run(f(x=value)) == "ran"
+        return
+    for call in (lambda: f(value), lambda: f(x=value)):
+        with pytest.raises(InputValidationError) as exc:
+            asyncio.run(call())
+        assert {field for field, _ in exc.value.errors} == {"x"}
+        detail = "; ".join(problem for _, problem in exc.value.errors)
+        assert expected in detail
+        assert detail.count("NaN") == expected.count("NaN")  # each NaN reported once
+    assert calls == []
+    assert guardrails.stats()["v"].rejected == 2

@@ -193,6 +193,119 @@ def test_directory_reports_words_where_they_land_under_guardrails(tmp_path: Path
     assert cache is not None and cache.enabled is False
 
 
+def _interpolating_app(tmp_path: Path) -> Path:
+    conf = tmp_path / "conf"
+    write(
+        conf / "config.yaml",
+        """
+        defaults:
+          - guardrails: refs
+          - _self_
+        hydra:
+          searchpath: [pkg://guardrails.conf]
+        flags: {c: off, e: false}
+        chain: {a: '${flags.c}', b: '${chain.a}'}
+        shared: {cache: {enabled: no, ttl: 5}}
+        """,
+    )
+    write(
+        conf / "guardrails" / "refs.yaml",
+        """
+        policies:
+          f: {cache: {enabled: '${flags.c}', ttl: 5}}
+          g: {cache: '${shared.cache}'}
+          h: {log: {enabled: '${chain.b}'}}
+          k: {cache: {enabled: '${flags.e}', ttl: 1}, log: {enabled: '${..cache.enabled}'}}
+        """,
+    )
+    write(
+        conf / "guardrails" / "rel.yaml",
+        "policies:\n"
+        "  r: {cache: {enabled: '${..log.enabled}', ttl: 1}, log: {enabled: '${...s.log.enabled}'}}\n"
+        "  s: {log: {enabled: '${flags.c}'}}\n",
+    )
+    return conf
+
+
+def test_directory_reports_words_that_reach_guardrails_through_interpolations(
+    tmp_path: Path,
+) -> None:
+    conf = _interpolating_app(tmp_path)
+    config = str((conf / "config.yaml").resolve())
+    found = problems_of(conf)
+    # `flags.c: off` lies outside the guardrails node; it reaches it through `${flags.c}`.
+    assert list(found) == [
+        "guardrails.policies.f.cache.enabled",
+        "guardrails.policies.g.cache.enabled",
+        "guardrails.policies.h.log.enabled",
+    ]
+    assert found["guardrails.policies.f.cache.enabled"] == (
+        f"'off' is a YAML 1.1 boolean, read as false ({config}, line 7, at flags.c), and "
+        "lands here through the interpolation ${flags.c}; write false there (or quote it, "
+        "'off', to mean the word)"
+    )
+    # A whole node by reference, and a chain of references.
+    assert (
+        f"'no' is a YAML 1.1 boolean, read as false ({config}, line 9, at shared.cache.enabled)"
+        ", and lands here through the interpolation ${shared.cache};"
+    ) in found["guardrails.policies.g.cache.enabled"]
+    assert (
+        "at flags.c), and lands here through the interpolations ${chain.b} -> ${chain.a} -> "
+        "${flags.c}; write false there"
+    ) in found["guardrails.policies.h.log.enabled"]
+    # An override replaces the file's word: nothing disguised reaches guardrails from flags.c.
+    fixed = ["flags.c=false", "shared.cache.enabled=false"]
+    settings = configure(conf, overrides=fixed)
+    f_cache, k_log = settings.policies["f"].cache, settings.policies["k"].log
+    assert f_cache is not None and f_cache.enabled is False
+    assert k_log is not None and k_log.enabled is False  # `${..cache.enabled}` -> `${flags.e}`
+    found = problems_of(conf, overrides=fixed[:1])
+    assert list(found) == ["guardrails.policies.g.cache.enabled"]
+    # Relative references, to a sibling's child and two levels up.
+    found = problems_of(conf, overrides=["guardrails=rel"])
+    assert list(found) == [
+        "guardrails.policies.r.cache.enabled",
+        "guardrails.policies.r.log.enabled",
+        "guardrails.policies.s.log.enabled",
+    ]
+    assert (
+        "the interpolations ${..log.enabled} -> ${...s.log.enabled} -> ${flags.c};"
+        in (found["guardrails.policies.r.cache.enabled"])
+    )
+
+
+def test_a_file_reports_words_at_the_guardrails_paths_their_interpolations_reach(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path / "g.yaml",
+        """
+        flags: {c: off}
+        shared: {log: {enabled: yes}}
+        guardrails:
+          policies:
+            f: {cache: {enabled: '${flags.c}', ttl: 5}, log: '${shared.log}'}
+        """,
+    )
+    found = problems_of(path)
+    # The whole file is checked, so the words are caught where they are written, and also
+    # where the policy reads them.
+    assert list(found) == [
+        "flags.c",
+        "shared.log.enabled",
+        "guardrails.policies.f.cache.enabled",
+        "guardrails.policies.f.log.enabled",
+    ]
+    assert found["guardrails.policies.f.cache.enabled"].startswith(
+        f"'off' is a YAML 1.1 boolean, read as false ({path}, line 2, at flags.c), and lands "
+        "here through the interpolation ${flags.c}"
+    )
+    assert (
+        "at shared.log.enabled), and lands here through the interpolation ${shared.log}"
+        in (found["guardrails.policies.f.log.enabled"])
+    )
+
+
 # --- alias bombs, recursion and depth -------------------------------------------------------
 
 
@@ -346,3 +459,31 @@ def test_a_hydra_main_app_with_true_and_false_configures(tmp_path: Path) -> None
         "guardrails.policies.f.cache.ttl=7",
     )
     assert "CONFIGURED enabled=False ttl=7.0" in out
+
+
+def test_a_hydra_main_app_gets_the_booleans_its_interpolations_reach(tmp_path: Path) -> None:
+    # `job: {verbose: yes}` is the app's own key (config.yaml, line 6); the policy reads it.
+    policy_yaml = (
+        "policies:\n"
+        "  f:\n"
+        "    cache: {ttl: 5, enabled: '${job.verbose}'}\n"
+        "    log: {enabled: '${..cache.enabled}'}\n"
+    )
+    out = _hydra_app(tmp_path, policy_yaml)
+    assert "REFUSED" in out
+    config = (tmp_path / "conf" / "config.yaml").resolve()
+    assert (
+        "guardrails.policies.f.cache.enabled: 'yes' is a YAML 1.1 boolean, read as true "
+        f"({config}, line 6, at job.verbose), and lands here through the interpolation "
+        "${job.verbose}; write true there"
+    ) in out
+    assert (
+        "guardrails.policies.f.log.enabled: 'yes' is a YAML 1.1 boolean, read as true "
+        f"({config}, line 6, at job.verbose), and lands here through the interpolations "
+        "${..cache.enabled} -> ${job.verbose}"
+    ) in out
+    assert "(2 problems)" in out
+    # Set on the command line, the value is the override's, not the file's word.
+    (tmp_path / "conf").rename(tmp_path / "refused")
+    out = _hydra_app(tmp_path, policy_yaml, "job.verbose=true")
+    assert "CONFIGURED enabled=True ttl=5.0" in out
