@@ -26,9 +26,9 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import copy
 import os
 import threading
+import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from typing import Any
@@ -210,23 +210,52 @@ _LEADING: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
 
 
 def _for_waiter(error: Exception) -> Exception:
-    """The leader's exception as a waiter raises it: a copy whose cause is the original.
+    """The leader's exception as a waiter raises it: a twin of the same type, message and
+    attributes, whose cause is the original.
 
     Raising the one instance in every waiter would chain every waiter's frames (and the
     arguments in them) onto one traceback, alive as long as any caller keeps the exception.
-    An exception that cannot be copied faithfully is raised as it is.
+    The twin is made without running ``__init__`` again (which may build its message from its
+    arguments, or count instances); an exception that cannot be twinned faithfully (its text
+    would differ) is raised as it is.
     """
+    cls = type(error)
     try:
-        twin = copy.copy(error)
+        if isinstance(cls.__init__, types.FunctionType):  # the class's own __init__
+            twin = cls.__new__(cls, *error.args)
+            twin.args = error.args
+        else:  # a built-in's: it only stores and parses its arguments (OSError's errno)
+            twin = cls(*error.args)
+        if isinstance(error, OSError) and error.filename is not None:  # kept beside args
+            twin.filename, twin.filename2 = error.filename, error.filename2  # type: ignore[attr-defined]
+        state = getattr(error, "__dict__", None)
+        if state:
+            twin.__dict__.update(state)
+            notes = state.get("__notes__")
+            if isinstance(notes, list):
+                twin.__notes__ = list(notes)  # not one list shared by both
+        for name in _slot_names(cls):
+            try:
+                value = getattr(error, name)
+            except AttributeError:
+                continue
+            setattr(twin, name, value)
+        if str(twin) != str(error) or repr(twin) != repr(error):
+            return error
     except Exception:
         return error
-    if type(twin) is not type(error):
-        return error
-    notes = getattr(error, "__notes__", None)
-    if isinstance(notes, list):
-        twin.__notes__ = list(notes)  # not one list shared by both
-    twin.__traceback__ = None
     return twin
+
+
+def _slot_names(cls: type) -> list[str]:
+    names: list[str] = []
+    for klass in cls.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                mangled = f"_{klass.__name__.lstrip('_')}{name}" if name.startswith("__") else name
+                names.append(mangled)
+    return names
 
 
 def make_key_function(

@@ -936,3 +936,92 @@ def test_same_key_re_entry_through_asyncio_to_thread() -> None:
         return asyncio.run(asyncio.wait_for(asyncio.to_thread(f, x), 20)) + 1
 
     assert _finishes(lambda: f(1)) == 1
+
+
+class StatusError(Exception):
+    made = 0
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")  # the message is built from the argument
+        self.status = status
+        StatusError.made += 1
+
+
+class SlottedError(Exception):
+    __slots__ = ("code",)
+
+
+def _slotted() -> Exception:
+    exc = SlottedError("slotted")
+    exc.code = 42
+    return exc
+
+
+def _noted() -> Exception:
+    exc = ValueError("plain")
+    exc.extra = "x"  # type: ignore[attr-defined]
+    exc.add_note("a note")
+    return exc
+
+
+TWINNED = {
+    "message_built_in_init": lambda: StatusError(503),
+    "slots": _slotted,
+    "os_error_with_filenames": lambda: FileNotFoundError(2, "No such file", "/a", None, "/b"),
+    "attributes_and_notes": _noted,
+    "group": lambda: ExceptionGroup("grp", [ValueError("a"), KeyError("b")]),
+}
+
+
+def _same_failure(waiter: BaseException, leader: BaseException) -> None:
+    assert type(waiter) is type(leader)
+    assert (str(waiter), repr(waiter)) == (str(leader), repr(leader))
+    for name in ("status", "code", "errno", "filename", "filename2", "extra", "__notes__"):
+        assert getattr(waiter, name, None) == getattr(leader, name, None), name
+    if waiter is not leader:
+        assert waiter.__cause__ is leader
+
+
+@pytest.mark.parametrize("make", TWINNED.values(), ids=TWINNED.keys())
+def test_a_waiters_copy_is_the_same_failure(make: Any) -> None:
+    cache_policy(ttl=60)
+    release = threading.Event()
+
+    @guarded("c")
+    def f(x: int) -> int:
+        release.wait(10)
+        raise make()
+
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            f(1)
+        except Exception as exc:
+            errors.append(exc)
+
+    made = StatusError.made
+    _all_at_once(call, f, 3, release)
+    assert StatusError.made - made <= 1  # no __init__ ran again for the waiters
+    (leader,) = [e for e in errors if e.__cause__ is None]
+    assert len(errors) == 3
+    for error in errors:
+        _same_failure(error, leader)
+
+
+@pytest.mark.parametrize("make", TWINNED.values(), ids=TWINNED.keys())
+def test_a_waiters_copy_is_the_same_failure_async(make: Any) -> None:
+    cache_policy(ttl=60)
+
+    @guarded("c")
+    async def f(x: int) -> int:
+        await asyncio.sleep(0)
+        raise make()
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*[f(1) for _ in range(3)], return_exceptions=True)
+
+    errors = asyncio.run(main())
+    (leader,) = [e for e in errors if e.__cause__ is None]
+    for error in errors:
+        _same_failure(error, leader)
