@@ -178,6 +178,7 @@ class Store:
 
 
 def _after_fork_in_child() -> None:
+    _WAITING.clear()  # only the forking thread exists, and it is not waiting
     for store in list(_STORES):
         store.after_fork_in_child()
 
@@ -256,6 +257,27 @@ def _slot_names(cls: type) -> list[str]:
                 mangled = f"_{klass.__name__.lstrip('_')}{name}" if name.startswith("__") else name
                 names.append(mangled)
     return names
+
+
+#: Thread -> the flight it waits on, for finding wait cycles across threads: thread A leads
+#: key a and waits on key b, which thread B leads while it waits on key a.
+_WAITING: dict[int, _Flight] = {}
+
+
+def _waits_on(owner: int, me: int) -> bool:
+    """Whether the thread ``owner`` waits, through a chain of flights, on thread ``me``.
+
+    Each waiter registers before it looks, so of two threads closing a circle at once the
+    second sees the first.
+    """
+    for _ in range(64):
+        if owner == me:
+            return True
+        waited = _WAITING.get(owner)
+        if waited is None:
+            return False
+        owner = waited.owner
+    return False
 
 
 def make_key_function(
@@ -388,8 +410,18 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                     if info is not None:
                         info[1] = True
                     return value
-            with flight.done:
-                pass
+            me = get_ident()
+            _WAITING[me] = flight
+            try:
+                if _waits_on(flight.owner, me):
+                    # The leader is (through other threads) waiting on this thread: waiting
+                    # here would close the circle. Compute as the plain function would.
+                    flight = None
+                    break
+                with flight.done:
+                    pass
+            finally:
+                del _WAITING[me]
             if flight.error is not None:
                 error = flight.error
                 twin = _for_waiter(error)  # type: ignore[arg-type]

@@ -1025,3 +1025,35 @@ def test_a_waiters_copy_is_the_same_failure_async(make: Any) -> None:
     (leader,) = [e for e in errors if e.__cause__ is None]
     for error in errors:
         _same_failure(error, leader)
+
+
+def test_two_threads_each_needing_the_others_key_both_finish() -> None:
+    # Thread A computes "A" and needs "B"; thread B computes "B" and needs "A". Waiting on each
+    # other would be a circle: the second to arrive computes for itself, as undecorated.
+    cache_policy(ttl=60)
+    both_leading = threading.Barrier(2)
+    inner = threading.local()
+
+    @guarded("c")
+    def f(x: str) -> str:
+        if getattr(inner, "depth", 0):
+            return x.lower()
+        inner.depth = 1
+        try:
+            both_leading.wait(10)
+            return x + f("B" if x == "A" else "A")
+        finally:
+            inner.depth = 0
+
+    results: dict[str, str] = {}
+    threads = [
+        threading.Thread(target=lambda x=x: results.__setitem__(x, f(x)), daemon=True) for x in "AB"
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads), "the two threads deadlocked"
+    assert sorted(results) == ["A", "B"]
+    assert results["A"].startswith("A") and results["B"].startswith("B")
+    assert f.__guardrails__.store.inflight == {}  # type: ignore[attr-defined]
