@@ -232,3 +232,27 @@ def test_a_child_forked_while_another_thread_composes_a_config_dir_can_compose(
     finally:
         release.set()
         holder.join(10)
+
+
+def test_a_child_forked_while_another_thread_configures_has_the_collector_on() -> None:
+    import gc
+
+    from guardrails._core import _collector_paused
+
+    assert gc.isenabled()
+    held, release = threading.Event(), threading.Event()
+
+    def configuring() -> None:  # as a thread in the middle of configure() would
+        with _collector_paused():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=configuring, daemon=True)
+    thread.start()
+    held.wait(10)
+    try:
+        assert _run_in_fork(lambda: 0 if gc.isenabled() else 1) == 0
+    finally:
+        release.set()
+        thread.join(10)
+    assert gc.isenabled()
