@@ -370,6 +370,8 @@ def redact(problems: Sequence[Problem], secrets: Sequence[Any]) -> list[Problem]
             texts.update({repr(value), f'"{value}"'})
             if len(value) >= 4:
                 texts.add(value)
+            # Messages quote parts of a value too (the module of an import path).
+            texts.update(p for p in re.split(r"[^\w\-]+", value) if len(p) >= 4)
         elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) >= 1000:
             texts.add(repr(value))
     ordered = sorted(texts, key=len, reverse=True)

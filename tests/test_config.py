@@ -607,6 +607,25 @@ def test_interpolated_values_are_never_echoed(
         assert found["guardrails.policies.s.cache.ttl"].endswith("got 'lots'")
 
 
+@pytest.mark.parametrize(
+    ("block", "value"),
+    [
+        ({"retry": {"retry_on": ["${oc.env:GUARDRAILS_TEST_SECRET}.mod:Name"]}}, "retry_on"),
+        ({"validate": {"output": "os:${oc.env:GUARDRAILS_TEST_SECRET}"}}, "output"),
+        ({"retry": {"abort_on": ["os.${oc.env:GUARDRAILS_TEST_SECRET}"]}}, "abort_on"),
+    ],
+)
+def test_secrets_inside_import_paths_are_never_echoed(
+    block: dict[str, Any], value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hunter2s3cr3ttoken"
+    monkeypatch.setenv("GUARDRAILS_TEST_SECRET", secret)
+    with pytest.raises(PolicyConfigError) as exc:
+        configure(OmegaConf.create({"policies": {"p": block}}))
+    assert secret not in str(exc.value)
+    assert "<interpolated value>" in str(exc.value)
+
+
 def test_interpolated_values_are_never_echoed_by_problems_found_compiling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
