@@ -35,7 +35,7 @@ class Slot:
     def __init__(self, fn: Callable[..., Any], name: str, rebind: Callable[[Any], None]) -> None:
         self.fn = fn
         self.name = name
-        self.qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        self.qualname = _qualname(fn)
         self.is_async = _is_async(fn)
         self.rebind = rebind
         self.store: Store | None = None
@@ -124,9 +124,19 @@ class Slot:
         self.rebind(self.lazy_chain())
 
 
+def _qualname(fn: Any) -> str:
+    """``module.Qualified.name`` of a function; ``partial(module.name)`` of a partial."""
+    if isinstance(fn, functools.partial):
+        return f"partial({_qualname(fn.func)})"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     """Whether calling ``fn`` gives a coroutine: an ``async def``, a partial of one, or an
     object whose ``__call__`` is one (a model client); its chain awaits each call."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
     if inspect.isroutine(fn) or isinstance(fn, type):
@@ -158,6 +168,11 @@ def guarded(name: Any = None, /) -> Any:
 
 
 def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
+    if isinstance(fn, staticmethod | classmethod):
+        # The wrapper would be a plain function in the class body: bound as a method.
+        raise TypeError(
+            f"@guarded must come below @{type(fn).__name__}, next to the function it guards"
+        )
     if not callable(fn):
         raise TypeError(f"@guarded decorates a function, got {fn!r}")
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):

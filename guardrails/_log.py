@@ -57,7 +57,10 @@ def describe_value(value: Any, detail: str) -> str:
     try:
         return _describe(value, detail)
     except Exception:
-        return f"<{type(value).__name__}: unprintable>"
+        try:
+            return f"<{type(value).__name__}: unprintable>"
+        except Exception:  # even its type's name (a metaclass property) raises
+            return "<unprintable>"
 
 
 def _describe(value: Any, detail: str) -> str:

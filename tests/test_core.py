@@ -242,3 +242,24 @@ def test_a_partial_of_an_async_function_is_guarded_as_async() -> None:
     g = guarded("p")(functools.partial(scale, 3))
     assert inspect.iscoroutinefunction(g)
     assert asyncio.run(g(2)) == 6
+
+
+def test_a_partial_of_an_async_callable_object_is_guarded_as_async() -> None:
+    import functools
+
+    guardrails.configure(
+        {"policies": {"client": {"retry": {"max_attempts": 5, "wait": {"initial": 0}}}}}
+    )
+    client = AsyncClient()
+    g = guarded("client")(functools.partial(client))
+    assert inspect.iscoroutinefunction(g)
+    assert asyncio.run(g(21)) == 42 and client.calls == 3
+    assert g.__guardrails__.qualname == "partial(test_core.AsyncClient)"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", [staticmethod, classmethod])
+def test_guarded_above_staticmethod_or_classmethod_says_where_it_goes(kind: Any) -> None:
+    def f(*args: Any) -> None: ...
+
+    with pytest.raises(TypeError, match=f"below @{kind.__name__}"):
+        guarded("p")(kind(f))
