@@ -5,13 +5,16 @@ numbers by value with ``-0.0`` its own key and every NaN of one bit pattern one 
 scalars by type, dtype and bytes; numpy arrays by type, dtype, shape and a 128-bit xxh3 of
 their bytes (never ``str()``/``repr()``), masked arrays also by mask and fill value; dicts and
 sets by their items regardless of order (``OrderedDict`` in order); lists and tuples element
-by element; other hashable objects by their own ``__hash__``/``__eq__``, as
-``functools.lru_cache`` does. Anything else is refused with a ``TypeError``.
+by element; struct sequences (``time.struct_time``, ``os.stat_result``) by every field,
+hidden ones included; other hashable objects by their own ``__hash__``/``__eq__``, as
+``functools.lru_cache`` does. Anything else is refused with a ``TypeError``, and so are
+containers nested more than ``MAX_DEPTH`` levels deep (a container holding itself is one)
+and objects whose ``__hash__`` raises.
 
-A subclass of a number or container type keys like its base plus its instance state (its
-``__dict__`` and every ``__slots__`` entry) only while its ``==`` is the base's; a subclass
-with an ``__eq__`` of its own keys by its own ``__hash__``/``__eq__``, or is refused when it
-has no hash.
+A subclass of a number, string or container type (or of a numpy scalar type, outside numpy)
+keys like its base plus its instance state (its ``__dict__`` and every ``__slots__`` entry)
+only while its ``==`` is the base's; a subclass with an ``__eq__`` of its own keys by its own
+``__hash__``/``__eq__``, or is refused when it has no hash. Enum members key by identity.
 """
 
 from __future__ import annotations
@@ -59,8 +62,19 @@ class UnkeyableArgument(TypeError):
     """An argument value that cannot be part of a cache key (internal; rewritten by the cache)."""
 
 
+#: A key that ran out of stack with at least this many frames left to it when it started is
+#: the value's doing (nested thousands deep, a container holding itself, a ``__hash__`` that
+#: recurses): refused. With fewer left, the caller's recursion is (a function calling itself
+#: through the cache): its ``RecursionError`` goes on, as it would undecorated.
+MIN_STACK = 200
+_TOO_DEEP = "nested too deeply to key within the recursion limit, or containing itself"
+
+
 def key_of(value: Any) -> Hashable:
-    """A hashable key equal for values a call cannot tell apart, different otherwise."""
+    """A hashable key equal for values a call cannot tell apart, different otherwise.
+
+    Nesting costs no depth count: recursion is only checked once it fails.
+    """
     t = type(value)
     if t in ATOMIC:
         return (t, value)
@@ -69,12 +83,38 @@ def key_of(value: Any) -> Hashable:
         if value and not _isnan(value):
             return (float, value)
         return (float, _float_part(value))
+    try:
+        return _key(value)
+    except RecursionError:
+        if sys.getrecursionlimit() - _stack_depth() < MIN_STACK:
+            raise
+    raise UnkeyableArgument(_TOO_DEEP)
+
+
+def _stack_depth() -> int:
+    frame: types.FrameType | None = sys._getframe(1)
+    depth = 0
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def _key(value: Any) -> Hashable:
+    """``key_of`` without the recursion check, for the values inside a value."""
+    t = type(value)
+    if t in ATOMIC:
+        return (t, value)
+    if t is float:
+        if value and not _isnan(value):
+            return (float, value)
+        return (float, _float_part(value))
     if t is tuple or t is list:
-        return (t, tuple([key_of(v) for v in value]))
+        return (t, tuple([_key(v) for v in value]))
     if t is dict:
-        return (t, _bag([(key_of(k), key_of(v)) for k, v in value.items()]))
+        return (t, _bag([(_key(k), _key(v)) for k, v in value.items()]))
     if t is frozenset or t is set:
-        return (t, _bag([key_of(v) for v in value]))
+        return (t, _bag([_key(v) for v in value]))
     if t is complex:
         return (t, _float_part(value.real), _float_part(value.imag))
     np = sys.modules.get("numpy")
@@ -82,7 +122,7 @@ def key_of(value: Any) -> Hashable:
         if isinstance(value, np.ndarray):
             return _array_key(np, value)
         if isinstance(value, np.generic):
-            return _numpy_scalar_key(np, value, type(value))
+            return _numpy_scalar_key(np, value, t)
     return _other_key(value, t)
 
 
@@ -107,16 +147,22 @@ def _bag(keys: list[Any]) -> Hashable:
 #: The ``__eq__`` of each base type keyed structurally, and of the stdlib subclasses whose
 #: ``==`` is no finer than their items (``Counter`` counts a missing item as zero;
 #: ``OrderedDict`` is keyed in order). A subclass whose ``__eq__`` is another one defines
-#: its own equality, which its elements and state may not capture (identity, say).
-_STRUCTURAL = (float, complex, list, tuple, dict, set, frozenset)
+#: its own equality, which its elements and state may not capture (identity, say). ``bool``
+#: is ATOMIC and enum members are keyed before, so neither reaches this.
+_STRUCTURAL = (int, str, bytes, float, complex, list, tuple, dict, set, frozenset)
 _STRUCTURAL_EQ: tuple[object, ...] = tuple(
     t.__eq__ for t in (*_STRUCTURAL, collections.OrderedDict, collections.Counter)
 )
 
-#: Per subclass of a type in ``_STRUCTURAL`` (filled on first sight): ``None`` when it has
-#: an ``__eq__`` of its own, else the descriptors of its ``__slots__`` along the MRO.
+#: Per subclass of a type in ``_STRUCTURAL``, or of a numpy scalar type (filled on first
+#: sight): ``None`` when it has an ``__eq__`` of its own, ``_STRUCT_SEQUENCE`` for a struct
+#: sequence, else the descriptors of its ``__slots__`` along the MRO.
 _SUBCLASSES: dict[type, Any] = {}
 _UNSEEN = object()
+#: The verdict for a struct sequence (``time.struct_time``, ``os.stat_result``): fields
+#: past ``n_sequence_fields`` (``tm_zone``, ``st_mtime_ns``) are in neither the tuple nor a
+#: ``__dict__``, but ``__reduce__`` hands them all out.
+_STRUCT_SEQUENCE = "struct sequence"
 #: Past this many types the verdicts start over: classes made at run time must not pile up.
 _MAX_TYPES = 4096
 #: Per other type whose instance state is keyed (ndarray subclasses): its slot descriptors.
@@ -137,10 +183,15 @@ def _slot_descriptors(t: type) -> tuple[Any, ...]:
     return tuple(found)
 
 
-def _subclass_slots(t: type) -> tuple[Any, ...] | None:
-    """``_SUBCLASSES[t]``: ``None`` if ``t`` defines its own equality, else its slots."""
+def _subclass_slots(t: type, base_eq: tuple[object, ...] = _STRUCTURAL_EQ) -> Any:
+    """``_SUBCLASSES[t]``: ``None`` if ``t`` defines its own equality, else how to key it."""
     eq: object = t.__eq__
-    verdict = _slot_descriptors(t) if any(eq is e for e in _STRUCTURAL_EQ) else None
+    verdict: Any = None
+    if any(eq is e for e in base_eq):
+        if issubclass(t, tuple) and hasattr(t, "n_sequence_fields"):
+            verdict = _STRUCT_SEQUENCE
+        else:
+            verdict = _slot_descriptors(t)
     if len(_SUBCLASSES) >= _MAX_TYPES:
         _SUBCLASSES.clear()
     _SUBCLASSES[t] = verdict
@@ -164,7 +215,7 @@ def _state(
     try:
         if attrs and skip:
             attrs = {k: v for k, v in attrs.items() if k not in skip}
-        state = key_of(attrs) if attrs else ()
+        state = _key(attrs) if attrs else ()
         if not slots:
             return state
         filled = []
@@ -173,7 +224,7 @@ def _state(
                 item = slot.__get__(value, t)
             except AttributeError:
                 continue  # never set: told apart from any value by its absence
-            filled.append((i, key_of(item)))
+            filled.append((i, _key(item)))
         return (state, tuple(filled))
     except UnkeyableArgument as exc:
         raise UnkeyableArgument(
@@ -182,10 +233,11 @@ def _state(
 
 
 def _other_key(value: Any, t: type) -> Hashable:
+    """The key of a value none of ``key_of``'s own cases covers."""
     if isinstance(value, enum.Enum):
         return (t, value)  # members are singletons: identity is the value
     if t is slice:
-        return (t, key_of(value.start), key_of(value.stop), key_of(value.step))
+        return (t, _key(value.start), _key(value.stop), _key(value.step))
     if t is range:
         # range(0) == range(5, 5), yet a function can read .start.
         return (t, value.start, value.stop, value.step)
@@ -193,6 +245,9 @@ def _other_key(value: Any, t: type) -> Hashable:
         slots = _SUBCLASSES.get(t, _UNSEEN)
         if slots is _UNSEEN:
             slots = _subclass_slots(t)
+        if slots is _STRUCT_SEQUENCE:
+            # (visible fields as a tuple, hidden fields as a dict): every field, by value.
+            return (t, _key(value.__reduce__()[1]))
         if slots is not None:
             return _structural_key(value, t, slots)
     return _hashed_key(value, t)
@@ -202,30 +257,37 @@ def _structural_key(value: Any, t: type, slots: tuple[Any, ...]) -> Hashable:
     """A subclass whose ``==`` is its base's: its base's key, its type and its instance state.
 
     The contents are read through the base type, as its ``==`` reads them, never through an
-    override (``__iter__``, ``items``, ``__float__``, ``real``) that could hide some.
+    override (``__iter__``, ``items``, ``__int__``, ``__float__``, ``real``) that could hide
+    some; ``int.__int__``, ``str.__str__`` and ``bytes.__bytes__`` copy an exact base value.
     """
     state = _state(value, t, slots=slots)
+    if isinstance(value, int):
+        return (t, int.__int__(value), state)
+    if isinstance(value, str):
+        return (t, str.__str__(value), state)
+    if isinstance(value, bytes):
+        return (t, bytes.__bytes__(value), state)
     if isinstance(value, float):
         return (t, _float_part(float.__float__(value)), state)
     if isinstance(value, complex):
         real, imag = _COMPLEX_REAL(value), _COMPLEX_IMAG(value)
         return (t, _float_part(real), _float_part(imag), state)
     if isinstance(value, tuple):
-        return (t, tuple([key_of(v) for v in tuple.__iter__(value)]), state)
+        return (t, tuple([_key(v) for v in tuple.__iter__(value)]), state)
     if isinstance(value, list):
-        return (t, tuple([key_of(v) for v in list.__iter__(value)]), state)
+        return (t, tuple([_key(v) for v in list.__iter__(value)]), state)
     if isinstance(value, dict):
         if isinstance(value, collections.OrderedDict):
             items = collections.OrderedDict.items(value)
-            pairs = [(key_of(k), key_of(v)) for k, v in items]
+            pairs = [(_key(k), _key(v)) for k, v in items]
             return (t, tuple(pairs), state)  # its == is order-sensitive
-        pairs = [(key_of(k), key_of(v)) for k, v in dict.items(value)]
+        pairs = [(_key(k), _key(v)) for k, v in dict.items(value)]
         if isinstance(value, collections.defaultdict):
-            extra = key_of(value.default_factory)
+            extra = _key(value.default_factory)
             return (t, _bag(pairs), extra, state)
         return (t, _bag(pairs), state)
     base = set if isinstance(value, set) else frozenset
-    return (t, _bag([key_of(v) for v in base.__iter__(value)]), state)
+    return (t, _bag([_key(v) for v in base.__iter__(value)]), state)
 
 
 def _hashed_key(value: Any, t: type) -> Hashable:
@@ -234,6 +296,12 @@ def _hashed_key(value: Any, t: type) -> Hashable:
         hash(value)
     except TypeError:
         raise UnkeyableArgument(f"unhashable {t.__module__}.{t.__qualname__}") from None
+    except RecursionError:
+        raise  # key_of tells the value's recursion from the caller's
+    except Exception as exc:  # the documented TypeError, never the hash's own error
+        raise UnkeyableArgument(
+            f"{t.__module__}.{t.__qualname__} whose __hash__ raised {type(exc).__name__}: {exc}"
+        ) from None
     return (t, value)
 
 
@@ -246,7 +314,17 @@ def _numpy_scalar_key(np: Any, value: Any, t: type) -> Hashable:
     dtype = value.dtype
     if dtype.hasobject:
         raise UnkeyableArgument("numpy scalar holding objects (its bytes are pointers)")
-    return (t, dtype, value.tobytes())
+    if _is_numpys_own(t):
+        return (t, dtype, value.tobytes())
+    # A subclass from elsewhere: its bytes, read as numpy's own type reads them, and its state
+    # while its == is its numpy base's (else its own, as for subclasses of builtins).
+    slots = _SUBCLASSES.get(t, _UNSEEN)
+    if slots is _UNSEEN:
+        base = next(c for c in t.__mro__ if _is_numpys_own(c))
+        slots = _subclass_slots(t, (base.__eq__,))
+    if slots is None:
+        return _hashed_key(value, t)
+    return (t, dtype, np.generic.tobytes(value), _state(value, t, slots=slots))
 
 
 #: Values computed on first use: this module never imports numpy itself.
@@ -286,9 +364,9 @@ def _masked_key(ma: Any, arr: Any, t: type) -> Hashable:
         return (t,)  # np.ma.masked, a singleton whose fill_value cannot be read
     key = (
         t,
-        key_of(ma.getdata(arr)),
-        key_of(ma.getmaskarray(arr)),  # nomask and an all-False mask agree
-        key_of(arr.fill_value),
+        _key(ma.getdata(arr)),
+        _key(ma.getmaskarray(arr)),  # nomask and an all-False mask agree
+        _key(arr.fill_value),
         bool(arr.hardmask),
     )
     if t is ma.MaskedArray or t is ma.core.mvoid:

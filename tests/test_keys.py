@@ -8,7 +8,10 @@ import decimal
 import enum
 import fractions
 import functools
+import os
 import struct
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -727,3 +730,190 @@ def test_array_subclass_state_in_slots_is_part_of_the_key() -> None:
             setattr(arr, "unit", unit)  # noqa: B010
         assert key_of(a) != key_of(b), cls
         assert key_of(a) == key_of(c), cls
+
+
+# --- struct sequences, int/str/bytes and numpy scalar subclasses, values with no key ------------
+
+
+def test_struct_sequences_key_by_every_field_hidden_ones_included() -> None:
+    fields = (2024, 1, 1, 0, 0, 0, 0, 1, 0)
+    utc = time.struct_time((*fields, "UTC", 0))
+    cet = time.struct_time((*fields, "CET", 3600))
+    assert utc == cet  # == compares only the nine visible fields
+    assert key_of(utc) != key_of(cet)
+    assert key_of(utc) == key_of(time.struct_time((*fields, "UTC", 0)))
+    assert key_of(utc) != key_of(fields)
+    visible = tuple(range(10))
+    early = os.stat_result(visible, {"st_mtime_ns": 10_000_000_123})
+    late = os.stat_result(visible, {"st_mtime_ns": 10_000_000_999})
+    assert early == late
+    assert key_of(early) != key_of(late)
+    assert key_of(early) == key_of(os.stat_result(visible, {"st_mtime_ns": 10_000_000_123}))
+
+
+class Qty(int):
+    unit: object
+
+
+class Lang(str):
+    lang: object
+
+
+class SlottedLang(str):
+    __slots__ = ("lang",)
+
+
+class Blob(bytes):
+    codec: object
+
+
+class LooseInt(int):
+    """Its own ==: equal to any int of the same parity, so one key for both."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and int(self) % 2 == int(other) % 2
+
+    def __hash__(self) -> int:
+        return int(self) % 2
+
+
+class Unit(np.float64):
+    unit: object
+
+
+class OwnEqUnit(np.float64):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OwnEqUnit) and getattr(self, "unit", None) == getattr(
+            other, "unit", None
+        )
+
+    def __hash__(self) -> int:
+        return hash(getattr(self, "unit", None))
+
+
+def _with(cls: type, value: object, **attrs: object) -> object:
+    obj = cls(value)
+    for name, attr in attrs.items():
+        setattr(obj, name, attr)
+    return obj
+
+
+def _state_pairs() -> list[tuple[object, object]]:
+    """Subclass values equal by ==, told apart by their instance state."""
+    return [
+        (_with(Qty, 5, unit="m"), _with(Qty, 5, unit="s")),
+        (_with(Lang, "hi", lang="en"), _with(Lang, "hi", lang="fr")),
+        (_with(SlottedLang, "hi", lang="en"), _with(SlottedLang, "hi", lang="fr")),
+        (_with(Blob, b"x", codec="a"), _with(Blob, b"x", codec="b")),
+        (_with(Unit, 1.0, unit="m"), _with(Unit, 1.0, unit="s")),
+    ]
+
+
+@pytest.mark.parametrize("pair", range(5))
+def test_int_str_bytes_and_numpy_scalar_subclasses_key_by_their_state(pair: int) -> None:
+    a, b = _state_pairs()[pair]
+    again, _ = _state_pairs()[pair]
+    assert a == b
+    assert key_of(a) != key_of(b)
+    assert key_of(a) == key_of(again)
+    assert key_of(a) != key_of(type(a).__mro__[1](a))  # the base value alone
+    assert key_of([a]) != key_of([b])
+
+
+def test_int_and_numpy_scalar_subclasses_with_their_own_eq_key_by_it() -> None:
+    assert key_of(LooseInt(1)) == key_of(LooseInt(3))  # lru_cache would share them too
+    assert key_of(LooseInt(1)) != key_of(LooseInt(2))
+    assert key_of(_with(OwnEqUnit, 1.0, unit="m")) == key_of(_with(OwnEqUnit, 2.0, unit="m"))
+    assert key_of(_with(OwnEqUnit, 1.0, unit="m")) != key_of(_with(OwnEqUnit, 1.0, unit="s"))
+    assert key_of(Colour.RED) != key_of(Flavour.SWEET)  # enum members still by identity
+    assert key_of(Qty(5)) != key_of(5)
+    assert key_of(Qty(5)) == key_of(Qty(5))
+
+
+class BadHash:
+    def __hash__(self) -> int:
+        raise ValueError("no hash today")
+
+
+def _self_list() -> list[object]:
+    cycle: list[object] = [1]
+    cycle.append(cycle)
+    return cycle
+
+
+def _self_dict() -> dict[str, object]:
+    cycle: dict[str, object] = {}
+    cycle["me"] = cycle
+    return cycle
+
+
+def _deep_list() -> list[object]:
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    return deep
+
+
+def _self_subclass() -> object:
+    obj = Tagged2([1])
+    obj.me = obj  # type: ignore[attr-defined]
+    return obj
+
+
+_UNKEYABLE = {
+    "self-referencing list": _self_list,
+    "self-referencing dict": _self_dict,
+    "list nested 5000 deep": _deep_list,
+    "list subclass holding itself as state": _self_subclass,
+    "__hash__ raising ValueError": BadHash,
+}
+
+
+@pytest.mark.parametrize("make", list(_UNKEYABLE.values()), ids=list(_UNKEYABLE))
+def test_values_that_break_key_building_are_refused_with_the_documented_error(
+    make: Callable[[], object],
+) -> None:
+    with pytest.raises(UnkeyableArgument):
+        key_of(make())
+    with pytest.raises(UnkeyableArgument):
+        key_of({"inside": [make()]})
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("make", list(_UNKEYABLE.values()), ids=list(_UNKEYABLE))
+def test_a_cached_function_refuses_them_with_a_type_error_naming_the_argument(
+    make: Callable[[], object], asynchronous: bool
+) -> None:
+    configure({"policies": {"c": {"cache": {"ttl": 60}}}})
+
+    def plain(n: int, x: object) -> str:
+        return "ran"
+
+    assert plain(1, make()) == "ran"  # undecorated, it works
+    if asynchronous:
+
+        async def native(n: int, x: object) -> str:
+            return "ran"
+
+        afn = guarded("c")(native)
+        with pytest.raises(TypeError, match=r"argument 'x'.*cache\.key"):
+            asyncio.run(afn(1, make()))
+    else:
+        fn = guarded("c")(plain)
+        with pytest.raises(TypeError, match=r"argument 'x'.*cache\.key"):
+            fn(1, make())
+
+
+def test_a_cached_function_recursing_on_a_nested_argument_still_raises_recursion_error() -> None:
+    # The stack runs out in the caller's recursion, wherever key building happens to be.
+    configure({"policies": {"c": {"cache": {"ttl": 60}}}})
+    nested: list[object] = []
+    for _ in range(30):
+        nested = [nested, 1.5, "a"]
+
+    @guarded("c")
+    def f(x: object) -> object:
+        return f(x)
+
+    with pytest.raises(RecursionError):
+        f(nested)

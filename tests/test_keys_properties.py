@@ -112,9 +112,13 @@ def _own_hash(self: Any) -> int:
     return hash(_folded(self))
 
 
+#: Bases whose subclasses refuse nonempty ``__slots__``: the tag goes in ``__dict__``.
+_NO_SLOTS = (int, bytes, tuple)
+
+
 def _subclass(base: type, kind: str) -> type:
     body: dict[str, Any] = {}
-    if kind != "identity" and base is not tuple:  # nonempty __slots__ are refused on tuple
+    if kind != "identity" and base not in _NO_SLOTS:
         body["__slots__"] = ("tag", "__dict__") if base is dict else ("tag",)
     if kind == "own":
         body.update(__eq__=_own_eq, __hash__=_own_hash)
@@ -125,9 +129,9 @@ def _subclass(base: type, kind: str) -> type:
 
 #: kind: "state" keys by content and state, "own" by its own ==, "identity" by identity.
 _KINDS = {
-    "state": [float, complex, list, tuple, dict, set, frozenset],
-    "own": [float, complex, list, tuple, frozenset],
-    "identity": [float, tuple],
+    "state": [int, str, bytes, float, complex, list, tuple, dict, set, frozenset],
+    "own": [int, str, bytes, float, complex, list, tuple, frozenset],
+    "identity": [int, float, tuple],
 }
 _SUBCLASSES = {_subclass(b, k): k for k, bases in _KINDS.items() for b in bases}
 _BASE = {cls: next(b for b in cls.__mro__ if b in _KINDS["state"]) for cls in _SUBCLASSES}
@@ -331,6 +335,9 @@ _arrays = st.one_of(plain_arrays(), masked_arrays())
 # told apart by the state, not by the own == below.
 _TAGS = st.sampled_from(["a", "A", "b", _MISSING, 0.0, -0.0])
 _CONTENTS: dict[type, st.SearchStrategy[Any]] = {
+    int: st.integers(-2, 2),
+    str: st.text("ab", max_size=2),
+    bytes: st.binary(max_size=2),
     float: small_floats,
     complex: st.builds(complex, small_floats, small_floats),
     list: st.lists(scalars, max_size=2),
