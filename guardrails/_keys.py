@@ -8,7 +8,7 @@ sets by their items regardless of order (``OrderedDict`` in order); lists and tu
 by element; struct sequences (``time.struct_time``, ``os.stat_result``) by every field,
 hidden ones included; other hashable objects by their own ``__hash__``/``__eq__``, as
 ``functools.lru_cache`` does. Anything else is refused with a ``TypeError``, and so are
-containers nested more than ``MAX_DEPTH`` levels deep (a container holding itself is one)
+values nested too deep to key within the recursion limit (a container holding itself)
 and objects whose ``__hash__`` raises.
 
 A subclass of a number, string or container type (or of a numpy scalar type, outside numpy)
