@@ -8,22 +8,45 @@ scalars without writing a model; ``validate.output`` is a model or type for the 
 from __future__ import annotations
 
 import cmath
+import decimal
 import math
+import numbers
 import operator
+import sys
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Annotated, Any, NamedTuple
 
 import pydantic
-from pydantic import Field, StrictBool, StrictInt, TypeAdapter, field_validator
+from pydantic import Field, PlainValidator, StrictBool, StrictInt, TypeAdapter, field_validator
 
 from guardrails._errors import InputValidationError, OutputValidationError
 from guardrails._forksafe import ForkSafeLock
 from guardrails._imports import qualified_name
 from guardrails._types import AsyncInner, Context, ImportedModel, ImportedType, Inner, Section
 from guardrails._types import Block as _Block
+from guardrails._units import shown
+
+
+def _bound(value: object) -> int | float:
+    """A bound kept as given: an int stays an exact int (``2**53 + 1`` is not rounded to a
+    float), a float stays a float; never a bool, a numeric string, a NaN, an infinity or an
+    int past the largest float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Input should be a valid number, got {shown(value)}")
+    if isinstance(value, int):
+        if abs(value) > sys.float_info.max:  # a bound past any float is no use, only a cost
+            raise ValueError(
+                f"Input should be a number within ±{sys.float_info.max!r}, got {shown(value)}"
+            )
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Input should be a finite number, got {shown(value)}")
+    return float(value)
+
 
 #: A bound for a value: a finite int or float, never a bool or a numeric string.
-Bound = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Bound = Annotated[int | float, PlainValidator(_bound)]
 
 
 class ArgCheck(Section):
@@ -121,11 +144,17 @@ def _describe_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[tu
 def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
     """A function returning what is wrong with one argument value (empty when fine).
 
-    A check that passes costs what it did: for a real array, ``isfinite().all()``, ``min()``
-    and ``max()``. Everything else happens only once something looks wrong: a NaN makes
-    ``min()``/``max()`` NaN, which is not ``>=`` any bound, so it fails the comparison and is
-    then counted. Arrays the numeric checks cannot judge (complex against a bound; object,
-    string, datetime and other non-number dtypes) are refused, never passed unchecked.
+    A check that passes costs what it did: for a plain real array, ``isfinite().all()``,
+    ``min()`` and ``max()``. Everything else happens only once something looks wrong: a NaN
+    makes ``min()``/``max()`` NaN, which is not ``>=`` any bound, so it fails the comparison
+    and is then counted. Arrays the numeric checks cannot judge (complex against a bound;
+    object, string, datetime and other non-number dtypes) are refused, never passed unchecked.
+
+    Values are compared with a bound exactly: an extreme becomes a Python int (integer and
+    bool dtypes) or float (float16 to float64; ``longdouble`` a ``Fraction``), never an int
+    rounded to a float or a bound rounded to the array's dtype. Only the unmasked values of
+    a masked array are judged, and an ndarray subclass is judged through a plain ndarray
+    view, never its own ``min()``/``max()``.
     """
     np = _numpy()
     want_dtype = check.dtype
@@ -133,6 +162,14 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
     bounded = low_bound is not None or high_bound is not None
     numeric = check.finite or bounded
     array_types = (np.ndarray, np.generic) if np is not None else ()
+    ndarray = np.ndarray if np is not None else None
+    # numpy's own scalar types, whose methods are numpy's (a subclass's may not be).
+    numpy_scalars = frozenset(np.sctypeDict.values()) if np is not None else frozenset()
+    # numpy compares a float64 with a Python int as float64: exact while the int is a float.
+    float64_exact = all(
+        b is None or isinstance(b, float) or abs(b) <= 2**53 for b in (low_bound, high_bound)
+    )
+    plain_float64 = np.dtype("float64") if np is not None and float64_exact else None
 
     def problems(value: Any) -> list[str]:
         found: list[str] = []
@@ -149,24 +186,36 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
                 found.append(f"expected shape {want}, got {list(value.shape)}")
             if found or not numeric:
                 return found
-            kind = value.dtype.kind
+            dtype = value.dtype
+            kind = dtype.kind
+            plain = (kind_of := type(value)) is ndarray or kind_of in numpy_scalars
+            data = value if plain else _plain_values(value, np)
             if kind not in "biuf":
-                return _unjudged_array(value, check, np)
-            if value.size == 0:
-                return found
-            if check.finite and kind == "f" and not np.isfinite(value).all():
-                bad = int((~np.isfinite(value)).sum())
+                return _unjudged_array(value, data, check, np)
+            if data.size == 0:
+                return found  # an empty or fully masked array has no value to fail
+            # Exact comparisons: numpy's between a float64 and a float (or an int no larger
+            # than 2**53); else Python's, between an int or float and the bound.
+            exact = None if dtype is plain_float64 else _exact(dtype, float64_exact)
+            if check.finite and kind == "f" and not np.isfinite(data).all():
+                bad = int((~np.isfinite(data)).sum())
                 found.append(f"expected finite values, found {bad} NaN or infinite")
-            if low_bound is not None and not ((low := value.min()) >= low_bound):
-                found.extend(_out_of_bounds(value, low, ">=", low_bound, check.finite, np))
-            if high_bound is not None and not ((high := value.max()) <= high_bound):
-                # A NaN is counted once: under `finite`, else under the first bound.
-                noted = check.finite or low_bound is not None
-                found.extend(_out_of_bounds(value, high, "<=", high_bound, noted, np))
+            if low_bound is not None:
+                low = data.min() if exact is None else exact(data.min())
+                if not (low >= low_bound):
+                    found.extend(
+                        _out_of_bounds(data, low, ">=", low_bound, check.finite, np, exact)
+                    )
+            if high_bound is not None:
+                high = data.max() if exact is None else exact(data.max())
+                if not (high <= high_bound):
+                    # A NaN is counted once: under `finite`, else under the first bound.
+                    noted = check.finite or low_bound is not None
+                    found.extend(_out_of_bounds(data, high, "<=", high_bound, noted, np, exact))
             return found
         if numeric:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return _unjudged_scalar(value, check)
+                return _other_scalar(value, check)
             if check.finite and isinstance(value, float) and not math.isfinite(value):
                 found.append(f"expected a finite number, got {value!r}")
             # `not >=`: a NaN is no more within a bound than outside it.
@@ -180,57 +229,148 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
     return problems
 
 
+def _plain_values(value: Any, np: Any) -> Any:
+    """The values of an ndarray subclass or numpy scalar to judge, as a plain ndarray: a
+    view that bypasses the subclass's methods, holding only the unmasked values of a masked
+    array (a fully masked one holds none)."""
+    if isinstance(value, np.ndarray):
+        data = np.ndarray.view(value, np.ndarray)
+        if isinstance(value, np.ma.MaskedArray):
+            mask = np.ma.getmask(value)
+            if mask is not np.ma.nomask and mask.any():
+                data = data[~np.broadcast_to(mask, data.shape)]
+        return data
+    if type(value) is value.dtype.type:
+        return value  # a numpy scalar of numpy's own type
+    return np.asarray(value)
+
+
+def _exact(dtype: Any, float64_exact: bool) -> Callable[[Any], Any] | None:
+    """How to turn a real dtype's extreme into a number that compares exactly with a bound:
+    ``None`` when numpy's own comparison already does."""
+    if dtype.kind != "f":
+        return int  # bool, int and uint: Python ints, never rounded to floats
+    if dtype.itemsize == 8:
+        return None if float64_exact else float
+    # float16 and float32 are floats exactly (numpy would round the bound to their precision)
+    return float if dtype.itemsize < 8 else _long_exact
+
+
+def _long_exact(extreme: Any) -> float | Fraction:
+    """A ``longdouble`` extreme exactly: a ``Fraction`` when finite (a float would round)."""
+    if extreme != extreme or extreme in (float("inf"), float("-inf")):  # noqa: PLR0124
+        return float(extreme)
+    return Fraction(*extreme.as_integer_ratio())
+
+
 def _out_of_bounds(
-    value: Any, extreme: Any, op: str, bound: float, nan_noted: bool, np: Any
+    data: Any,
+    extreme: Any,
+    op: str,
+    bound: float,
+    nan_noted: bool,
+    np: Any,
+    exact: Callable[[Any], Any] | None,
 ) -> list[str]:
     """The problem of an array whose ``min()`` (or ``max()``) ``extreme`` is outside ``bound``:
     the value past it, and the NaN (which make ``extreme`` NaN) unless already reported."""
-    if not np.isnan(extreme):
-        return [f"expected values {op} {bound:g}, found {extreme:g}"]
+    if not (isinstance(extreme, float) and math.isnan(extreme)):
+        return [f"expected values {op} {_text(bound)}, found {_text(extreme)}"]
     # NaN: find the extreme of the rest, then count the NaN.
-    nans = int(np.isnan(value).sum())
+    nans = int(np.isnan(data).sum())
     parts = []
-    if nans < value.size:
-        rest = np.nanmin(value) if op == ">=" else np.nanmax(value)
+    if nans < data.size:
+        rest = np.nanmin(data) if op == ">=" else np.nanmax(data)
+        rest = rest if exact is None else exact(rest)
         if rest < bound if op == ">=" else rest > bound:
-            parts.append(f"{rest:g}")
+            parts.append(_text(rest))
     if not nan_noted:
         parts.append(f"{nans} NaN")
-    return [f"expected values {op} {bound:g}, found {' and '.join(parts)}"] if parts else []
+    return [f"expected values {op} {_text(bound)}, found {' and '.join(parts)}"] if parts else []
 
 
-def _scalar_out_of_bounds(value: float, op: str, bound: float, nan_noted: bool) -> list[str]:
+def _scalar_out_of_bounds(value: Any, op: str, bound: float, nan_noted: bool) -> list[str]:
     """The problem of a number outside ``bound``; a NaN only when not already reported."""
     if nan_noted and isinstance(value, float) and math.isnan(value):
         return []
-    return [f"expected {op} {bound:g}, got {_number(value)}"]
+    return [f"expected {op} {_text(bound)}, got {_number(value)}"]
 
 
-def _unjudged_array(value: Any, check: ArgCheck, np: Any) -> list[str]:
+def _unjudged_array(value: Any, data: Any, check: ArgCheck, np: Any) -> list[str]:
     """What keeps ``finite``/``min``/``max`` from judging a non-real array or numpy scalar."""
     what = "array" if isinstance(value, np.ndarray) else "numpy scalar"
     if value.dtype.kind != "c":
         return [f"expected a numeric {what}, got dtype {value.dtype}"]
     found = []
-    if check.finite and value.size and not np.isfinite(value).all():
+    if check.finite and data.size and not np.isfinite(data).all():
         # A complex number is finite when both its parts are.
-        bad = int((~np.isfinite(value)).sum())
+        bad = int((~np.isfinite(data)).sum())
         found.append(f"expected finite values, found {bad} NaN or infinite")
     if check.min is not None or check.max is not None:
         found.append(f"expected real numbers, got {value.dtype}")
     return found
 
 
-def _unjudged_scalar(value: Any, check: ArgCheck) -> list[str]:
-    """What keeps ``finite``/``min``/``max`` from judging a Python value that is no real number."""
-    if not isinstance(value, complex):
+def _other_scalar(value: Any, check: ArgCheck) -> list[str]:
+    """What is wrong with a Python value that is not an int or float: a ``Decimal`` or
+    another real number (a ``Fraction``) is judged exactly; a complex number passes
+    ``finite`` when both its parts are finite, and no bound; anything else is refused."""
+    if isinstance(value, complex):
+        found = []
+        if check.finite and not cmath.isfinite(value):
+            found.append(f"expected a finite number, got {value!r}")
+        if check.min is not None or check.max is not None:
+            found.append("expected a real number, got complex")
+        return found
+    if isinstance(value, bool) or not isinstance(value, decimal.Decimal | numbers.Real):
         return [f"expected a number, got {type(value).__name__}"]
-    found = []
-    if check.finite and not cmath.isfinite(value):
-        found.append(f"expected a finite number, got {value!r}")
-    if check.min is not None or check.max is not None:
-        found.append("expected a real number, got complex")
+    try:
+        if isinstance(value, decimal.Decimal):
+            nan, finite = value.is_nan(), value.is_finite()
+        elif isinstance(value, numbers.Rational):
+            nan, finite = False, True
+        else:
+            nan, finite = math.isnan(value), math.isfinite(value)
+        text = str(value)
+        found = []
+        if check.finite and not finite:
+            found.append(f"expected a finite number, got {text}")
+        nan_noted = check.finite
+        for op, given in ((">=", check.min), ("<=", check.max)):
+            if given is None:
+                continue
+            if nan:  # a NaN is within no bound; a Decimal NaN cannot even be compared
+                if not nan_noted:
+                    found.append(f"expected {op} {_text(given)}, got {text}")
+                nan_noted = True
+                continue
+            bound: Any = given
+            if isinstance(value, decimal.Decimal) and isinstance(given, float):
+                bound = decimal.Decimal.from_float(given)  # exact, and never a float trap
+            if not (value >= bound if op == ">=" else value <= bound):
+                found.append(f"expected {op} {_text(given)}, got {text}")
+    except Exception as exc:  # a number type whose comparisons or conversions fail
+        return [f"cannot compare {type(value).__name__} with a bound ({type(exc).__name__})"]
     return found
+
+
+def _text(number: Any) -> str:
+    """A number for a message: an int in full (or its size), a float as ``:g`` shows it
+    when that is exact and in full when not, any other number as ``str()`` shows it."""
+    if isinstance(number, float):
+        short = f"{number:g}"
+        return short if float(short) == number else repr(number)
+    if isinstance(number, int):
+        return _number(number)
+    if isinstance(number, Fraction):  # a Python Fraction, or a longdouble held exactly
+        numerator, denominator = number.numerator, number.denominator
+        if denominator == 1:
+            return _number(numerator)
+        if float(number) == number:
+            return _text(float(number))
+        if denominator & (denominator - 1) == 0:  # a binary fraction: 21 digits tell apart
+            return str(decimal.Context(prec=21).divide(numerator, denominator))
+    return str(number)
 
 
 def _number(value: int | float) -> str:

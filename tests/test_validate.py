@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from guardrails import (
     configure,
     guarded,
 )
+from tests.twins import guard_as
 
 
 def validate_policy(**validate: Any) -> None:
@@ -480,6 +483,28 @@ def test_async_a_model_with_no_fields_on_a_function_with_no_parameters() -> None
 # --- values the numeric checks must not wave through ---------------------------------------
 
 NAN, INF = float("nan"), float("inf")
+
+
+class LyingArray(np.ndarray):
+    """An ndarray whose min() and max() claim every value is 5."""
+
+    def min(self, *args: Any, **kwargs: Any) -> Any:
+        return 5.0
+
+    def max(self, *args: Any, **kwargs: Any) -> Any:
+        return 5.0
+
+
+class LyingFloat(np.float64):
+    """A numpy float whose min() and max() claim it is 0.5."""
+
+    def min(self, *args: Any, **kwargs: Any) -> Any:
+        return 0.5
+
+    def max(self, *args: Any, **kwargs: Any) -> Any:
+        return 0.5
+
+
 BOUNDS = {"min": 0, "max": 10}
 #: (checks, value, the problem expected, or None when the value passes)
 NUMERIC_CASES: list[tuple[dict[str, Any], Any, str | None]] = [
@@ -518,6 +543,45 @@ NUMERIC_CASES: list[tuple[dict[str, Any], Any, str | None]] = [
     ({"finite": True}, 10**400, None),
     ({"finite": True, "min": 0}, -(10**400), "expected >= 0, got a negative int of about 401"),
     ({"max": 10}, 10**5000, "expected <= 10, got an int of about 5001 digits"),
+    # Integers are compared exactly: neither the value nor an int bound is rounded to a float.
+    (
+        {"max": 2**53},
+        np.array([2**53 + 1]),
+        "expected values <= 9007199254740992, found 9007199254740993",
+    ),
+    (
+        {"max": 2**53},
+        np.int64(2**53 + 1),
+        "expected values <= 9007199254740992, found 9007199254740993",
+    ),
+    ({"max": 2**63 - 2}, np.array([1, 2**63 - 1]), "found 9223372036854775807"),
+    ({"max": 2**64 - 2}, np.array([2**64 - 1], dtype=np.uint64), "found 18446744073709551615"),
+    (
+        {"max": float(2**64 - 4096)},
+        np.uint64(2**64 - 1),
+        "<= 1.8446744073709548e+19, found 18446744073709551615",
+    ),
+    ({"max": 2**53 + 1}, 2**53 + 1, None),
+    ({"min": 2**53 + 1}, 2**53, "expected >= 9007199254740993, got 9007199254740992"),
+    (
+        {"min": 2**53 + 1},
+        np.array([2.0**53]),
+        "expected values >= 9007199254740993, found 9007199254740992.0",
+    ),
+    # ...and floats by their exact value, not with the bound rounded to the array's precision.
+    ({"max": 0.1}, np.float32(0.1), "expected values <= 0.1, found 0.10000000149011612"),
+    # An ndarray subclass is judged by its values, not by its own min() and max().
+    ({"min": 0}, np.array([-5.0, 1.0]).view(LyingArray), "expected values >= 0, found -5"),
+    ({"max": 1}, LyingFloat(5.0), "expected values <= 1, found 5"),
+    # Other real numbers are compared exactly; a Decimal NaN or infinity is not finite.
+    ({"min": 0, "max": 1}, Fraction(1, 2), None),
+    ({"min": 0, "max": 1}, Fraction(-1, 3), "expected >= 0, got -1/3"),
+    ({"min": 0, "max": 1}, Decimal("0.5"), None),
+    ({"max": 2**53}, Decimal(2**53 + 1), "expected <= 9007199254740992, got 9007199254740993"),
+    ({"finite": True}, Decimal("NaN"), "expected a finite number, got NaN"),
+    ({"finite": True}, Decimal("-Infinity"), "expected a finite number, got -Infinity"),
+    ({"min": 0, "max": 1}, Decimal("sNaN"), "expected >= 0, got sNaN"),
+    ({"finite": True, "max": 1}, Decimal("Infinity"), "finite number, got Infinity; expected <= 1"),
 ]
 
 
@@ -583,3 +647,41 @@ def test_async_numeric_checks_refuse_what_they_cannot_pass(
         assert detail.count("NaN") == expected.count("NaN")  # each NaN reported once
     assert calls == []
     assert guardrails.stats()["v"].rejected == 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_masked_arrays_are_judged_by_their_unmasked_values(kind: str) -> None:
+    validate_policy(args={"x": {"finite": True, "min": 0, "max": 10}})
+    f = guard_as(kind, lambda x: "ran", "v")
+    # A masked NaN, or a masked value past a bound, is no value to judge...
+    assert f(np.ma.array([1.0, NAN, -5.0, 11.0], mask=[False, True, True, True])) == "ran"
+    assert f(np.ma.array([[1, -5], [2, 3]], mask=[[False, True], [False, False]])) == "ran"
+    # ...and a fully masked array has none to fail (numpy warned, or raised, on these).
+    assert f(np.ma.masked_all((3,))) == "ran"
+    assert f(x=np.ma.array([NAN, -5.0], mask=[True, True])) == "ran"
+    assert f(np.ma.masked_all((2, 2), dtype=np.int64)) == "ran"
+    assert f(np.ma.masked) == "ran"
+    # The unmasked values are judged as any array's are.
+    with pytest.raises(InputValidationError) as exc:
+        f(np.ma.array([NAN, -1.0, 20.0, -9.0], mask=[False, False, False, True]))
+    assert [problem for _, problem in exc.value.errors] == [
+        "expected finite values, found 1 NaN or infinite",
+        "expected values >= 0, found -1",
+        "expected values <= 10, found 20",
+    ]
+    assert guardrails.stats()["v"].rejected == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_integer_bounds_stay_exact_integers(kind: str) -> None:
+    validate_policy(args={"x": {"min": -(2**53) - 1, "max": 2**53 + 1}, "y": {"max": 2.5}})
+    f = guard_as(kind, lambda x, y=0: "ran", "v")
+    assert f(2**53 + 1, 2.5) == "ran"
+    assert f(np.array([-(2**53) - 1, 2**53 + 1]), y=np.int8(2)) == "ran"
+    with pytest.raises(InputValidationError) as exc:
+        f(np.array([-(2**53) - 2, 2**53 + 2]), y=np.array([3], dtype=np.uint64))
+    assert [problem for _, problem in exc.value.errors] == [
+        "expected values >= -9007199254740993, found -9007199254740994",
+        "expected values <= 9007199254740993, found 9007199254740994",
+        "expected values <= 2.5, found 3",
+    ]
