@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 import guardrails
 from guardrails import configure, guarded
 from guardrails.testing import FakeClock
+from tests.twins import guard_as
 
 
 def cache_policy(**cache: Any) -> None:
@@ -46,19 +48,21 @@ def test_hits_skip_the_function_and_keys_use_bound_arguments() -> None:
     assert (s.cache_hits, s.cache_misses, s.calls) == (3, 1, 4)
 
 
-def test_scalars_of_different_types_do_not_share_entries() -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_scalars_of_different_types_do_not_share_entries(kind: str) -> None:
     cache_policy(ttl=60)
     counter = Counter()
-    f = guarded("c")(lambda x: counter(x))
+    f = guard_as(kind, lambda x: counter(x), "c")
     assert [f(1), f(1.0), f(True)] == [(1,), (1.0,), (True,)]
     assert type(f(1.0)[0]) is float
     assert len(counter.calls) == 3
 
 
-def test_ttl_expiry_on_the_clock(clock: FakeClock) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_ttl_expiry_on_the_clock(kind: str, clock: FakeClock) -> None:
     cache_policy(ttl="30s")
     counter = Counter()
-    f = guarded("c")(lambda x: counter(x))
+    f = guard_as(kind, lambda x: counter(x), "c")
     f(1)
     clock.advance(29)
     f(1)
@@ -68,10 +72,11 @@ def test_ttl_expiry_on_the_clock(clock: FakeClock) -> None:
     assert len(counter.calls) == 2
 
 
-def test_maxsize_evicts_least_recently_used() -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_maxsize_evicts_least_recently_used(kind: str) -> None:
     cache_policy(ttl=60, maxsize=2)
     counter = Counter()
-    f = guarded("c")(lambda x: counter(x))
+    f = guard_as(kind, lambda x: counter(x), "c")
     f(1), f(2), f(1), f(3)  # 2 is the least recently used when 3 arrives
     f(1)
     assert len(counter.calls) == 3
@@ -96,10 +101,11 @@ def test_exceptions_are_never_cached() -> None:
     assert len(attempts) == 2
 
 
-def test_functions_sharing_a_policy_have_their_own_caches() -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_functions_sharing_a_policy_have_their_own_caches(kind: str) -> None:
     cache_policy(ttl=60)
-    f = guarded("c")(lambda x: ("f", x))
-    g = guarded("c")(lambda x: ("g", x))
+    f = guard_as(kind, lambda x: ("f", x), "c")
+    g = guard_as(kind, lambda x: ("g", x), "c")
     assert f(1) == ("f", 1)
     assert g(1) == ("g", 1)
     assert guardrails.stats()["c"].cache_misses == 2
@@ -135,10 +141,11 @@ def test_unhashable_argument_names_itself_and_the_fix() -> None:
     assert "guardrails.policies.c.cache.key" in message
 
 
-def test_numpy_arrays_key_by_content() -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_numpy_arrays_key_by_content(kind: str) -> None:
     cache_policy(ttl=60)
     counter = Counter()
-    f = guarded("c")(lambda a: counter(float(a.sum())))
+    f = guard_as(kind, lambda a: counter(float(a.sum())), "c")
     a = np.arange(10.0)
     f(a)
     f(a.copy())
@@ -293,10 +300,11 @@ def test_async_cancelled_leader_lets_a_waiter_compute() -> None:
     assert len(started) == 2
 
 
-def test_reconfigure_keeps_a_cache_whose_settings_did_not_change() -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_reconfigure_keeps_a_cache_whose_settings_did_not_change(kind: str) -> None:
     cache_policy(ttl=60)
     counter = Counter()
-    f = guarded("c")(lambda x: counter(x))
+    f = guard_as(kind, lambda x: counter(x), "c")
     f(1)
     configure({"policies": {"c": {"cache": {"ttl": 60}, "retry": {"max_attempts": 2}}}})
     f(1)
@@ -315,38 +323,65 @@ def test_cache_disabled_or_removed() -> None:
     assert guardrails.stats()["c"].cache_hits == 0
 
 
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["get", "advance"]), st.integers(min_value=0, max_value=9)),
-        max_size=60,
-    )
+# Five keys for three entries: evictions and returns to an evicted key are common; clock
+# moves reach the TTL of 5 exactly.
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("call"), st.integers(min_value=0, max_value=4)),
+        st.tuples(st.just("advance"), st.integers(min_value=0, max_value=6)),
+    ),
+    max_size=60,
 )
-@settings(max_examples=60, deadline=None)
-def test_lock_free_view_matches_the_ttlcache(ops: list[tuple[str, int]]) -> None:
-    """Whatever the sequence of calls and clock moves, hits return only live entries."""
-    from guardrails._cache import CacheConfig, Store
 
-    fake = FakeClock()
-    store = Store(CacheConfig(ttl=5, maxsize=3), fake.monotonic)
-    computed: list[int] = []
+
+def _expected_hits(ops: list[tuple[str, int]], ttl: float, maxsize: int) -> list[bool]:
+    """A reference TTL + LRU cache: which calls hit. An entry lives while ``now < expires``;
+    a miss drops the expired entries, then the least recently used beyond ``maxsize``."""
+    now, model, hits = 1000.0, collections.OrderedDict[int, float](), []
     for op, n in ops:
         if op == "advance":
-            fake.advance(n)
+            now += n
             continue
-        entry = store.cache.view.get(n)
-        if entry is not None and fake.monotonic() < entry[1]:
-            store.touched.append(n)
-            assert n in store.cache  # a view hit is a live TTLCache entry
+        if n in model and now < model[n]:
+            model.move_to_end(n)
+            hits.append(True)
             continue
-        with store.lock:
-            store.replay()
-            store.cache[n] = n
-        computed.append(n)
-        with store.lock:
-            store.cache.expire()
-            live = set(store.cache.keys())
-        assert set(store.cache.view) == live
-        assert len(live) <= 3
+        for k in [k for k, expires in model.items() if expires <= now]:
+            del model[k]
+        model.pop(n, None)
+        if len(model) >= maxsize:
+            model.popitem(last=False)
+        model[n] = now + ttl
+        hits.append(False)
+    return hits
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@given(ops=OPS)
+@settings(max_examples=150, deadline=None)
+def test_the_cache_layer_hits_exactly_as_a_reference_ttl_lru_cache(
+    kind: str, ops: list[tuple[str, int]]
+) -> None:
+    """Driven through a real guarded function: every call returns its own value, and hits and
+    misses (expiry at the TTL, least-recently-used eviction) are exactly the reference's."""
+    with guardrails.testing.fake_clock(FakeClock(start=1000.0)) as fake:
+        configure({"policies": {"c": {"cache": {"ttl": 5, "maxsize": 3}}}})
+        computed: list[int] = []
+
+        def work(x: int) -> int:
+            computed.append(x)
+            return x * 10
+
+        f = guard_as(kind, work, "c")
+        hits = []
+        for op, n in ops:
+            if op == "advance":
+                fake.advance(n)
+                continue
+            before = len(computed)
+            assert f(n) == n * 10
+            hits.append(len(computed) == before)
+        assert hits == _expected_hits(ops, ttl=5, maxsize=3)
 
 
 def test_threads_never_see_a_wrong_value_under_eviction_and_expiry(clock: FakeClock) -> None:
