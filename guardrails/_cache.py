@@ -216,31 +216,36 @@ def _for_waiter(error: Exception) -> Exception:
 
     Raising the one instance in every waiter would chain every waiter's frames (and the
     arguments in them) onto one traceback, alive as long as any caller keeps the exception.
-    The twin is made without running ``__init__`` again (which may build its message from its
-    arguments, or count instances); an exception that cannot be twinned faithfully (its text
-    would differ) is raised as it is.
+    The twin is made without running a class's own ``__init__`` again (which may build its
+    message from its arguments, or count instances), then given the original's ``__dict__``
+    and every attribute stored in a slot or a C-level field (``ImportError.name``,
+    ``OSError.errno``, ``StopIteration.value``). An exception that cannot be twinned
+    faithfully (its text would differ) is raised as it is.
     """
     cls = type(error)
     try:
         if isinstance(cls.__init__, types.FunctionType):  # the class's own __init__
             twin = cls.__new__(cls, *error.args)
-            twin.args = error.args
-        else:  # a built-in's: it only stores and parses its arguments (OSError's errno)
+        else:  # a built-in's: it only stores and parses its arguments
             twin = cls(*error.args)
-        if isinstance(error, OSError) and error.filename is not None:  # kept beside args
-            twin.filename, twin.filename2 = error.filename, error.filename2  # type: ignore[attr-defined]
+        twin.args = error.args
+        for name in _stored_attributes(cls):
+            try:
+                value = getattr(error, name)
+            except AttributeError:  # never set (OSError.characters_written, an empty slot)
+                continue
+            if getattr(twin, name, _AGAIN) is not value:  # setting OSError's None shows it
+                try:
+                    setattr(twin, name, value)
+                except AttributeError:  # read-only, made from the args (a group's exceptions)
+                    if getattr(twin, name, _AGAIN) != value:
+                        return error
         state = getattr(error, "__dict__", None)
         if state:
             twin.__dict__.update(state)
             notes = state.get("__notes__")
             if isinstance(notes, list):
                 twin.__notes__ = list(notes)  # not one list shared by both
-        for name in _slot_names(cls):
-            try:
-                value = getattr(error, name)
-            except AttributeError:
-                continue
-            setattr(twin, name, value)
         if str(twin) != str(error) or repr(twin) != repr(error):
             return error
     except Exception:
@@ -248,15 +253,23 @@ def _for_waiter(error: Exception) -> Exception:
     return twin
 
 
-def _slot_names(cls: type) -> list[str]:
-    names: list[str] = []
-    for klass in cls.__mro__:
-        slots = vars(klass).get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__"):
-                mangled = f"_{klass.__name__.lstrip('_')}{name}" if name.startswith("__") else name
-                names.append(mangled)
-    return names
+#: What BaseException itself stores: the twin's own, or set by raising it.
+_OWN = frozenset(dir(BaseException))
+_STORED: dict[type, tuple[str, ...]] = {}
+
+
+def _stored_attributes(cls: type) -> tuple[str, ...]:
+    """The attributes an exception class keeps in slots and C-level fields, along its MRO."""
+    found = _STORED.get(cls)
+    if found is None:
+        names: list[str] = []
+        for klass in cls.__mro__:
+            for name, attr in vars(klass).items():
+                stored = isinstance(attr, types.MemberDescriptorType | types.GetSetDescriptorType)
+                if stored and name not in _OWN and name not in names and name != "__weakref__":
+                    names.append(name)
+        found = _STORED[cls] = tuple(names)
+    return found
 
 
 #: Thread -> the flight it waits on, for finding wait cycles across threads: thread A leads
@@ -274,7 +287,8 @@ def _waits_on(owner: int, me: int) -> bool:
         if owner == me:
             return True
         waited = _WAITING.get(owner)
-        if waited is None:
+        if waited is None or not waited.done.locked():
+            # Not waiting, or waiting on a flight that has ended and will wake it.
             return False
         owner = waited.owner
     return False
@@ -411,6 +425,7 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                         info[1] = True
                     return value
             me = get_ident()
+            outer = _WAITING.get(me)  # a signal handler's call may wait inside another wait
             _WAITING[me] = flight
             try:
                 if _waits_on(flight.owner, me):
@@ -421,7 +436,10 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                 with flight.done:
                     pass
             finally:
-                del _WAITING[me]
+                if outer is None:
+                    _WAITING.pop(me, None)
+                else:
+                    _WAITING[me] = outer
             if flight.error is not None:
                 error = flight.error
                 twin = _for_waiter(error)  # type: ignore[arg-type]

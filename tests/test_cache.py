@@ -999,8 +999,34 @@ def _noted() -> Exception:
     return exc
 
 
+class NotFound(FileNotFoundError):
+    def __init__(self, path: str) -> None:
+        super().__init__(2, "No such file or directory", path)
+
+
+def _import_error() -> Exception:
+    try:
+        __import__("guardrails_no_such_module_xyz")
+    except ImportError as exc:
+        return exc
+    raise AssertionError("imported")
+
+
+def _attribute_error() -> Exception:
+    try:
+        object().nope  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        return exc
+    raise AssertionError("no error")
+
+
 TWINNED = {
     "message_built_in_init": lambda: StatusError(503),
+    "import_error_name": _import_error,
+    "import_error_keywords": lambda: ImportError("no pkg", name="pkg", path="/x.py"),
+    "attribute_error_name_and_obj": _attribute_error,
+    "stop_iteration_value": lambda: StopIteration(5),
+    "os_error_subclass_with_own_init": lambda: NotFound("/x"),
     "slots": _slotted,
     "os_error_with_filenames": lambda: FileNotFoundError(2, "No such file", "/a", None, "/b"),
     "attributes_and_notes": _noted,
@@ -1011,7 +1037,10 @@ TWINNED = {
 def _same_failure(waiter: BaseException, leader: BaseException) -> None:
     assert type(waiter) is type(leader)
     assert (str(waiter), repr(waiter)) == (str(leader), repr(leader))
-    for name in ("status", "code", "errno", "filename", "filename2", "extra", "__notes__"):
+    for name in (
+        *("status", "code", "errno", "strerror", "filename", "filename2", "extra", "__notes__"),
+        *("name", "path", "msg", "obj", "value"),
+    ):
         assert getattr(waiter, name, None) == getattr(leader, name, None), name
     if waiter is not leader:
         assert waiter.__cause__ is leader
@@ -1044,7 +1073,11 @@ def test_a_waiters_copy_is_the_same_failure(make: Any) -> None:
         _same_failure(error, leader)
 
 
-@pytest.mark.parametrize("make", TWINNED.values(), ids=TWINNED.keys())
+# A coroutine cannot raise StopIteration: Python turns it into a RuntimeError (PEP 479).
+TWINNED_ASYNC = {k: v for k, v in TWINNED.items() if k != "stop_iteration_value"}
+
+
+@pytest.mark.parametrize("make", TWINNED_ASYNC.values(), ids=TWINNED_ASYNC.keys())
 def test_a_waiters_copy_is_the_same_failure_async(make: Any) -> None:
     cache_policy(ttl=60)
 
@@ -1092,3 +1125,22 @@ def test_two_threads_each_needing_the_others_key_both_finish() -> None:
     assert sorted(results) == ["A", "B"]
     assert results["A"].startswith("A") and results["B"].startswith("B")
     assert f.__guardrails__.store.inflight == {}  # type: ignore[attr-defined]
+
+
+def test_a_thread_woken_by_a_finished_flight_is_not_part_of_a_circle() -> None:
+    # Thread Y waited on X's flight; X finished it, and asks for a key Y leads before Y has run
+    # again to take its entry out. Y is no longer waiting on X: X must wait, not compute.
+    from guardrails._cache import _WAITING, _Flight, _waits_on
+
+    me, y = threading.get_ident(), -12345
+    finished = _Flight()  # owned by this thread, as X's flight
+    finished.done.release()
+    _WAITING[y] = finished
+    try:
+        assert not _waits_on(y, me)
+        running = _Flight()
+        _WAITING[y] = running  # while the flight still runs, it is a circle
+        assert _waits_on(y, me)
+        running.done.release()
+    finally:
+        del _WAITING[y]
