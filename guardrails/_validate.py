@@ -216,6 +216,9 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
         if numeric:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return _other_scalar(value, check)
+            if type(value) is not int and type(value) is not float:
+                # A subclass's own comparisons must not judge it: its base value does.
+                value = int.__int__(value) if isinstance(value, int) else float.__float__(value)
             if check.finite and isinstance(value, float) and not math.isfinite(value):
                 found.append(f"expected a finite number, got {value!r}")
             # `not >=`: a NaN is no more within a bound than outside it.

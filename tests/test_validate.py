@@ -506,8 +506,31 @@ class LyingFloat(np.float64):
 
 
 BOUNDS = {"min": 0, "max": 10}
+
+
 #: (checks, value, the problem expected, or None when the value passes)
+class _Flattering(float):
+    """A float whose own comparisons claim it is within any bound."""
+
+    def __ge__(self, other: object) -> bool:
+        return True
+
+    def __le__(self, other: object) -> bool:
+        return True
+
+
+class _FlatteringInt(int):
+    def __ge__(self, other: object) -> bool:
+        return True
+
+    def __le__(self, other: object) -> bool:
+        return True
+
+
 NUMERIC_CASES: list[tuple[dict[str, Any], Any, str | None]] = [
+    # A number's own comparison operators never judge it: its base value does.
+    ({"max": 1}, _Flattering(1e9), "expected <= 1, got 1000000000.0"),
+    ({"min": 0}, _FlatteringInt(-5), "expected >= 0, got -5"),
     # A NaN makes min()/max() NaN, and `nan < 0` is False: it must still fail a bound.
     (BOUNDS, np.array([1.0, NAN, 2.0, NAN]), "expected values >= 0, found 2 NaN"),
     ({"max": 10}, np.array([[1.0], [NAN]]), "expected values <= 10, found 1 NaN"),
