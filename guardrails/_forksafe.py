@@ -1,9 +1,9 @@
 """Locks a forked child gets anew.
 
 A child of ``fork`` has only the thread that forked. A lock another thread of the parent held
-at that moment stays held in the child forever, so every lock guardrails keeps in a module is
-one of these, replaced in the child. (Per-store locks and the global state's lock do the same
-in their own at-fork hooks.)
+at that moment stays held in the child forever, so every lock guardrails keeps in a module,
+the global state's included, is one of these, replaced in the child. (A cache store renews its
+lock in its own at-fork hook, which also forgets the calls in flight.)
 """
 
 from __future__ import annotations
@@ -11,29 +11,29 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 
 class ForkSafeLock:
-    """A ``threading.Lock`` for ``with`` blocks, replaced by a new one in a forked child."""
+    """A lock for ``with`` blocks (a ``threading.Lock``, or what ``factory`` makes: an
+    ``RLock``), replaced by a new one in a forked child."""
 
-    __slots__ = ("__weakref__", "_lock")
+    __slots__ = ("__weakref__", "_factory", "_lock")
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, factory: Callable[[], Any] = threading.Lock) -> None:
+        self._factory = factory
+        self._lock = factory()
         _ALL.add(self)
 
     def __enter__(self) -> bool:
-        return self._lock.__enter__()
+        return bool(self._lock.__enter__())
 
     def __exit__(self, *exc: Any) -> None:
         self._lock.__exit__(*exc)
 
-    def locked(self) -> bool:
-        return self._lock.locked()
-
     def _renew(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = self._factory()
 
 
 _ALL: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()

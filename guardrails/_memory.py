@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import model_validator
 
 from guardrails._errors import MemoryBudgetExceeded, _fmt_bytes
+from guardrails._forksafe import ForkSafeLock
 from guardrails._types import AsyncInner, Block, Context, Inner, MemorySize
 
 #: At most one forced garbage collection per this many seconds, across all policies.
@@ -123,17 +124,11 @@ class _Collections:
     __slots__ = ("last", "lock")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = ForkSafeLock()
         self.last = float("-inf")
-
-    def reinit_lock(self) -> None:
-        # Only the forking thread survives in a child: a lock another thread held stays held.
-        self.lock = threading.Lock()
 
 
 _COLLECTIONS = _Collections()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_COLLECTIONS.reinit_lock)
 
 
 def forget_collections() -> None:
@@ -183,11 +178,7 @@ class _Guard:
         self.ctx = ctx
         self.hard = cfg.max_rss if cfg.max_rss is not None else 1 << 62
         self.soft = cfg.soft_rss if cfg.soft_rss is not None else 1 << 62
-        key = (ctx.policy, self.hard, self.soft)
-        found = _CROSSINGS.get(key)
-        self.state = (
-            found if found is not None else _CROSSINGS.setdefault(key, _Crossing(self.hard))
-        )
+        self.state = _CROSSINGS.setdefault((ctx.policy, self.hard, self.soft), _Crossing(self.hard))
 
     def admit(self, before: int) -> int:
         """The slow path of admission: refuse over the hard limit, and while over the soft

@@ -7,12 +7,12 @@ each guarded function's compiled chain, which is swapped whole (one reference) b
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from typing import TYPE_CHECKING
 
 from guardrails._clock import Clock, SystemClock
+from guardrails._forksafe import ForkSafeLock
 from guardrails._stats import PolicyCounters
 
 if TYPE_CHECKING:
@@ -24,18 +24,13 @@ class State:
     """Global state; ``reset()`` is for tests (``guardrails.testing.reset``)."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = ForkSafeLock(threading.RLock)
         self.settings: Settings | None = None
         self.slots: weakref.WeakSet[Slot] = weakref.WeakSet()
         self.counters: dict[str, PolicyCounters] = {}
         self.clock: Clock = SystemClock()
         #: The Hydra job the configuration was last installed in (see ``configure()``).
         self.hydra_job: tuple[str, ...] | None = None
-
-    def after_fork_in_child(self) -> None:
-        # Another thread of the parent may have held the lock at the fork; it does not
-        # exist in the child and would never release it.
-        self.lock = threading.RLock()
 
     def counters_for(self, name: str) -> PolicyCounters:
         with self.lock:
@@ -46,5 +41,3 @@ class State:
 
 
 STATE = State()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=STATE.after_fork_in_child)
