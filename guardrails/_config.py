@@ -30,6 +30,7 @@ from guardrails import _yaml
 from guardrails._errors import PolicyConfigError
 from guardrails._forksafe import ForkSafeLock
 from guardrails._policy import ROOT, Settings, build_settings, deep_merge
+from guardrails._units import shown
 from guardrails._yaml import MAX_DEPTH
 
 ENV_VAR = "GUARDRAILS_CONFIG"
@@ -336,7 +337,7 @@ def _node(read: _Read) -> dict[str, Any]:
         if node is None:
             return {}
         if not isinstance(node, Mapping):
-            raise PolicyConfigError([(ROOT, f"expected a mapping, got {_shown(node)}")])
+            raise PolicyConfigError([(ROOT, f"expected a mapping, got {shown(node)}")])
         return dict(node)
     if not top or any(k in top for k in ("strict", "policy_defaults", "policies")):
         return top
@@ -350,12 +351,6 @@ def _node(read: _Read) -> dict[str, Any]:
             )
         ]
     )
-
-
-def _shown(value: Any) -> str:
-    from guardrails._units import shown
-
-    return shown(value)
 
 
 def redact(problems: Sequence[Problem], secrets: Sequence[Any]) -> list[Problem]:
