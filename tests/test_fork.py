@@ -7,6 +7,7 @@ child, so each test forks while other threads are busy with guarded calls.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -147,35 +148,6 @@ def test_a_child_keeps_the_parents_entries_when_no_lock_was_held() -> None:
         assert int(pipe.read()) == len(KEYS)  # a forked worker starts warm
 
 
-def test_a_child_forked_while_the_configuration_lock_is_held_can_configure() -> None:
-    from guardrails._state import STATE
-
-    configure({"policies": {"forked": {"cache": {"ttl": 60}}}})
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with STATE.lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait(10)
-    try:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                configure({"policies": {"forked": {"cache": {"ttl": 30}}}})
-                code = 0 if square(3) == 9 else 1
-            finally:
-                os._exit(code)
-        assert _reap(pid) == 0
-    finally:
-        release.set()
-        holder.join(10)
-
-
 def _run_in_fork(fn: Any) -> int | None:
     pid = os.fork()
     if pid == 0:
@@ -185,6 +157,40 @@ def _run_in_fork(fn: Any) -> int | None:
         finally:
             os._exit(code)
     return _reap(pid)
+
+
+@contextlib.contextmanager
+def _held_on_another_thread(held_by: Any) -> Iterator[None]:
+    """While the body runs, another thread is inside ``with held_by:`` (a lock, a pause), as a
+    thread in the middle of ``configure()`` would be when this one forks."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held_by:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_a_child_forked_while_the_configuration_lock_is_held_can_configure() -> None:
+    from guardrails._state import STATE
+
+    configure({"policies": {"forked": {"cache": {"ttl": 60}}}})
+
+    def child() -> int:
+        configure({"policies": {"forked": {"cache": {"ttl": 30}}}})
+        return 0 if square(3) == 9 else 1
+
+    with _held_on_another_thread(STATE.lock):
+        assert _run_in_fork(child) == 0
 
 
 def test_a_child_forked_while_a_store_lock_is_held_starts_that_cache_empty() -> None:
@@ -212,26 +218,13 @@ def test_a_child_forked_while_another_thread_composes_a_config_dir_can_compose(
     (tmp_path / "config.yaml").write_text(
         "guardrails:\n  policies:\n    forked: {cache: {ttl: 30}}\n"
     )
-    held, release = threading.Event(), threading.Event()
 
-    def hold() -> None:  # as a thread in the middle of configure(directory) would
-        with _compose_lock:
-            held.set()
-            release.wait(30)
+    def child() -> int:
+        configure(str(tmp_path))
+        return 0 if square(3) == 9 else 1
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait(10)
-    try:
-
-        def child() -> int:
-            configure(str(tmp_path))
-            return 0 if square(3) == 9 else 1
-
+    with _held_on_another_thread(_compose_lock):
         assert _run_in_fork(child) == 0
-    finally:
-        release.set()
-        holder.join(10)
 
 
 def test_a_child_forked_while_another_thread_configures_has_the_collector_on() -> None:
@@ -240,19 +233,6 @@ def test_a_child_forked_while_another_thread_configures_has_the_collector_on() -
     from guardrails._core import _collector_paused
 
     assert gc.isenabled()
-    held, release = threading.Event(), threading.Event()
-
-    def configuring() -> None:  # as a thread in the middle of configure() would
-        with _collector_paused():
-            held.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=configuring, daemon=True)
-    thread.start()
-    held.wait(10)
-    try:
+    with _held_on_another_thread(_collector_paused()):
         assert _run_in_fork(lambda: 0 if gc.isenabled() else 1) == 0
-    finally:
-        release.set()
-        thread.join(10)
     assert gc.isenabled()
