@@ -19,18 +19,27 @@ class ForkSafeLock:
     """A lock for ``with`` blocks (a ``threading.Lock``, or what ``factory`` makes: an
     ``RLock``), replaced by a new one in a forked child."""
 
-    __slots__ = ("__weakref__", "_factory", "_lock")
+    __slots__ = ("__weakref__", "_entered", "_factory", "_lock")
 
     def __init__(self, factory: Callable[[], Any] = threading.Lock) -> None:
         self._factory = factory
         self._lock = factory()
+        #: Per thread, the locks its open ``with`` blocks acquired: a block releases the lock
+        #: it took, even if a fork inside it (in the child) renewed ``_lock`` meanwhile.
+        self._entered = threading.local()
         _ALL.add(self)
 
     def __enter__(self) -> bool:
-        return bool(self._lock.__enter__())
+        lock = self._lock
+        lock.acquire()
+        entered = getattr(self._entered, "locks", None)
+        if entered is None:
+            entered = self._entered.locks = []
+        entered.append(lock)
+        return True
 
     def __exit__(self, *exc: Any) -> None:
-        self._lock.__exit__(*exc)
+        self._entered.locks.pop().release()
 
     def _renew(self) -> None:
         self._lock = self._factory()

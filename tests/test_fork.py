@@ -236,3 +236,30 @@ def test_a_child_forked_while_another_thread_configures_has_the_collector_on() -
     with _held_on_another_thread(_collector_paused()):
         assert _run_in_fork(lambda: 0 if gc.isenabled() else 1) == 0
     assert gc.isenabled()
+
+
+def test_a_child_forked_inside_a_with_block_of_a_module_lock_leaves_it_and_locks_again() -> None:
+    # The forking thread survives in the child and leaves its `with` blocks there: each must
+    # release the lock it took, though the child has renewed the lock since.
+    from guardrails._memory import _COLLECTIONS
+    from guardrails._state import STATE
+
+    configure({"policies": {"forked": {"cache": {"ttl": 60}}}})
+    for lock, depth in [(STATE.lock, 1), (STATE.lock, 2), (_COLLECTIONS.lock, 1)]:
+
+        def fork_inside(lock: Any = lock, depth: int = depth) -> int | None:
+            with contextlib.ExitStack() as stack:
+                for _ in range(depth):  # the global lock is re-entrant
+                    stack.enter_context(lock)
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        stack.close()  # leaves the blocks in the child
+                        with lock:  # and the lock works afterwards
+                            code = 0 if square(3) == 9 else 1
+                    finally:
+                        os._exit(code)
+            return _reap(pid)
+
+        assert fork_inside() == 0, (lock, depth)
