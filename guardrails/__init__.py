@@ -9,6 +9,7 @@ each function's behaviour read from Hydra YAML.
 
 from __future__ import annotations
 
+from guardrails._chain import LAYER_NAMES
 from guardrails._core import (
     clear_caches,
     configure,
@@ -24,7 +25,6 @@ from guardrails._errors import (
     OutputValidationError,
     PolicyConfigError,
 )
-from guardrails._layers import LAYER_NAMES
 from guardrails._policy import Policy, Settings
 from guardrails._report import report
 from guardrails._stats import PolicyStats

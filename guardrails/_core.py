@@ -14,14 +14,14 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from guardrails import _config
 from guardrails._binding import Binder
-from guardrails._cache import CacheConfig, Store
+from guardrails._chain import compile_chain
 from guardrails._errors import PolicyConfigError
-from guardrails._layers import compile_chain
-from guardrails._log import LOGGER
 from guardrails._policy import Policy, Settings, missing_policy_problem
 from guardrails._state import STATE
 from guardrails._stats import PolicyStats
 from guardrails._types import Context
+from guardrails.layers.cache import CacheConfig, Store
+from guardrails.layers.log import LOGGER
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -17,14 +17,14 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
-from guardrails._cache import CacheConfig
 from guardrails._errors import PolicyConfigError
-from guardrails._log import LogConfig
-from guardrails._memory import MemoryConfig
-from guardrails._retry import RetryConfig
 from guardrails._types import Section
 from guardrails._units import shown
-from guardrails._validate import ValidateConfig
+from guardrails.layers.cache import CacheConfig
+from guardrails.layers.log import LogConfig
+from guardrails.layers.memory import MemoryConfig
+from guardrails.layers.retry import RetryConfig
+from guardrails.layers.validate import ValidateConfig
 
 with warnings.catch_warnings():
     # `validate` is the YAML key the contract names; it shadows the deprecated

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 from guardrails._clock import Clock, FakeClock, SystemClock
 from guardrails._core import recompile
-from guardrails._memory import forget_collections, forget_crossings
 from guardrails._state import STATE
+from guardrails.layers.memory import forget_collections, forget_crossings
 
 __all__ = ["FakeClock", "fake_clock", "reset"]
 

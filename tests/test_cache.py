@@ -1130,7 +1130,7 @@ def test_two_threads_each_needing_the_others_key_both_finish() -> None:
 def test_a_thread_woken_by_a_finished_flight_is_not_part_of_a_circle() -> None:
     # Thread Y waited on X's flight; X finished it, and asks for a key Y leads before Y has run
     # again to take its entry out. Y is no longer waiting on X: X must wait, not compute.
-    from guardrails._cache import _WAITING, _Flight, _waits_on
+    from guardrails.layers.cache import _WAITING, _Flight, _waits_on
 
     me, y = threading.get_ident(), -12345
     finished = _Flight()  # owned by this thread, as X's flight

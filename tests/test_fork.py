@@ -241,8 +241,8 @@ def test_a_child_forked_while_another_thread_configures_has_the_collector_on() -
 def test_a_child_forked_inside_a_with_block_of_a_module_lock_leaves_it_and_locks_again() -> None:
     # The forking thread survives in the child and leaves its `with` blocks there: each must
     # release the lock it took, though the child has renewed the lock since.
-    from guardrails._memory import _COLLECTIONS
     from guardrails._state import STATE
+    from guardrails.layers.memory import _COLLECTIONS
 
     configure({"policies": {"forked": {"cache": {"ttl": 60}}}})
     for lock, depth in [(STATE.lock, 1), (STATE.lock, 2), (_COLLECTIONS.lock, 1)]:

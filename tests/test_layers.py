@@ -18,8 +18,8 @@ from guardrails import (
     configure,
     guarded,
 )
-from guardrails._layers import ORDER
-from guardrails._memory import PROBE
+from guardrails._chain import ORDER
+from guardrails.layers.memory import PROBE
 from guardrails.testing import FakeClock
 from tests.twins import guard_as
 

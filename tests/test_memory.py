@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 import guardrails
-from guardrails import MemoryBudgetExceeded, _memory, configure, guarded
-from guardrails._memory import PROBE, RssProbe
+from guardrails import MemoryBudgetExceeded, configure, guarded
+from guardrails.layers import memory as _memory
+from guardrails.layers.memory import PROBE, RssProbe
 from guardrails.testing import FakeClock
 
 MiB = 2**20

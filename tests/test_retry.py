@@ -20,11 +20,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import guardrails
-from guardrails import PolicyConfigError, _retry, configure, guarded
+from guardrails import PolicyConfigError, configure, guarded
 from guardrails._binding import Binder
-from guardrails._retry import RetryConfig, WaitConfig, tenacity
 from guardrails._stats import PolicyCounters
 from guardrails._types import Context
+from guardrails.layers import retry as _retry
+from guardrails.layers.retry import RetryConfig, WaitConfig, tenacity
 from guardrails.testing import FakeClock, fake_clock
 from tests.twins import guard_as
 

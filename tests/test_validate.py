@@ -241,7 +241,7 @@ def test_the_output_adapter_is_built_once_at_configure_and_reused(
 ) -> None:
     import pydantic
 
-    import guardrails._validate as module
+    import guardrails.layers.validate as module
 
     class Counted(pydantic.BaseModel):
         score: float

@@ -11,9 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from guardrails import _cache, _log, _memory, _retry, _validate
 from guardrails._policy import Policy
 from guardrails._types import AsyncInner, Block, Context, Inner
+from guardrails.layers import cache as _cache
+from guardrails.layers import log as _log
+from guardrails.layers import memory as _memory
+from guardrails.layers import retry as _retry
+from guardrails.layers import validate as _validate
 
 
 @dataclass(frozen=True, slots=True)
