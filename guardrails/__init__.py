@@ -19,11 +19,15 @@ from guardrails._core import (
     stats,
 )
 from guardrails._errors import (
+    BulkheadFull,
+    CallTimeout,
+    CircuitOpenError,
     GuardrailsError,
     InputValidationError,
     MemoryBudgetExceeded,
     OutputValidationError,
     PolicyConfigError,
+    RateLimitExceeded,
 )
 from guardrails._policy import Policy, Settings
 from guardrails._report import report
@@ -31,6 +35,9 @@ from guardrails._stats import PolicyStats
 
 __all__ = [
     "LAYER_NAMES",
+    "BulkheadFull",
+    "CallTimeout",
+    "CircuitOpenError",
     "GuardrailsError",
     "InputValidationError",
     "MemoryBudgetExceeded",
@@ -38,6 +45,7 @@ __all__ = [
     "Policy",
     "PolicyConfigError",
     "PolicyStats",
+    "RateLimitExceeded",
     "Settings",
     "clear_caches",
     "configure",

@@ -13,10 +13,16 @@ from typing import Any, Literal
 
 from guardrails._policy import Policy
 from guardrails._types import AsyncInner, Block, Context, Inner
+from guardrails.layers import breaker as _breaker
+from guardrails.layers import bulkhead as _bulkhead
 from guardrails.layers import cache as _cache
+from guardrails.layers import chaos as _chaos
+from guardrails.layers import fallback as _fallback
 from guardrails.layers import log as _log
 from guardrails.layers import memory as _memory
+from guardrails.layers import rate_limit as _rate_limit
 from guardrails.layers import retry as _retry
+from guardrails.layers import timeout as _timeout
 from guardrails.layers import validate as _validate
 
 
@@ -42,11 +48,24 @@ def _cache_build_async(cfg: Any, inner: AsyncInner, ctx: Context) -> AsyncInner:
 
 
 #: Outermost first. ``log`` is built separately as the outermost wrapper (see ``compile``).
+#: Rows with ``per="attempt"`` sit inside ``retry`` and run once per attempt.
 ORDER: tuple[Layer, ...] = (
     Layer("validate.input", "validate", "call", _validate.build_input, _validate.build_input_async),
+    Layer("fallback", "fallback", "call", _fallback.build, _fallback.build_async, informs_log=True),
     Layer("cache", "cache", "call", _cache_build, _cache_build_async, informs_log=True),
     Layer("memory", "memory", "call", _memory.build, _memory.build_async),
+    Layer("timeout.total", "timeout", "call", _timeout.build_total, _timeout.build_total_async),
     Layer("retry", "retry", "call", _retry.build, _retry.build_async, informs_log=True),
+    Layer("breaker", "breaker", "attempt", _breaker.build, _breaker.build_async),
+    Layer("rate_limit", "rate_limit", "attempt", _rate_limit.build, _rate_limit.build_async),
+    Layer("bulkhead", "bulkhead", "attempt", _bulkhead.build, _bulkhead.build_async),
+    Layer(
+        "timeout.attempt",
+        "timeout",
+        "attempt",
+        _timeout.build_attempt,
+        _timeout.build_attempt_async,
+    ),
     Layer(
         "validate.output",
         "validate",
@@ -54,6 +73,7 @@ ORDER: tuple[Layer, ...] = (
         _validate.build_output,
         _validate.build_output_async,
     ),
+    Layer("chaos", "chaos", "attempt", _chaos.build, _chaos.build_async),
 )
 #: The full order as the contract's table gives it.
 LAYER_NAMES: tuple[str, ...] = ("log", *(layer.name for layer in ORDER))

@@ -339,7 +339,7 @@ def _node(read: _Read) -> dict[str, Any]:
         if not isinstance(node, Mapping):
             raise PolicyConfigError([(ROOT, f"expected a mapping, got {shown(node)}")])
         return dict(node)
-    if not top or any(k in top for k in ("strict", "policy_defaults", "policies")):
+    if not top or any(k in top for k in ("strict", "allow_chaos", "policy_defaults", "policies")):
         return top
     raise PolicyConfigError(
         [

@@ -49,8 +49,14 @@ class Slot:
                 f"{self.qualname} has no signature ({exc}); guard a `def` that calls it"
             ) from None
 
-    def compile(self, settings: Settings) -> tuple[Any, Store | None]:
-        """The chain for ``settings`` and the cache store it uses; installs nothing."""
+    def compile(
+        self, settings: Settings, shared: dict[tuple[str, str], tuple[Any, Any]]
+    ) -> tuple[Any, Store | None]:
+        """The chain for ``settings`` and the cache store it uses; installs nothing.
+
+        ``shared`` collects the policy state objects chosen in this pass (see
+        ``Context.shared``), for the caller to make the ones in force.
+        """
         policy = self.policy_in(settings)
         chosen: list[Store] = []
         kept = self.store  # not `self`: a chain must not keep its slot alive
@@ -68,6 +74,18 @@ class Slot:
             return store
 
         timer = STATE.clock.monotonic
+        clock = STATE.clock
+        name = self.name
+
+        def shared_state(kind: str, cfg: Any, factory: Callable[[], Any]) -> Any:
+            key = (name, kind)
+            wanted = (cfg, clock)
+            found = shared.get(key) or STATE.shared.get(key)
+            if found is None or found[0] != wanted:
+                found = (wanted, factory())
+            shared[key] = found
+            return found[1]
+
         ctx = Context(
             policy=self.name,
             function=self.fn,
@@ -78,6 +96,7 @@ class Slot:
             clock=STATE.clock,
             logger=LOGGER,
             store_for=store_for,
+            shared=shared_state,
         )
         try:
             chain = compile_chain(policy, ctx)
@@ -104,8 +123,10 @@ class Slot:
     def first_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """The chain before compilation: configure lazily if needed, compile, then call."""
         with STATE.lock:
-            chain, store = self.compile(current_settings())
+            shared: dict[tuple[str, str], tuple[Any, Any]] = {}
+            chain, store = self.compile(current_settings(), shared)
             self.install(chain, store)
+            STATE.shared.update(shared)
         return chain(args, kwargs, info)
 
     def lazy_chain(self) -> Any:
@@ -289,9 +310,10 @@ def _install(settings: Settings) -> None:
     with STATE.lock:
         compiled: list[tuple[Slot, Any, Store | None]] = []
         problems: list[tuple[str, str]] = []
+        shared: dict[tuple[str, str], tuple[Any, Any]] = {}
         for slot in list(STATE.slots):
             try:
-                chain, store = slot.compile(settings)
+                chain, store = slot.compile(settings, shared)
             except PolicyConfigError as exc:
                 problems.extend(exc.problems)
                 continue
@@ -299,6 +321,9 @@ def _install(settings: Settings) -> None:
         if problems:
             raise PolicyConfigError(list(dict.fromkeys(problems)))
         STATE.settings = settings
+        # Only the state of the chains now in force stays: a breaker whose block changed
+        # or went away is forgotten (stats() shows no state for it).
+        STATE.shared = shared
         for slot, chain, store in compiled:
             slot.install(chain, store)
 
@@ -352,4 +377,10 @@ def stats() -> dict[str, PolicyStats]:
     """Per-policy statistics; functions sharing a policy add up."""
     with STATE.lock:
         counters = dict(STATE.counters)
-    return {name: counters[name].snapshot() for name in sorted(counters)}
+        breakers = {
+            policy: found[1] for (policy, kind), found in STATE.shared.items() if kind == "breaker"
+        }
+    return {
+        name: counters[name].snapshot(breakers[name].state_name() if name in breakers else None)
+        for name in sorted(counters)
+    }

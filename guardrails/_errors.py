@@ -44,6 +44,73 @@ class OutputValidationError(_ValidationFailure):
     kind = "output validation"
 
 
+class CallTimeout(GuardrailsError, TimeoutError):
+    """An attempt (``timeout.attempt``) or the whole call (``timeout.total``) ran out of time.
+
+    A ``TimeoutError``, so ``retry`` retries an attempt's timeout by default.
+    """
+
+    def __init__(self, policy: str, function: str, timeout: float, scope: str) -> None:
+        self.policy = policy
+        self.function = function
+        self.timeout = timeout
+        self.scope = scope
+        self.detail = f"timeout.{scope} of {timeout:g} s passed"
+        super().__init__(f"policy {policy!r} ({function}): {self.detail}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, float, str]]:
+        return type(self), (self.policy, self.function, self.timeout, self.scope)
+
+
+class CircuitOpenError(GuardrailsError):
+    """The policy's circuit breaker is open: the call failed at once without running.
+
+    ``retry_after`` is the time in seconds until the breaker lets trial calls through.
+    Never retried.
+    """
+
+    def __init__(self, policy: str, function: str, retry_after: float) -> None:
+        self.policy = policy
+        self.function = function
+        self.retry_after = retry_after
+        self.detail = f"circuit open; trial calls in {retry_after:.3g} s"
+        super().__init__(f"policy {policy!r} ({function}): {self.detail}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, float]]:
+        return type(self), (self.policy, self.function, self.retry_after)
+
+
+class RateLimitExceeded(GuardrailsError):
+    """The policy's rate limit had no token for this attempt (within ``rate_limit.max_wait``).
+
+    ``retry_after`` is the time in seconds until the next token.
+    """
+
+    def __init__(self, policy: str, function: str, retry_after: float) -> None:
+        self.policy = policy
+        self.function = function
+        self.retry_after = retry_after
+        self.detail = f"rate limit reached; next token in {retry_after:.3g} s"
+        super().__init__(f"policy {policy!r} ({function}): {self.detail}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, float]]:
+        return type(self), (self.policy, self.function, self.retry_after)
+
+
+class BulkheadFull(GuardrailsError):
+    """The policy's bulkhead had ``max_concurrent`` attempts running (for ``max_wait``)."""
+
+    def __init__(self, policy: str, function: str, max_concurrent: int) -> None:
+        self.policy = policy
+        self.function = function
+        self.max_concurrent = max_concurrent
+        self.detail = f"bulkhead full: {max_concurrent} attempts already running"
+        super().__init__(f"policy {policy!r} ({function}): {self.detail}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int]]:
+        return type(self), (self.policy, self.function, self.max_concurrent)
+
+
 class MemoryBudgetExceeded(GuardrailsError, MemoryError):
     """The memory guard refused to start a call: resident memory is over ``memory.max_rss``."""
 

@@ -20,10 +20,16 @@ from pydantic import BaseModel
 from guardrails._errors import PolicyConfigError
 from guardrails._types import Section
 from guardrails._units import shown
+from guardrails.layers.breaker import BreakerConfig
+from guardrails.layers.bulkhead import BulkheadConfig
 from guardrails.layers.cache import CacheConfig
+from guardrails.layers.chaos import ChaosConfig
+from guardrails.layers.fallback import FallbackConfig
 from guardrails.layers.log import LogConfig
 from guardrails.layers.memory import MemoryConfig
+from guardrails.layers.rate_limit import RateLimitConfig
 from guardrails.layers.retry import RetryConfig
+from guardrails.layers.timeout import TimeoutConfig
 from guardrails.layers.validate import ValidateConfig
 
 with warnings.catch_warnings():
@@ -40,10 +46,16 @@ with warnings.catch_warnings():
         cache: CacheConfig | None = None
         memory: MemoryConfig | None = None
         retry: RetryConfig | None = None
+        fallback: FallbackConfig | None = None
+        timeout: TimeoutConfig | None = None
+        breaker: BreakerConfig | None = None
+        rate_limit: RateLimitConfig | None = None
+        bulkhead: BulkheadConfig | None = None
+        chaos: ChaosConfig | None = None
 
 
 ROOT = "guardrails"
-_NODE_KEYS = ("strict", "policy_defaults", "policies")
+_NODE_KEYS = ("strict", "allow_chaos", "policy_defaults", "policies")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,8 @@ class Settings:
     policy_defaults: Policy
     policies: Mapping[str, Policy]
     source: str
+    #: Whether ``chaos`` blocks may inject faults (``allow_chaos: true`` at the top level).
+    allow_chaos: bool = False
     #: Values that came from interpolations, never to be shown in a problem.
     secrets: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
@@ -101,6 +115,12 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
     if not isinstance(strict, bool):
         problems.append((f"{ROOT}.strict", f"expected true or false, got {shown(strict)}"))
         strict = False
+    allow_chaos = node.get("allow_chaos", False)
+    if not isinstance(allow_chaos, bool):
+        problems.append(
+            (f"{ROOT}.allow_chaos", f"expected true or false, got {shown(allow_chaos)}")
+        )
+        allow_chaos = False
     raw_defaults = _mapping(node.get("policy_defaults"), f"{ROOT}.policy_defaults", problems)
     raw_policies = _mapping(node.get("policies"), f"{ROOT}.policies", problems)
     if "base" in raw_defaults:
@@ -128,11 +148,26 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
         )
         if validated is not None:
             policies[name] = validated
+    if not allow_chaos:
+        named = [(f"{ROOT}.policy_defaults", defaults)] if defaults is not None else []
+        # Reported where it was written: a chaos block in policy_defaults or a base is one
+        # problem, not one per policy that inherits it.
+        named += [(origins.prefix(name, ("chaos",)), p) for name, p in policies.items()]
+        for where, checked in named:
+            if checked.chaos is not None and checked.chaos.enabled:
+                problems.append(
+                    (
+                        f"{where}.chaos",
+                        "chaos injects failures and is refused unless the top level sets "
+                        f"allow_chaos: true (for a drill: +{ROOT}.allow_chaos=true)",
+                    )
+                )
     if problems:
         raise PolicyConfigError(_dedupe(problems))
     assert defaults is not None
     return Settings(
         strict=strict,
+        allow_chaos=allow_chaos,
         policy_defaults=defaults,
         policies=types.MappingProxyType(policies),
         source=source,

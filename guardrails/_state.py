@@ -7,9 +7,10 @@ each guarded function's compiled chain, which is swapped whole (one reference) b
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guardrails._clock import Clock, SystemClock
 from guardrails._forksafe import ForkSafeLock
@@ -31,6 +32,9 @@ class State:
         self.clock: Clock = SystemClock()
         #: The Hydra job the configuration was last installed in (see ``configure()``).
         self.hydra_job: tuple[str, ...] | None = None
+        #: Per-policy layer state (breakers, buckets, bulkheads, budgets) in force:
+        #: ``(policy, kind) -> (settings, object)``; see ``Context.shared``.
+        self.shared: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def counters_for(self, name: str) -> PolicyCounters:
         with self.lock:
@@ -41,3 +45,16 @@ class State:
 
 
 STATE = State()
+
+
+def _after_fork_in_child() -> None:
+    # Threads of the parent that held a bulkhead slot or waited on a breaker do not exist
+    # in the child: each state object starts the child clean.
+    for _, shared in list(STATE.shared.values()):
+        renew = getattr(shared, "after_fork_in_child", None)
+        if renew is not None:
+            renew()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,61 +18,65 @@ def _read(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
+#: The counters every policy keeps, in ``PolicyStats`` order: (field, increment method).
+COUNTERS: tuple[tuple[str, str], ...] = (
+    ("successes", "success"),
+    ("failures", "failure"),
+    ("retries", "retry"),
+    ("cache_hits", "cache_hit"),
+    ("cache_misses", "cache_miss"),
+    ("rejected", "rejection"),
+    ("timeouts", "timeout"),
+    ("abandoned", "abandon"),
+    ("short_circuited", "short_circuit"),
+    ("rate_limited", "rate_limit"),
+    ("bulkhead_rejected", "bulkhead_reject"),
+    ("fallbacks", "fallback"),
+    ("injected", "inject"),
+)
+
+
 class PolicyCounters:
     """The live counters of one policy name, shared by every function that uses it.
 
-    Increments are ``next()`` on an ``itertools.count``: atomic in CPython, no lock.
+    Each increment method (``success()``, ``timeout()``, ...) is ``next`` of an
+    ``itertools.count``: atomic in CPython, no lock.
     """
 
     __slots__ = (
         "_base",
-        "_cache_hits",
-        "_cache_misses",
-        "_failures",
-        "_rejected",
-        "_retries",
-        "_successes",
-        "cache_hit",
-        "cache_miss",
-        "failure",
+        "_counts",
+        *(method for _, method in COUNTERS),
         "latencies",
         "max_rss_growth",
         "name",
-        "rejection",
-        "retry",
-        "success",
     )
+
+    success: Callable[[], int]
+    failure: Callable[[], int]
+    retry: Callable[[], int]
+    cache_hit: Callable[[], int]
+    cache_miss: Callable[[], int]
+    rejection: Callable[[], int]
+    timeout: Callable[[], int]
+    abandon: Callable[[], int]
+    short_circuit: Callable[[], int]
+    rate_limit: Callable[[], int]
+    bulkhead_reject: Callable[[], int]
+    fallback: Callable[[], int]
+    inject: Callable[[], int]
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._successes = itertools.count()
-        self._failures = itertools.count()
-        self._rejected = itertools.count()
-        self._retries = itertools.count()
-        self._cache_hits = itertools.count()
-        self._cache_misses = itertools.count()
-        self.success = self._successes.__next__
-        self.failure = self._failures.__next__
-        self.rejection = self._rejected.__next__
-        self.retry = self._retries.__next__
-        self.cache_hit = self._cache_hits.__next__
-        self.cache_miss = self._cache_misses.__next__
+        self._counts = tuple(itertools.count() for _ in COUNTERS)
+        for (_, method), counter in zip(COUNTERS, self._counts, strict=True):
+            setattr(self, method, counter.__next__)
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.max_rss_growth = 0
-        self._base: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
+        self._base: tuple[int, ...] = (0,) * len(COUNTERS)
 
     def _raw(self) -> tuple[int, ...]:
-        return tuple(
-            _read(c)
-            for c in (
-                self._successes,
-                self._failures,
-                self._retries,
-                self._cache_hits,
-                self._cache_misses,
-                self._rejected,
-            )
-        )
+        return tuple(_read(c) for c in self._counts)
 
     def reset(self) -> None:
         """Zero the statistics. Compiled chains hold the counters' ``__next__``, so the
@@ -80,24 +85,20 @@ class PolicyCounters:
         self.latencies.clear()
         self.max_rss_growth = 0
 
-    def snapshot(self) -> PolicyStats:
-        raw = self._raw()
-        successes, failures, retries, hits, misses, rejected = (
-            now - then for now, then in zip(raw, self._base, strict=True)
-        )
+    def snapshot(self, breaker_state: str | None = None) -> PolicyStats:
+        counts = {
+            field: now - then
+            for (field, _), now, then in zip(COUNTERS, self._raw(), self._base, strict=True)
+        }
         lat = sorted(self.latencies)
         return PolicyStats(
-            calls=successes + failures,
-            successes=successes,
-            failures=failures,
-            retries=retries,
-            cache_hits=hits,
-            cache_misses=misses,
-            rejected=rejected,
+            calls=counts["successes"] + counts["failures"] + counts["fallbacks"],
+            **counts,
             p50_ms=_percentile(lat, 50),
             p95_ms=_percentile(lat, 95),
             p99_ms=_percentile(lat, 99),
             max_rss_growth_bytes=self.max_rss_growth,
+            breaker_state=breaker_state,
         )
 
 
@@ -112,8 +113,13 @@ def _percentile(sorted_seconds: list[float], pct: float) -> float | None:
 class PolicyStats:
     """One policy's statistics at the moment of the snapshot.
 
-    ``calls`` counts finished calls (``successes + failures``), cache hits and refusals
-    included; ``rejected`` counts the failures that were validation or memory refusals.
+    ``calls`` counts finished calls (``successes + failures + fallbacks``), cache hits and
+    refusals included; ``rejected`` counts the failures that were validation or memory
+    refusals; ``fallbacks`` the calls that failed and answered with ``fallback``.
+    ``timeouts`` counts timed-out attempts and calls, ``abandoned`` the sync attempts left
+    running after one; ``short_circuited``, ``rate_limited`` and ``bulkhead_rejected`` the
+    refusals of the breaker, rate limit and bulkhead; ``injected`` the chaos faults.
+    ``breaker_state`` is ``"closed"``, ``"open"``, ``"half_open"`` or ``None`` (no breaker).
     Percentiles cover the most recent calls made while the policy's ``log`` block was on,
     and are ``None`` when there are none.
     """
@@ -125,10 +131,18 @@ class PolicyStats:
     cache_hits: int
     cache_misses: int
     rejected: int
+    timeouts: int
+    abandoned: int
+    short_circuited: int
+    rate_limited: int
+    bulkhead_rejected: int
+    fallbacks: int
+    injected: int
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
     max_rss_growth_bytes: int
+    breaker_state: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,10 +14,11 @@ from guardrails._clock import Clock
 from guardrails._errors import PolicyConfigError
 from guardrails._imports import qualified_name, resolve
 from guardrails._stats import PolicyCounters
-from guardrails._units import parse_duration, parse_size, shown
+from guardrails._units import parse_duration, parse_per_second, parse_share, parse_size, shown
 
 #: A compiled layer: takes the call's positional tuple, keyword dict and per-call info.
-#: ``info`` is ``None`` or a two-item list ``[attempts, cache_hit]`` the log layer reads.
+#: ``info`` is ``None`` or a list ``[attempts, cache_hit, outcome]`` the log layer reads
+#: (``outcome`` is ``None``, or ``"fallback"`` when the fallback layer answered).
 Inner: TypeAlias = Callable[[tuple[Any, ...], dict[str, Any], list[Any] | None], Any]
 AsyncInner: TypeAlias = Callable[
     [tuple[Any, ...], dict[str, Any], list[Any] | None], Awaitable[Any]
@@ -79,6 +80,26 @@ def _import_exceptions(value: object) -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
+def _import_callable(value: object) -> Any:
+    if callable(value) and not isinstance(value, str):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(
+            f"expected an import path like 'package.module:function', got {shown(value)}"
+        )
+    obj = resolve(value)
+    if not callable(obj):
+        raise ValueError(f"{value!r} names {obj!r}, which is not callable")
+    return obj
+
+
+def _import_exception(value: object) -> type[BaseException]:
+    (cls,) = _import_exceptions([value]) if isinstance(value, str | type) else (None,)
+    if cls is None:
+        raise ValueError(f"expected one exception class name, got {shown(value)}")
+    return cls
+
+
 _as_path = PlainSerializer(qualified_name, return_type=str)
 
 #: Seconds, written as a number or ``"250ms"``, ``"30s"``, ``"5m"``, ``"PT5M"``.
@@ -91,6 +112,14 @@ MemorySize = Annotated[int, BeforeValidator(_memory_bytes)]
 ImportedType = Annotated[Any, BeforeValidator(_import_type), _as_path]
 #: A pydantic model named by import path, for ``validate.input``.
 ImportedModel = Annotated[Any, BeforeValidator(_import_model), _as_path]
+#: A callable named by import path (``package.module:function``).
+ImportedCallable = Annotated[Any, BeforeValidator(_import_callable), _as_path]
+#: One exception class named by builtin name or import path.
+ExceptionClass = Annotated[type[BaseException], BeforeValidator(_import_exception), _as_path]
+#: A share in [0, 1]: ``0.25`` or ``"25%"``.
+Share = Annotated[float, BeforeValidator(parse_share)]
+#: Events per second: ``"100/s"``, ``"600/min"``, ``"5/100ms"``.
+PerSecond = Annotated[float, BeforeValidator(parse_per_second)]
 #: Exception classes named by builtin name or import path.
 ExceptionClasses = Annotated[
     tuple[type[BaseException], ...],
@@ -113,6 +142,12 @@ class Context:
     logger: logging.Logger
     #: The cache store for this function under a cache block (kept when settings match).
     store_for: Callable[[Any], Any]
+    #: ``shared(kind, settings, factory)``: the policy's state object of ``kind`` (a breaker,
+    #: a bucket): the one in force when it was made for equal ``settings`` (and the same
+    #: clock), else a new one from ``factory()``. Every function of the policy compiled in
+    #: one ``configure()`` gets the same object. An object with ``after_fork_in_child()``
+    #: has it called in a forked child.
+    shared: Callable[[str, Any, Callable[[], Any]], Any]
 
     def check_parameters(self, names: Iterable[str], key: str) -> None:
         """Raise ``PolicyConfigError`` at ``guardrails.policies.<policy>.<key>`` for names

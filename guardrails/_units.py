@@ -80,6 +80,61 @@ def _parse_duration_text(text: str) -> float:
     raise ValueError(f"expected {DURATION_HINT}, got {shown(text)}")
 
 
+RATE_HINT = "a number from 0 to 1 or a percentage like '50%'"
+_PER = re.compile(
+    r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*(ms|s|sec|second|m|min|minute|h|hour)\s*$",
+    re.IGNORECASE,
+)
+_PER_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+PER_SECOND_HINT = "a rate like '100/s', '600/min', '10/h' or '5/100ms'"
+
+
+def parse_share(value: object) -> float:
+    """A share in [0, 1] from ``0.25`` or ``"25%"``."""
+    share: float
+    if isinstance(value, bool):
+        raise ValueError(f"expected {RATE_HINT}, got {shown(value)}")
+    if isinstance(value, int | float):
+        share = float(value)
+    elif isinstance(value, str) and (m := _PERCENT.match(value)):
+        share = float(m.group(1)) / 100.0
+    else:
+        raise ValueError(f"expected {RATE_HINT}, got {shown(value)}")
+    if not 0.0 <= share <= 1.0:  # NaN fails this too
+        raise ValueError(f"expected {RATE_HINT}, got {shown(value)}")
+    return share
+
+
+def parse_per_second(value: object) -> float:
+    """Events per second from ``"100/s"``, ``"600/min"``, ``"5/100ms"``, or a number."""
+    rate: float
+    if isinstance(value, bool):
+        raise ValueError(f"expected {PER_SECOND_HINT}, got {shown(value)}")
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str) and (m := _PER.match(value)):
+        count, multiple, unit = m.groups()
+        period = float(multiple or 1) * _PER_UNITS[unit.lower()]
+        rate = float(count) / period if period > 0 else math.inf
+    else:
+        raise ValueError(f"expected {PER_SECOND_HINT}, got {shown(value)}")
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(
+            f"expected a positive, finite rate ({PER_SECOND_HINT}), got {shown(value)}"
+        )
+    return rate
+
+
 def parse_size(value: object, *, allow_percent: bool = False) -> int:
     """Bytes from ``1024``, ``"512MiB"``, ``"2GB"`` and, for memory, ``"80%"`` of the limit."""
     if isinstance(value, bool):

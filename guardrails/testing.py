@@ -23,6 +23,7 @@ def reset() -> None:
         STATE.settings = None
         STATE.hydra_job = None
         STATE.counters.clear()
+        STATE.shared.clear()
         STATE.clock = SystemClock()
         for slot in list(STATE.slots):
             slot.reset()

@@ -37,17 +37,31 @@ def test_the_order_table() -> None:
     assert guardrails.LAYER_NAMES == (
         "log",
         "validate.input",
+        "fallback",
         "cache",
         "memory",
+        "timeout.total",
         "retry",
+        "breaker",
+        "rate_limit",
+        "bulkhead",
+        "timeout.attempt",
         "validate.output",
+        "chaos",
     )
     assert [(layer.name, layer.per) for layer in ORDER] == [
         ("validate.input", "call"),
+        ("fallback", "call"),
         ("cache", "call"),
         ("memory", "call"),
+        ("timeout.total", "call"),
         ("retry", "call"),
+        ("breaker", "attempt"),
+        ("rate_limit", "attempt"),
+        ("bulkhead", "attempt"),
+        ("timeout.attempt", "attempt"),
         ("validate.output", "attempt"),
+        ("chaos", "attempt"),
     ]
 
 

@@ -69,6 +69,7 @@ def context(fn: Callable[..., Any], clock: FakeClock, *, is_async: bool = False)
         clock=clock,
         logger=logging.getLogger("guardrails"),
         store_for=lambda cfg: None,
+        shared=lambda kind, cfg, factory: factory(),
     )
 
 

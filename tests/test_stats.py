@@ -100,6 +100,14 @@ def test_every_counter_is_exact(kind: str, clock: FakeClock) -> None:
         "p95_ms": None,
         "p99_ms": None,
         "max_rss_growth_bytes": 0,
+        "timeouts": 0,
+        "abandoned": 0,
+        "short_circuited": 0,
+        "rate_limited": 0,
+        "bulkhead_rejected": 0,
+        "fallbacks": 0,
+        "injected": 0,
+        "breaker_state": None,
     }
     assert s.p50_ms is not None  # latencies were recorded (log is on)
 
@@ -292,10 +300,18 @@ def test_snapshot_fields() -> None:
         "cache_hits",
         "cache_misses",
         "rejected",
+        "timeouts",
+        "abandoned",
+        "short_circuited",
+        "rate_limited",
+        "bulkhead_rejected",
+        "fallbacks",
+        "injected",
         "p50_ms",
         "p95_ms",
         "p99_ms",
         "max_rss_growth_bytes",
+        "breaker_state",
     ]
 
 

@@ -16,14 +16,27 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from guardrails._errors import InputValidationError, MemoryBudgetExceeded, OutputValidationError
+from guardrails._errors import (
+    BulkheadFull,
+    CircuitOpenError,
+    InputValidationError,
+    MemoryBudgetExceeded,
+    OutputValidationError,
+    RateLimitExceeded,
+)
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 LOGGER = logging.getLogger("guardrails")
 # A library never prints: without a handler of the application's own, records go nowhere,
 # not to logging's last-resort stderr handler.
 LOGGER.addHandler(logging.NullHandler())
-_REFUSALS = (InputValidationError, OutputValidationError, MemoryBudgetExceeded)
+_REFUSALS = (
+    InputValidationError,
+    OutputValidationError,
+    MemoryBudgetExceeded,
+    RateLimitExceeded,
+    BulkheadFull,
+)
 _ARG_TEXT_LIMIT = 120
 
 
@@ -139,6 +152,13 @@ class _Emitter:
             },
         )
 
+    def fell_back(
+        self, seconds: float, args: tuple[Any, ...], kwargs: dict[str, Any], info: list[Any]
+    ) -> None:
+        """After the fallback layer answered for a failure (``info[2]``, already counted)."""
+        if self.ctx.logger.isEnabledFor(logging.WARNING):
+            self.emit(logging.WARNING, "fallback", seconds, args, kwargs, info, info[2])
+
     def failed(
         self,
         exc: BaseException,
@@ -152,6 +172,8 @@ class _Emitter:
         self.ctx.counters.failure()
         if isinstance(exc, _REFUSALS):
             level, outcome = logging.WARNING, "rejected"
+        elif isinstance(exc, CircuitOpenError):
+            level, outcome = logging.WARNING, "short_circuited"
         elif isinstance(exc, asyncio.CancelledError):
             level, outcome = self.level, "cancelled"  # control flow (timeouts), not a fault
         else:
@@ -185,6 +207,21 @@ def build(
 
             return count_direct
 
+        if needs_info:
+
+            def count_informed(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+                info = [1, False, None]
+                try:
+                    result = inner(args, kwargs, info)
+                except BaseException:
+                    failure()
+                    raise
+                if info[2] is None:  # a fallback answer is counted by the fallback layer
+                    success()
+                return result
+
+            return count_informed
+
         def count(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
             try:
                 result = inner(args, kwargs, None)
@@ -200,6 +237,7 @@ def build(
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
     record = ctx.counters.latencies.append
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
+    fell_back = emitter.fell_back
     warning = logging.WARNING
 
     if direct is not None:
@@ -226,7 +264,7 @@ def build(
         return log_direct
 
     def log(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        info = [1, False] if needs_info else None
+        info = [1, False, None] if needs_info else None
         t0 = perf_counter()
         try:
             result = inner(args, kwargs, info)
@@ -235,12 +273,15 @@ def build(
             raise
         seconds = perf_counter() - t0
         record(seconds)
-        success()
-        if seconds >= slow:
-            if enabled(warning):
-                emit(warning, "slow", seconds, args, kwargs, info)
-        elif enabled(level):
-            emit(level, "ok", seconds, args, kwargs, info)
+        if info is not None and info[2] is not None:
+            fell_back(seconds, args, kwargs, info)
+        else:
+            success()
+            if seconds >= slow:
+                if enabled(warning):
+                    emit(warning, "slow", seconds, args, kwargs, info)
+            elif enabled(level):
+                emit(level, "ok", seconds, args, kwargs, info)
         return result
 
     return log
@@ -254,12 +295,14 @@ def build_async(
     if cfg is None or not cfg.enabled:
 
         async def count(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+            info = [1, False, None] if needs_info else None
             try:
-                result = await inner(args, kwargs, None)
+                result = await inner(args, kwargs, info)
             except BaseException:
                 failure()
                 raise
-            success()
+            if info is None or info[2] is None:  # the fallback layer counts its answers
+                success()
             return result
 
         return count
@@ -268,10 +311,11 @@ def build_async(
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
     record = ctx.counters.latencies.append
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
+    fell_back = emitter.fell_back
     warning = logging.WARNING
 
     async def log(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        info = [1, False] if needs_info else None
+        info = [1, False, None] if needs_info else None
         t0 = perf_counter()
         try:
             result = await inner(args, kwargs, info)
@@ -280,12 +324,15 @@ def build_async(
             raise
         seconds = perf_counter() - t0
         record(seconds)
-        success()
-        if seconds >= slow:
-            if enabled(warning):
-                emit(warning, "slow", seconds, args, kwargs, info)
-        elif enabled(level):
-            emit(level, "ok", seconds, args, kwargs, info)
+        if info is not None and info[2] is not None:
+            fell_back(seconds, args, kwargs, info)
+        else:
+            success()
+            if seconds >= slow:
+                if enabled(warning):
+                    emit(warning, "slow", seconds, args, kwargs, info)
+            elif enabled(level):
+                emit(level, "ok", seconds, args, kwargs, info)
         return result
 
     return log
