@@ -145,6 +145,10 @@ class Slot:
         self.rebind(self.lazy_chain())
 
 
+#: Every guarded function's slot (read and changed under ``STATE.lock``).
+SLOTS: weakref.WeakSet[Slot] = weakref.WeakSet()
+
+
 def _qualname(fn: Any) -> str:
     """``module.Qualified.name`` of a function; ``partial(module.name)`` of a partial."""
     if isinstance(fn, functools.partial):
@@ -232,7 +236,7 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
     with STATE.lock:
         # Strict mode checks the name on the first call, not here: decoration runs at
         # import time, usually before the configuration that names it exists.
-        STATE.slots.add(slot)
+        SLOTS.add(slot)
     return wrapper
 
 
@@ -311,7 +315,7 @@ def _install(settings: Settings) -> None:
         compiled: list[tuple[Slot, Any, Store | None]] = []
         problems: list[tuple[str, str]] = []
         shared: dict[tuple[str, str], tuple[Any, Any]] = {}
-        for slot in list(STATE.slots):
+        for slot in list(SLOTS):
             try:
                 chain, store = slot.compile(settings, shared)
             except PolicyConfigError as exc:
@@ -331,7 +335,7 @@ def _install(settings: Settings) -> None:
 def recompile() -> None:
     """Rebuild every chain from the settings in force (after the clock changes)."""
     with STATE.lock:
-        for slot in list(STATE.slots):
+        for slot in list(SLOTS):
             slot.reset()
         if STATE.settings is not None:
             _install(STATE.settings)
@@ -358,7 +362,7 @@ def clear_caches(policy: str | None = None) -> None:
     with STATE.lock:
         stores = [
             slot.store
-            for slot in list(STATE.slots)
+            for slot in list(SLOTS)
             if slot.store is not None and (policy is None or slot.name == policy)
         ]
     for store in stores:

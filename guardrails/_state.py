@@ -1,4 +1,4 @@
-"""The one piece of global state: the configuration in force, the registry, the counters.
+"""The one piece of global state: the configuration in force, the counters, layer state.
 
 Everything here is read and written under ``STATE.lock``, except what the call path reads:
 each guarded function's compiled chain, which is swapped whole (one reference) by
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from guardrails._clock import Clock, SystemClock
@@ -17,7 +16,6 @@ from guardrails._forksafe import ForkSafeLock
 from guardrails._stats import PolicyCounters
 
 if TYPE_CHECKING:
-    from guardrails._core import Slot
     from guardrails._policy import Settings
 
 
@@ -27,7 +25,6 @@ class State:
     def __init__(self) -> None:
         self.lock = ForkSafeLock(threading.RLock)
         self.settings: Settings | None = None
-        self.slots: weakref.WeakSet[Slot] = weakref.WeakSet()
         self.counters: dict[str, PolicyCounters] = {}
         self.clock: Clock = SystemClock()
         #: The Hydra job the configuration was last installed in (see ``configure()``).

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from guardrails._clock import Clock, FakeClock, SystemClock
-from guardrails._core import recompile
+from guardrails._core import SLOTS, recompile
 from guardrails._state import STATE
 from guardrails.layers.memory import forget_collections, forget_crossings
 
@@ -25,7 +25,7 @@ def reset() -> None:
         STATE.counters.clear()
         STATE.shared.clear()
         STATE.clock = SystemClock()
-        for slot in list(STATE.slots):
+        for slot in list(SLOTS):
             slot.reset()
     forget_collections()
     forget_crossings()

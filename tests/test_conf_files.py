@@ -48,9 +48,9 @@ def test_policy_set_composes_and_validates(name: str) -> None:
 
 
 def test_strict_production_sees_the_example_functions() -> None:
-    from guardrails._state import STATE
+    from guardrails._core import SLOTS
 
-    assert {"fetch_features", "predict"} <= {slot.name for slot in STATE.slots}
+    assert {"fetch_features", "predict"} <= {slot.name for slot in SLOTS}
 
 
 def test_production_is_strict_and_inherits() -> None:
