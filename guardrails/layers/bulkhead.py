@@ -1,26 +1,271 @@
 """The ``bulkhead`` layer: caps the attempts of a policy running at once, sync and async
 together.
 
-STUB: the builders are not written yet; they return ``inner`` unchanged.
+One counter of slots in use per policy, behind a plain lock held for a few bytecodes (never
+across a wait, so an event loop taking it is never blocked for longer). When the slots are
+all taken, an attempt may wait up to ``max_wait`` in one FIFO queue shared by threads and
+tasks: a freed slot is handed to the first waiter directly (it never becomes free in
+between, so no newcomer overtakes a waiter). A thread waits on a lock of its own; a task on a
+future of its own loop, resolved with ``call_soon_threadsafe`` (the slot may be freed by a
+thread), so waiting never blocks an event loop. Whether a waiter got its slot is decided
+under the counter's lock alone: a waiter whose wait ends (timed out, cancelled) at the moment
+a slot is handed to it keeps the slot if it goes on, or passes it on if it does not.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections import deque
+from typing import Any
+
 from pydantic import Field, StrictInt
 
+from guardrails._errors import BulkheadFull
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 
 class BulkheadConfig(Block):
-    """``bulkhead:`` — ``max_concurrent`` attempts at once; ``max_wait`` for a free slot."""
+    """``bulkhead:`` — at most ``max_concurrent`` attempts of the policy at once (sync and
+    async calls together); a full bulkhead makes an attempt wait up to ``max_wait`` for a
+    slot (default 0: refuse at once) before it raises ``BulkheadFull``.
+
+    ``max_wait`` is real time, even under ``guardrails.testing.fake_clock()``: a slot is
+    freed by another thread or task finishing, which no fake clock can bring about.
+    """
 
     max_concurrent: StrictInt = Field(ge=1)
     max_wait: Duration = 0.0
 
 
+class _ThreadWaiter:
+    """A thread waiting for a slot: it blocks on ``wake``, a lock taken at creation."""
+
+    __slots__ = ("granted", "wake")
+
+    def __init__(self) -> None:
+        self.granted = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+    def hand_slot(self) -> bool:
+        self.granted = True
+        self.wake.release()
+        return True
+
+
+class _TaskWaiter:
+    """A task waiting for a slot: it awaits ``future``, resolved on its own loop."""
+
+    __slots__ = ("future", "granted", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.granted = False
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def hand_slot(self) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # its loop is closed: the task will never run again
+            return False
+        self.granted = True
+        return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Slots:
+    """The slots of one policy: a pool of free-slot tokens and a queue of waiters.
+
+    ``free`` is a deque of ``None`` tokens: taking a slot is one ``pop()`` and freeing one an
+    ``append()``, each atomic (deques are thread-safe), so the common case takes no lock.
+    ``lock`` orders the waiters: a waiter queues itself and then looks for a token under it,
+    and whoever frees a slot while someone waits hands tokens over under it, so a waiter
+    never sleeps through a freed slot.
+    """
+
+    __slots__ = ("capacity", "free", "lock", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free: deque[None] = deque([None] * capacity)
+        self.lock = threading.Lock()
+        self.waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+
+    @property
+    def in_use(self) -> int:
+        """Slots taken (by attempts running, or handed to waiters about to run)."""
+        return self.capacity - len(self.free)
+
+    def release(self) -> None:
+        """Free a slot while someone waits: it goes to the first waiter."""
+        with self.lock:
+            self.free.append(None)
+            self._hand_over()
+
+    def hand_over(self) -> None:
+        """A slot was freed (``append``) and then a waiter seen: hand the tokens over."""
+        with self.lock:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        free, waiters = self.free, self.waiters
+        while waiters:
+            try:
+                free.pop()
+            except IndexError:  # an attempt not yet queued took it first
+                return
+            if not waiters.popleft().hand_slot():
+                free.append(None)
+
+    def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+        """Under the lock: queue ``waiter``, then take a slot if one is free (True: then it
+        leaves the queue again)."""
+        self.waiters.append(waiter)
+        try:
+            self.free.pop()
+        except IndexError:
+            return False
+        self.waiters.pop()  # the last: the queue only grows under the lock
+        return True
+
+    def _settle(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
+        """Under the lock, after a wait ended: whether ``waiter`` holds a slot (else it
+        leaves the queue)."""
+        if waiter.granted:
+            return True
+        self.waiters.remove(waiter)
+        return False
+
+    def _give_up(self, waiter: _ThreadWaiter | _TaskWaiter) -> None:
+        """Under the lock: ``waiter`` stops waiting without running; a slot handed to it at
+        that moment goes on to the next waiter."""
+        if waiter.granted:
+            self.free.append(None)
+            self._hand_over()
+        else:
+            self.waiters.remove(waiter)
+
+    def wait(self, timeout: float) -> bool:
+        """A thread waits up to ``timeout`` seconds (real time) for a slot."""
+        waiter = _ThreadWaiter()
+        with self.lock:
+            if self._enqueue(waiter):
+                return True
+        try:
+            waiter.wake.acquire(timeout=timeout)
+        except BaseException:  # interrupted (KeyboardInterrupt, a signal handler's error)
+            with self.lock:
+                self._give_up(waiter)
+            raise
+        with self.lock:
+            return self._settle(waiter)
+
+    async def wait_async(self, timeout: float) -> bool:
+        """A task waits up to ``timeout`` seconds (real time) for a slot."""
+        loop = asyncio.get_running_loop()
+        waiter = _TaskWaiter(loop)
+        with self.lock:
+            if self._enqueue(waiter):
+                return True
+        expiry = loop.call_later(timeout, _resolve, waiter.future)
+        try:
+            await waiter.future
+        except BaseException:  # cancelled while waiting: a slot handed over meanwhile is passed on
+            with self.lock:
+                self._give_up(waiter)
+            raise
+        finally:
+            expiry.cancel()
+        with self.lock:
+            return self._settle(waiter)
+
+
+class Bulkhead:
+    """A policy's bulkhead (the ``"bulkhead"`` shared state)."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, capacity: int) -> None:
+        self.slots = Slots(capacity)
+
+    def after_fork_in_child(self) -> None:
+        # The parent's other threads, which held slots or waited for one, do not exist in the
+        # child: it starts with every slot free. Attempts in flight at the fork (the forking
+        # thread's own) release into the old, forgotten counter.
+        self.slots = Slots(self.slots.capacity)
+
+
+#: ``threading.Lock.acquire`` refuses longer timeouts; a wait this long is endless anyway.
+_LONGEST_WAIT = min(threading.TIMEOUT_MAX, 365 * 86400.0)
+
+
 def build(cfg: BulkheadConfig, inner: Inner, ctx: Context) -> Inner:
-    return inner
+    """The sync bulkhead layer around ``inner``: one slot per attempt."""
+    bulkhead: Bulkhead = ctx.shared("bulkhead", cfg, lambda: Bulkhead(cfg.max_concurrent))
+    max_wait = min(cfg.max_wait, _LONGEST_WAIT)
+    rejected, policy, qualname = ctx.counters.bulkhead_reject, ctx.policy, ctx.qualname
+    capacity = cfg.max_concurrent
+
+    def bulkhead_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        slots = bulkhead.slots
+        free, waiters = slots.free, slots.waiters
+        try:
+            free.pop()
+        except IndexError:
+            full = True
+        else:
+            full = False
+        if full and not (max_wait and slots.wait(max_wait)):
+            rejected()
+            raise BulkheadFull(policy, qualname, capacity)
+        try:
+            return inner(args, kwargs, info)
+        finally:
+            if waiters:
+                slots.release()
+            else:
+                free.append(None)
+                if waiters:  # queued meanwhile, after failing to find this slot
+                    slots.hand_over()
+
+    return bulkhead_layer
 
 
 def build_async(cfg: BulkheadConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
-    return inner
+    """The async bulkhead layer around ``inner``: waits for a slot without blocking the loop."""
+    bulkhead: Bulkhead = ctx.shared("bulkhead", cfg, lambda: Bulkhead(cfg.max_concurrent))
+    max_wait = min(cfg.max_wait, _LONGEST_WAIT)
+    rejected, policy, qualname = ctx.counters.bulkhead_reject, ctx.policy, ctx.qualname
+    capacity = cfg.max_concurrent
+
+    async def bulkhead_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        slots = bulkhead.slots
+        free, waiters = slots.free, slots.waiters
+        try:
+            free.pop()
+        except IndexError:
+            full = True
+        else:
+            full = False
+        if full and not (max_wait and await slots.wait_async(max_wait)):
+            rejected()
+            raise BulkheadFull(policy, qualname, capacity)
+        try:
+            return await inner(args, kwargs, info)
+        finally:
+            if waiters:
+                slots.release()
+            else:
+                free.append(None)
+                if waiters:  # queued meanwhile, after failing to find this slot
+                    slots.hand_over()
+
+    return bulkhead_layer
+
+
+__all__ = ["Bulkhead", "BulkheadConfig", "Slots", "build", "build_async"]
