@@ -7,22 +7,36 @@ keeps); the layer itself runs the attempts and the waits. So tenacity's frames n
 in the traceback the caller gets, and no frame in that traceback holds the exception: a
 failed call's arguments are freed as soon as the caller lets go of the exception, without
 waiting for the cyclic garbage collector.
+
+``retry.budget`` caps the retries of a policy at a share of its calls (plus a reserve per
+second) over a sliding window, so a dependency that fails for everyone does not get every
+call two or three times. ``retry.wait.retry_after`` waits as long as the failure asks (its
+``retry_after`` attribute, or an HTTP error's ``Retry-After`` header) instead of the
+backoff. ``CircuitOpenError`` is never retried: it means "do not call now".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
+import itertools
 import logging
 import math
 import os
 import random
-from typing import Any, cast
+import re
+import threading
+import time
+from typing import Annotated, Any, cast
 
 import tenacity
-from pydantic import Field, StrictInt, field_validator
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, field_validator
 
+from guardrails._errors import CircuitOpenError
 from guardrails._imports import qualified_name
+from guardrails._stats import _read as _count_of
 from guardrails._types import (
     AsyncInner,
     Block,
@@ -31,7 +45,9 @@ from guardrails._types import (
     ExceptionClasses,
     Inner,
     Section,
+    Share,
 )
+from guardrails._units import PER_SECOND_HINT, parse_per_second, shown
 
 # Jitter from a generator of our own, reseeded in every forked child: an application's
 # `random.seed(42)` in each replica, or a fork of a seeded parent, must not give every
@@ -50,6 +66,12 @@ _CONTROL_FLOW: tuple[tuple[type[BaseException], str], ...] = (
 
 def _not_retryable_reason(cls: type[BaseException]) -> str:
     name = qualified_name(cls)
+    if issubclass(cls, CircuitOpenError):
+        return (
+            f"{name} cannot be retried: an open circuit means do not call now, so the "
+            "retry layer always lets it through at once (retry_on: [Exception] retries "
+            "everything else)"
+        )
     if issubclass(Exception, cls):
         return (
             f"{name} cannot be retried: it also matches KeyboardInterrupt, SystemExit, "
@@ -85,12 +107,58 @@ class WaitConfig(Section):
     No wait exceeds ``max``, and waits at the cap still spread over ``[max - j, max]``, so
     clients that failed together do not retry together. ``jitter`` defaults to ``initial``,
     so a policy that sets ``initial: 10ms`` waits about 10-20 ms, not 100 ms of noise.
+
+    ``retry_after: true``: when the failure says how long to wait (see ``requested_delay``),
+    wait that long instead, capped at ``max``, without jitter (the server spreads its
+    clients); a failure that says nothing, or nothing readable, gets the backoff.
     """
 
     initial: Duration = 0.1
     max: Duration = 5.0
     multiplier: float = Field(default=2.0, ge=1.0, strict=True, allow_inf_nan=False)
     jitter: Duration | None = None
+    retry_after: StrictBool = False
+
+
+def _per_second_or_zero(value: object) -> float:
+    """Retries per second: a number from 0 up, or a rate like ``'10/s'``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"expected a finite number of retries per second from 0 up, or "
+                f"{PER_SECOND_HINT}, got {shown(value)}"
+            )
+        return float(value)
+    return parse_per_second(value)
+
+
+def _positive_window(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"expected a window longer than 0 seconds, got {shown(value)}")
+    return value
+
+
+#: How many buckets a budget's window is cut into: the window slides in tenths of it.
+BUDGET_BUCKETS = 10
+
+
+class BudgetConfig(Block):
+    """``retry.budget`` — the retries a policy may make, over a sliding ``window``: while
+    ``retries < ratio * calls + min_per_second * window`` counting the retry about to be
+    made, i.e. after it the policy has retried at most ``ratio`` of its calls, plus
+    ``min_per_second`` a second so a quiet policy may still retry. Calls are the calls of
+    every function of the policy that reached the retry layer (each counted once, however
+    many attempts it made). The window (default 10 s, like Finagle's ``RetryBudget``) is
+    cut into ``BUDGET_BUCKETS`` buckets: a call or retry counts for between 9/10 of the
+    window and the whole window. A call whose retry the budget refuses fails at once with
+    its last exception and a note saying the budget is spent.
+    """
+
+    ratio: Share = 0.2
+    min_per_second: Annotated[float, BeforeValidator(_per_second_or_zero)] = 10.0
+    window: Duration = 10.0
+
+    _window_is_positive = field_validator("window")(_positive_window)
 
 
 class RetryConfig(Block):
@@ -101,16 +169,153 @@ class RetryConfig(Block):
     retry_on: ExceptionClasses = (ConnectionError, TimeoutError)
     abort_on: ExceptionClasses = ()
     deadline: Duration | None = None
+    budget: BudgetConfig | None = None
 
     @field_validator("retry_on")
     @classmethod
     def _only_exceptions(
         cls, value: tuple[type[BaseException], ...]
     ) -> tuple[type[BaseException], ...]:
-        bad = [c for c in value if not issubclass(c, Exception)]
+        bad = [c for c in value if not issubclass(c, Exception) or issubclass(c, CircuitOpenError)]
         if bad:
             raise ValueError("; ".join(_not_retryable_reason(c) for c in bad))
         return value
+
+
+_DELTA_SECONDS = re.compile(r"\s*(\d+(?:\.\d+)?)\s*")
+
+
+def _seconds_of(value: object) -> float | None:
+    """A wait in seconds from a ``retry_after`` value or a ``Retry-After`` header: a number,
+    a ``timedelta``, delta-seconds text or an HTTP date (wall-clock; past means 0)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float: "very long"
+            return math.inf if value > 0 else 0.0
+        return None if math.isnan(seconds) else max(seconds, 0.0)
+    if not isinstance(value, str):
+        return None
+    if m := _DELTA_SECONDS.fullmatch(value):
+        return float(m.group(1))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def requested_delay(exc: BaseException) -> float | None:
+    """How long the failure asks the caller to wait, in seconds, or ``None``.
+
+    Its ``retry_after`` attribute (guardrails' ``RateLimitExceeded``; any exception may have
+    one), else the ``Retry-After`` header of its ``response`` (``httpx.HTTPStatusError``,
+    ``requests.HTTPError``, or anything with a ``response.headers`` mapping). Duck-typed:
+    neither library is imported. An exception whose attributes raise says nothing.
+    """
+    try:
+        seconds = _seconds_of(getattr(exc, "retry_after", None))
+        if seconds is not None:
+            return seconds
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        get = getattr(headers, "get", None)
+        if get is None:
+            return None
+        value = get("Retry-After")
+        if value is None:
+            value = get("retry-after")  # a plain dict of lower-cased names
+        return _seconds_of(value)
+    except Exception:  # a hostile property or mapping: fall back to the backoff
+        return None
+
+
+class RetryBudget:
+    """One policy's retry budget (``retry.budget``), shared by its functions.
+
+    The window is a ring of ``BUDGET_BUCKETS`` buckets; bucket ``i`` holds slot number
+    ``slots[i]`` (the time ``slot * width`` it starts at), its calls in an
+    ``itertools.count`` and its retries. Recording a call is lock-free: ``current`` is
+    ``[end of the current bucket, next() of its call counter]``, which the compiled layer
+    reads as locals; only the first call in a new bucket takes the lock (``tick``).
+    Retries are decided and recorded under the lock, on the slow path only.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_lock",
+        "_retries",
+        "_slots",
+        "cfg",
+        "current",
+        "reserve",
+        "width",
+    )
+
+    def __init__(self, cfg: BudgetConfig) -> None:
+        self.cfg = cfg
+        self.width = cfg.window / BUDGET_BUCKETS
+        self.reserve = cfg.min_per_second * cfg.window
+        self._lock = threading.Lock()
+        self._slots: list[float] = [-math.inf] * BUDGET_BUCKETS
+        self._calls = [itertools.count() for _ in range(BUDGET_BUCKETS)]
+        self._retries = [0] * BUDGET_BUCKETS
+        # -inf: the first call opens a bucket.
+        self.current: list[Any] = [-math.inf, self._calls[0].__next__]
+
+    def after_fork_in_child(self) -> None:
+        # A thread of the parent may have held the lock at the fork: it stays held.
+        self._lock = threading.Lock()
+
+    def _advance(self, now: float) -> int:
+        """Open the bucket ``now`` falls in (lock held); its index in the ring."""
+        width = self.width
+        slot = math.floor(now / width)
+        if (slot + 1) * width <= now:  # float rounding: ``now`` must fall before the end
+            slot += 1
+        i = slot % BUDGET_BUCKETS
+        if self._slots[i] != slot:
+            self._slots[i] = slot
+            self._calls[i] = itertools.count()
+            self._retries[i] = 0
+        current = self.current
+        current[1] = self._calls[i].__next__
+        current[0] = (slot + 1) * width
+        return i
+
+    def tick(self, now: float) -> None:
+        """The first call at or past the current bucket's end opens the next one."""
+        with self._lock:
+            if now >= self.current[0]:
+                self._advance(now)
+
+    def withdraw(self, now: float) -> str | None:
+        """Take one retry from the budget: ``None``, or why it is spent."""
+        with self._lock:
+            i = self._advance(now)
+            oldest = self._slots[i] - BUDGET_BUCKETS
+            calls = retries = 0
+            for slot, counter, retried in zip(self._slots, self._calls, self._retries, strict=True):
+                if slot > oldest:
+                    calls += _count_of(counter)
+                    retries += retried
+            # 1e-9: 0.29 * 100 is 28.999999999999996, not 29.
+            if retries + 1 <= self.cfg.ratio * calls + self.reserve + 1e-9:
+                self._retries[i] += 1
+                return None
+        cfg = self.cfg
+        return (
+            f"retry.budget spent: {retries} retr{'y' if retries == 1 else 'ies'} for "
+            f"{calls} call{'' if calls == 1 else 's'} in the last {cfg.window:g}s; "
+            f"ratio={cfg.ratio:g}, min_per_second={cfg.min_per_second:g}"
+        )
 
 
 class _Call(tenacity.RetryCallState):
@@ -134,6 +339,7 @@ class _Plan:
     __slots__ = (
         "_retrying",
         "abort_on",
+        "budget",
         "cap",
         "cfg",
         "ctx",
@@ -144,6 +350,7 @@ class _Plan:
         "max",
         "multiplier",
         "note_prefix",
+        "retry_after",
         "retry_on",
     )
 
@@ -151,8 +358,14 @@ class _Plan:
         self.cfg = cfg
         self.ctx = ctx
         self.retry_on = _retryable_classes(cfg.retry_on)
-        self.abort_on = cfg.abort_on
+        # An open circuit means "do not call now", whatever retry_on says.
+        self.abort_on = (*cfg.abort_on, CircuitOpenError)
+        budget = cfg.budget
+        self.budget: RetryBudget | None = None
+        if budget is not None and budget.enabled and self.retry_on and cfg.max_attempts > 1:
+            self.budget = ctx.shared("retry_budget", budget, lambda: RetryBudget(budget))
         w = cfg.wait
+        self.retry_after = w.retry_after
         self.initial, self.multiplier, self.max = w.initial, w.multiplier, w.max
         self.jitter = min(w.initial if w.jitter is None else w.jitter, w.max)
         self.cap = w.max - self.jitter
@@ -181,6 +394,10 @@ class _Plan:
         return min(math.exp(math.log(self.initial) + exponent), self.cap)
 
     def wait(self, state: tenacity.RetryCallState) -> float:
+        if self.retry_after and state.outcome is not None:
+            asked = requested_delay(cast(BaseException, state.outcome.exception()))
+            if asked is not None:
+                return min(asked, self.max)
         delay = self.backoff(state.attempt_number)
         if self.jitter:
             delay += _RNG.uniform(0.0, self.jitter)
@@ -230,7 +447,10 @@ class _Plan:
         """After attempt ``call.attempt_number`` raised ``exc``: the wait before the next
         attempt, or ``None`` (then ``exc`` has its note and the caller re-raises it)."""
         if not self.retryable(exc):
-            reason = f"{type(exc).__name__} is not retried by this policy"
+            if isinstance(exc, CircuitOpenError):
+                reason = "the circuit is open; CircuitOpenError is never retried"
+            else:
+                reason = f"{type(exc).__name__} is not retried by this policy"
             self.give_up(exc, call.attempt_number, reason)
             return None
         call.set_exception((type(exc), exc, exc.__traceback__))
@@ -249,19 +469,38 @@ class _Plan:
                 reason = f"retry.deadline={self.cfg.deadline:g}s would be passed"
             self.give_up(exc, attempts, reason)
             return None
+        budget = self.budget
+        if budget is not None:
+            spent = budget.withdraw(self.ctx.clock.monotonic())
+            if spent is not None:
+                self.give_up(exc, call.attempt_number, spent, always=True)
+                logger = self.ctx.logger
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "%s: attempt %d failed with %s; not retried: %s",
+                        self.ctx.policy,
+                        call.attempt_number,
+                        type(exc).__name__,
+                        spent,
+                        extra={"policy": self.ctx.policy, "function": self.ctx.qualname},
+                    )
+                return None
         call.prepare_for_next_attempt()
         return float(cast(tenacity.DoSleep, do))
 
-    def give_up(self, exc: BaseException, attempts: int, reason: str) -> None:
+    def give_up(
+        self, exc: BaseException, attempts: int, reason: str, *, always: bool = False
+    ) -> None:
         """Note on ``exc`` why retrying stopped, replacing this policy's earlier note.
 
         An exception instance raised on every call (a module-level constant) would
-        otherwise gain a note per call. Control flow (Ctrl-C, cancellation) gets none.
+        otherwise gain a note per call. Control flow (Ctrl-C, cancellation) gets none, nor
+        does a first attempt's failure unless ``always`` (the budget refused its retry).
         """
-        if attempts <= 1 or not isinstance(exc, Exception):
+        if (attempts <= 1 and not always) or not isinstance(exc, Exception):
             return
         prefix = self.note_prefix
-        note = f"{prefix}{attempts} attempts ({reason})"
+        note = f"{prefix}{attempts} attempt{'' if attempts == 1 else 's'} ({reason})"
         notes = getattr(exc, "__notes__", None)
         if isinstance(notes, list):
             notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(prefix))]
@@ -279,6 +518,11 @@ def build(cfg: RetryConfig, inner: Inner, ctx: Context) -> Inner:
     sleep, begin, failed = ctx.clock.sleep, plan.begin, plan.failed
     retried = ctx.counters.retry
     timed = cfg.deadline is not None
+    budget = plan.budget
+    counted = budget is not None
+    # The budget's current bucket and its lock-free call counter (see RetryBudget).
+    current: list[Any] = budget.current if budget is not None else []
+    tick = budget.tick if budget is not None else None
 
     # No local of these frames may hold an exception once it is raised on: the frames are
     # in its traceback, and the cycle would keep the call's arguments alive.
@@ -297,11 +541,18 @@ def build(cfg: RetryConfig, inner: Inner, ctx: Context) -> Inner:
             wait = next_wait
 
     def retry_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        started = monotonic() if timed else None
+        if counted:
+            now = monotonic()
+            if now >= current[0]:
+                tick(now)  # type: ignore[misc]
+            current[1]()
+            started: float | None = now
+        else:
+            started = monotonic() if timed else None
         try:
             return inner(args, kwargs, info)
         except retry_on as exc:
-            if abort_on and isinstance(exc, abort_on):
+            if isinstance(exc, abort_on):
                 raise
             call = begin(started)
             wait = failed(call, exc)
@@ -321,6 +572,11 @@ def build_async(cfg: RetryConfig, inner: AsyncInner, ctx: Context) -> AsyncInner
     sleep, begin, failed = ctx.clock.async_sleep, plan.begin, plan.failed
     retried = ctx.counters.retry
     timed = cfg.deadline is not None
+    budget = plan.budget
+    counted = budget is not None
+    # The budget's current bucket and its lock-free call counter (see RetryBudget).
+    current: list[Any] = budget.current if budget is not None else []
+    tick = budget.tick if budget is not None else None
 
     async def slow(call: _Call, wait: float, args: Any, kwargs: Any, info: Any) -> Any:
         while True:
@@ -337,11 +593,18 @@ def build_async(cfg: RetryConfig, inner: AsyncInner, ctx: Context) -> AsyncInner
             wait = next_wait
 
     async def retry_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        started = monotonic() if timed else None
+        if counted:
+            now = monotonic()
+            if now >= current[0]:
+                tick(now)  # type: ignore[misc]
+            current[1]()
+            started: float | None = now
+        else:
+            started = monotonic() if timed else None
         try:
             return await inner(args, kwargs, info)
         except retry_on as exc:
-            if abort_on and isinstance(exc, abort_on):
+            if isinstance(exc, abort_on):
                 raise
             call = begin(started)
             wait = failed(call, exc)
