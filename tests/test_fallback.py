@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import threading
@@ -118,6 +119,52 @@ def test_a_mutable_value_is_never_shared_between_answers(kind: str) -> None:
         "scores": [0.0, 0.0],
         "meta": {"source": "fallback"},
     }
+
+
+@dataclasses.dataclass
+class Box:
+    items: list[int] = dataclasses.field(default_factory=list)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1, 2.5, "x", None, True],
+        [[1, 2], {"a": [3]}, (4, [5])],
+        {"a": 1, "b": "two"},
+        {"nested": {"deeper": {"list": [1, 2]}}, "tuple": (1, [2])},
+        (1, 2, 3),
+        ([1], {"a": 2}),
+        {1, 2},
+        Box(),
+        [Box(), {"box": Box()}],
+    ],
+)
+def test_every_answer_is_an_equal_copy_that_shares_nothing_mutable(kind: str, value: Any) -> None:
+    policy(fallback={"value": value})
+    value = guardrails.policy("p").fallback.value  # type: ignore[union-attr]
+    f = guard(kind, down)
+    first, second = f(), f()
+    assert first == value and second == value
+    assert type(first) is type(value)
+
+    def mutable_parts(obj: Any) -> list[Any]:
+        if isinstance(obj, list | dict | set | Box):
+            inner = (
+                obj.values()
+                if isinstance(obj, dict)
+                else obj.items
+                if isinstance(obj, Box)
+                else obj
+            )
+            return [obj, *(p for item in inner for p in mutable_parts(item))]
+        if isinstance(obj, tuple):
+            return [p for item in obj for p in mutable_parts(item)]
+        return []
+
+    ids = {id(p) for p in mutable_parts(value)}
+    assert not ids & {id(p) for p in mutable_parts(first)}
+    assert not {id(p) for p in mutable_parts(first)} & {id(p) for p in mutable_parts(second)}
 
 
 def test_a_list_value_from_a_yaml_file(kind: str, tmp_path: Path) -> None:
