@@ -12,6 +12,8 @@ latency (when ``latency`` and ``latency_rate`` are above 0), then once for the e
 ``error_rate`` is above 0): ``random() < rate`` injects. With ``seed`` the sequence is the
 same on every run (and in a forked child, which continues the parent's); without one it is
 seeded from the system, and reseeded in a forked child so workers do not fail in lockstep.
+(Calls from several threads share the sequence: which call gets which draw is then up to
+the scheduler, though the share injected still follows the rates.)
 """
 
 from __future__ import annotations
