@@ -414,3 +414,19 @@ def test_a_forked_child_without_a_seed_draws_its_own_sequence() -> None:
     outcomes(f, 10)
     child, parent = _in_child_and_parent(f, 64)
     assert child != parent  # workers forked from one parent must not fail in lockstep
+
+
+def test_injected_errors_are_breaker_failures(kind: str, clock: FakeClock) -> None:
+    chaos(
+        chaos={"error_rate": 1},
+        breaker={"window": 4, "min_calls": 4, "failure_rate": "50%", "open_for": "10s"},
+    )
+    f = Counted()
+    g = guard(kind, f)
+    for _ in range(4):
+        with pytest.raises(ConnectionError, match=MESSAGE):
+            g()
+    with pytest.raises(guardrails.CircuitOpenError):
+        g()  # refused: the attempt never reaches chaos
+    s = guardrails.stats()["p"]
+    assert (s.injected, s.short_circuited, s.breaker_state, f.runs) == (4, 1, "open", 0)
