@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import guardrails
-from guardrails import PolicyConfigError, configure, guarded
+from guardrails import CircuitOpenError, PolicyConfigError, configure, guarded
 from guardrails._binding import Binder
 from guardrails._stats import PolicyCounters
 from guardrails._types import Context
@@ -765,3 +765,60 @@ def test_no_attempt_starts_past_the_deadline_and_none_is_given_up_early(
                 f"guardrails: policy 'r' gave up after {n} attempts "
                 f"(retry.deadline={deadline:g}s would be passed)"
             ]
+
+
+# --- an open circuit is never retried ------------------------------------------------------
+
+
+class OpenCircuit(CircuitOpenError):
+    """An application's own subclass still means "do not call now"."""
+
+
+@pytest.mark.parametrize("retry_on", [["Exception"], ["guardrails:GuardrailsError"]])
+@pytest.mark.parametrize("error", [CircuitOpenError, OpenCircuit])
+def test_an_open_circuit_is_never_retried_whatever_retry_on_says(
+    kind: str, clock: FakeClock, retry_on: list[str], error: type[CircuitOpenError]
+) -> None:
+    retry_policy(max_attempts=5, retry_on=retry_on)
+    flaky = Flaky(error("r", "tests.fn", 30.0))
+    with pytest.raises(error) as exc:
+        guard(kind, flaky)()
+    assert flaky.calls == 1 and clock.sleeps == []
+    assert our_notes(exc.value) == []
+    assert guardrails.stats()["r"].retries == 0
+
+
+def test_an_open_circuit_after_a_retry_stops_at_once_and_says_why(
+    kind: str, clock: FakeClock
+) -> None:
+    retry_policy(max_attempts=5, retry_on=["Exception"])
+    flaky = Flaky(ConnectionError("down"), CircuitOpenError("r", "tests.fn", 30.0))
+    with pytest.raises(CircuitOpenError) as exc:
+        guard(kind, flaky)()
+    assert flaky.calls == 2 and clock.sleeps == [1]
+    assert our_notes(exc.value) == [
+        "guardrails: policy 'r' gave up after 2 attempts "
+        "(the circuit is open; CircuitOpenError is never retried)"
+    ]
+
+
+def test_an_open_circuit_is_not_retried_by_a_config_built_without_validation(
+    kind: str,
+) -> None:
+    cfg = RetryConfig.model_construct(
+        retry_on=(CircuitOpenError, ConnectionError), wait=WaitConfig(initial=1, jitter=0)
+    )
+    clock = FakeClock()
+    flaky = Flaky(CircuitOpenError("r", "tests.fn", 1.0))
+    with pytest.raises(CircuitOpenError):
+        unvalidated(kind, cfg, flaky, clock)()
+    assert flaky.calls == 1 and clock.sleeps == []
+
+
+@pytest.mark.parametrize("name", ["guardrails:CircuitOpenError", "tests.test_retry:OpenCircuit"])
+def test_retry_on_refuses_to_name_an_open_circuit(name: str) -> None:
+    with pytest.raises(PolicyConfigError) as exc:
+        retry_policy(retry_on=["ConnectionError", name])
+    [(path, message)] = exc.value.problems
+    assert path == "guardrails.policies.r.retry.retry_on"
+    assert "cannot be retried: an open circuit means do not call now" in message
