@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,3 +55,16 @@ class Binder:
             else:
                 kwargs.update(value)
         return tuple(args), kwargs
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a coroutine: an ``async def``, a partial of one, or an
+    object whose ``__call__`` is one (a model client); its chain awaits each call."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 (the method, not callability)
+    return inspect.iscoroutinefunction(call)

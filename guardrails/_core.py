@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from guardrails import _config
-from guardrails._binding import Binder
+from guardrails._binding import Binder, is_async
 from guardrails._chain import compile_chain
 from guardrails._errors import PolicyConfigError
 from guardrails._policy import Policy, Settings, missing_policy_problem
@@ -36,7 +36,7 @@ class Slot:
         self.fn = fn
         self.name = name
         self.qualname = _qualname(fn)
-        self.is_async = _is_async(fn)
+        self.is_async = is_async(fn)
         self.rebind = rebind
         self.store: Store | None = None
         # Read now: a callable without a signature (a C builtin such as `max`) would
@@ -155,19 +155,6 @@ def _qualname(fn: Any) -> str:
         return f"partial({_qualname(fn.func)})"
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` gives a coroutine: an ``async def``, a partial of one, or an
-    object whose ``__call__`` is one (a model client); its chain awaits each call."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    if inspect.isroutine(fn) or isinstance(fn, type):
-        return False
-    call = getattr(type(fn), "__call__", None)  # noqa: B004 (the method, not callability)
-    return inspect.iscoroutinefunction(call)
 
 
 @overload

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
+from guardrails._binding import is_async
 from guardrails._errors import InputValidationError, PolicyConfigError
 from guardrails._imports import qualified_name
 from guardrails._types import AsyncInner, Block, Context, ExceptionClasses, ImportedCallable, Inner
@@ -93,18 +94,6 @@ class FallbackConfig(Block):
         return self
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` gives a coroutine (as ``guardrails._core._is_async``, which
-    this module cannot import: ``_core`` imports the layers)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    if inspect.isroutine(fn) or isinstance(fn, type):
-        return False
-    return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))  # noqa: B004
-
-
 _P = inspect.Parameter
 
 
@@ -145,7 +134,7 @@ def _check_function(fn: Callable[..., Any], ctx: Context) -> None:
     guarded function."""
     where = f"guardrails.policies.{ctx.policy}.fallback.function"
     name = qualified_name(fn)
-    if _is_async(fn) and not ctx.is_async:
+    if is_async(fn) and not ctx.is_async:
         raise PolicyConfigError(
             [
                 (
@@ -319,7 +308,7 @@ def build_async(cfg: FallbackConfig, inner: AsyncInner, ctx: Context) -> AsyncIn
         return fallback_value
 
     function = fn
-    awaited = _is_async(fn)
+    awaited = is_async(fn)
 
     async def fallback_function(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         try:

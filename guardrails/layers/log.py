@@ -158,6 +158,7 @@ class _Emitter:
         """After the fallback layer answered for a failure (``info[2]``, already counted)."""
         if self.ctx.logger.isEnabledFor(logging.WARNING):
             self.emit(logging.WARNING, "fallback", seconds, args, kwargs, info, info[2])
+        info[2] = None  # the record is out: hold the answered exception no longer
 
     def failed(
         self,
