@@ -304,11 +304,11 @@ def test_the_bucket_is_kept_across_an_unchanged_configure_and_renewed_on_a_chang
 
 
 def test_default_burst_is_one_seconds_worth_and_at_least_one() -> None:
-    assert RateLimitConfig(rate="100/s").capacity == 100
-    assert RateLimitConfig(rate="5/100ms").capacity == 50
-    assert RateLimitConfig(rate="2.5/s").capacity == 2
-    assert RateLimitConfig(rate="10/min").capacity == 1
-    assert RateLimitConfig(rate="100/s", burst=20).capacity == 20
+    assert RateLimitConfig.model_validate({"rate": "100/s"}).capacity == 100
+    assert RateLimitConfig.model_validate({"rate": "5/100ms"}).capacity == 50
+    assert RateLimitConfig.model_validate({"rate": "2.5/s"}).capacity == 2
+    assert RateLimitConfig.model_validate({"rate": "10/min"}).capacity == 1
+    assert RateLimitConfig.model_validate({"rate": "100/s", "burst": 20}).capacity == 20
 
 
 def test_a_refusal_is_logged_as_rejected(clock: FakeClock, logs: pytest.LogCaptureFixture) -> None:
