@@ -2,19 +2,25 @@
 
 Each request names an entity; its features come from a (simulated) remote feature store
 that fails transiently, so `fetch_features` is guarded by a policy with retry and cache.
-Some rows arrive malformed (NaN, wrong width): `predict` is guarded by input checks and a
-memory budget, so they are rejected with a clear message and counted, never crash the job.
-Every policy lives in conf/guardrails/*.yaml; try
+Midway through the batch the store has an outage: the policy's circuit breaker opens, calls
+fail fast to a fallback (the training data's average row, `examples/fallbacks.py`), and the
+breaker closes again once the store is back. Some rows arrive malformed (NaN, wrong width):
+`predict` is guarded by input checks and a memory budget, so they are rejected with a clear
+message and counted, never crash the job. Every policy lives in conf/guardrails/*.yaml; try
 
     python examples/pipeline.py guardrails.policies.fetch_features.retry.max_attempts=1
     python examples/pipeline.py '~guardrails.policies.fetch_features.cache'
     python examples/pipeline.py guardrails=production
+    python examples/pipeline.py job.outage.start=0 job.outage.end=0      # no outage
+    python examples/pipeline.py +guardrails.allow_chaos=true \
+        +guardrails.policies.fetch_features.chaos.error_rate=0.3         # a chaos drill
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,22 +37,27 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import guardrails
+from examples.fallbacks import remember_population
 from guardrails import InputValidationError, MemoryBudgetExceeded, guarded
 
 log = logging.getLogger("pipeline")
 
 
 class FeatureStore:
-    """A remote feature store stand-in: real feature rows, seeded transient failures."""
+    """A remote feature store stand-in: real feature rows, seeded transient failures, and
+    an outage while ``down`` is set."""
 
     def __init__(self, rows: np.ndarray, failure_rate: float, seed: int) -> None:
         self.rows = rows
         self.failure_rate = failure_rate
         self.rng = np.random.default_rng(seed)
         self.reads = 0
+        self.down = False
 
     def read(self, entity_id: int) -> np.ndarray:
         self.reads += 1
+        if self.down:
+            raise ConnectionError("feature store: connection refused (outage)")
         if self.rng.random() < self.failure_rate:
             raise ConnectionError(f"feature store: connection reset reading entity {entity_id}")
         return self.rows[entity_id].copy()
@@ -100,6 +111,7 @@ def score(cfg: DictConfig) -> Outcome:
     )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     model.fit(x_train, y_train)
+    remember_population(x_train)
     SERVICES.model = model
     SERVICES.store = FeatureStore(x_live, cfg.job.store_failure_rate, cfg.job.seed)
     log.info(
@@ -112,7 +124,10 @@ def score(cfg: DictConfig) -> Outcome:
     rng = np.random.default_rng(cfg.job.seed)
     outcome = Outcome()
     seen: list[int] = []
+    outage = range(cfg.job.outage.start, cfg.job.outage.end)
     for i in range(cfg.job.requests):
+        SERVICES.store.down = i in outage
+        time.sleep(cfg.job.interval)  # requests arrive over time: the breaker's open_for passes
         if seen and rng.random() < cfg.job.repeat_fraction:
             entity = int(rng.choice(seen))
         else:
@@ -141,10 +156,14 @@ def main(cfg: DictConfig) -> None:
     guardrails.configure(cfg)
     outcome = score(cfg)
     accuracy = outcome.correct / outcome.scored if outcome.scored else float("nan")
+    fetch = guardrails.stats().get("fetch_features")
     print(
         f"scored {outcome.scored} of {cfg.job.requests} requests (accuracy {accuracy:.3f}); "
         f"rejected {outcome.rejected} malformed; {outcome.unavailable} unavailable after retries; "
-        f"feature store reads: {SERVICES.store.reads if SERVICES.store else 0}"
+        f"feature store reads: {SERVICES.store.reads if SERVICES.store else 0}; "
+        f"{fetch.fallbacks if fetch else 0} served from the fallback while the breaker was open "
+        f"({fetch.short_circuited if fetch else 0} calls short-circuited; breaker now "
+        f"{fetch.breaker_state if fetch else None})"
     )
     guardrails.report()
 

@@ -84,5 +84,5 @@ def report(console: Console | None = None) -> None:
         console = Console()
         if not console.is_terminal:
             # Piped output has no width to measure; don't squeeze the table into 80 columns.
-            console = Console(width=max(console.width, 132))
+            console = Console(width=max(console.width, 240))
     console.print(stats_table())

@@ -13,8 +13,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(
     r"scored (?P<scored>\d+) of (?P<requests>\d+) requests \(accuracy (?P<accuracy>[\d.]+)\); "
-    r"rejected (?P<rejected>\d+) malformed; (?P<unavailable>\d+) unavailable after retries"
+    r"rejected (?P<rejected>\d+) malformed; (?P<unavailable>\d+) unavailable after retries; "
+    r"feature store reads: (?P<reads>\d+); (?P<fallbacks>\d+) served from the fallback while "
+    r"the breaker was open \((?P<short_circuited>\d+) calls short-circuited; breaker now "
+    r"(?P<breaker>\w+)\)"
 )
+#: The feature store has no outage: the figures do not depend on how fast the machine is.
+NO_OUTAGE = ("job.outage.start=0", "job.outage.end=0")
 
 
 def example(tmp_path: Path, *arguments: str) -> str:
@@ -49,7 +54,7 @@ def run(tmp_path: Path, *overrides: str) -> tuple[dict[str, float], dict[str, li
     output = example(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
     match = SUMMARY.search(output)
     assert match, output
-    summary = {k: float(v) for k, v in match.groupdict().items()}
+    summary = {k: float(v) for k, v in match.groupdict().items() if k != "breaker"}
     (table,) = tables(output)
     return summary, table, output
 
@@ -61,25 +66,94 @@ def col(row: list[str], name: str) -> int:
 
 def test_default_run(tmp_path: Path) -> None:
     summary, table, output = run(tmp_path)
-    assert summary["rejected"] > 0 and summary["unavailable"] == 0
-    assert summary["scored"] + summary["rejected"] == summary["requests"]
+    assert summary["rejected"] > 0
+    total = summary["scored"] + summary["rejected"] + summary["unavailable"]
+    assert total == summary["requests"]
     assert summary["accuracy"] > 0.8
     fetch, predict = table["fetch_features"], table["predict"]
-    assert col(fetch, "retries") > 0 and col(fetch, "hits") > 0 and col(fetch, "failed") == 0
+    assert col(fetch, "retries") > 0 and col(fetch, "hits") > 0
+    assert col(fetch, "failed") == summary["unavailable"]
     assert col(predict, "rejected") == summary["rejected"]
     assert "expected shape [-1, 13]" in output and "expected finite values" in output
+
+
+def test_the_outage_opens_the_breaker_falls_back_and_recovers(tmp_path: Path) -> None:
+    summary, _, output = run(tmp_path)
+    # The first calls of the outage fail after their retries; then the breaker opens and
+    # calls fail fast to the population's average row; after the outage it closes again.
+    assert "circuit breaker closed -> open" in output, output
+    assert "circuit breaker half_open -> closed" in output, output
+    assert summary["short_circuited"] > 0
+    assert summary["fallbacks"] == summary["short_circuited"]  # catch: [CircuitOpenError]
+    assert 0 < summary["unavailable"] < summary["fallbacks"]
+    assert re.search(r"breaker now closed", output)
+
+
+def test_without_an_outage_the_breaker_stays_closed(tmp_path: Path) -> None:
+    summary, _, output = run(tmp_path, *NO_OUTAGE)
+    assert summary["unavailable"] == 0 and summary["fallbacks"] == 0
+    assert summary["short_circuited"] == 0
+    assert "circuit breaker closed -> open" not in output
+
+
+def test_a_chaos_drill_from_the_command_line(tmp_path: Path) -> None:
+    _, table, output = run(
+        tmp_path,
+        *NO_OUTAGE,
+        "+guardrails.allow_chaos=true",
+        "+guardrails.policies.fetch_features.chaos.error_rate=0.3",
+        "+guardrails.policies.fetch_features.chaos.seed=11",
+    )
+    assert "injected" in output
+    fetch = table["fetch_features"]
+    names = ["policy", "calls", "ok", "failed", "retries", "hits", "misses", "rejected"]
+    injected = int(fetch[len(names) + output_columns(output).index("injected")])
+    assert injected > 0
+    assert col(fetch, "retries") > 0
+
+
+def output_columns(output: str) -> list[str]:
+    """The optional column headers of the statistics table, in order, after "rejected"."""
+    header = next(line for line in output.splitlines() if "┃ policy" in line)
+    cells = [c.strip() for c in header.split("┃")[1:-1]]
+    return cells[cells.index("rejected") + 1 : cells.index("p50 ms")]
+
+
+def test_chaos_is_refused_without_allow_chaos(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "pipeline.py"),
+            "+guardrails.policies.fetch_features.chaos.error_rate=0.3",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "GUARDRAILS_CONFIG"},
+        check=False,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    assert "guardrails.policies.fetch_features.chaos: chaos injects failures" in out.stderr
+    assert "+guardrails.allow_chaos=true" in out.stderr
 
 
 def test_each_multirun_job_prints_what_it_prints_alone(tmp_path: Path) -> None:
     # The basic launcher runs the jobs one after another in one process: the second job must
     # not see the first one's cache entries (other rows, same keys) nor add to its statistics.
-    output = example(tmp_path, "-m", "job.seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    # Without the outage: how many calls the open breaker short-circuits depends on time.
+    output = example(
+        tmp_path, "-m", "job.seed=1,2", *NO_OUTAGE, f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    )
     lines = [m.group(0) for m in SUMMARY.finditer(output)]
     counts = [row[:8] for table in tables(output) for row in table.values()]
     assert len(lines) == 2 and len(counts) == 4, output
     alone_lines, alone_counts = [], []
     for seed in (1, 2):
-        single = example(tmp_path, f"job.seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}")
+        single = example(
+            tmp_path, f"job.seed={seed}", *NO_OUTAGE, f"hydra.run.dir={tmp_path / str(seed)}"
+        )
         alone_lines += [m.group(0) for m in SUMMARY.finditer(single)]
         alone_counts += [row[:8] for table in tables(single) for row in table.values()]
     assert lines == alone_lines
@@ -88,7 +162,9 @@ def test_each_multirun_job_prints_what_it_prints_alone(tmp_path: Path) -> None:
 
 
 def test_one_attempt_makes_failures_appear(tmp_path: Path) -> None:
-    summary, table, _ = run(tmp_path, "guardrails.policies.fetch_features.retry.max_attempts=1")
+    summary, table, _ = run(
+        tmp_path, *NO_OUTAGE, "guardrails.policies.fetch_features.retry.max_attempts=1"
+    )
     assert summary["unavailable"] > 0
     assert col(table["fetch_features"], "failed") == summary["unavailable"]
     assert col(table["fetch_features"], "retries") == 0
