@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,79 @@ def passthrough(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def circuitbreaker_closed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import circuitbreaker
+
+    return circuitbreaker.circuit(failure_threshold=5, recovery_timeout=30)(fn)  # type: ignore[no-any-return]
+
+
+def limits_fixed_window(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``limits`` fixed-window ``hit()`` before each call, a limit never reached."""
+    from limits import parse, storage, strategies
+
+    limiter = strategies.FixedWindowRateLimiter(storage.MemoryStorage())
+    item = parse("1000000000/second")
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not limiter.hit(item, "bench"):
+            raise RuntimeError("rate limited")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def semaphore_bulkhead(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``BoundedSemaphore(n)`` bulkhead: refuse when full, release after the call."""
+    slots = threading.BoundedSemaphore(8)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not slots.acquire(blocking=False):
+            raise RuntimeError("bulkhead full")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            slots.release()
+
+    return wrapper
+
+
+_POOL = ThreadPoolExecutor(max_workers=4)
+
+
+def pool_timeout(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``ThreadPoolExecutor.submit(fn).result(timeout)``: the usual sync timeout."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _POOL.submit(fn, *args, **kwargs).result(timeout=10)
+
+    return wrapper
+
+
+def asyncio_timeout(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An ``asyncio.timeout`` wrapper around a coroutine function."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(10):
+            return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+def fallback_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            return 0
+
+    return wrapper
+
+
 def stack(*decorators: Callable[..., Any]) -> Callable[..., Any]:
     """Apply decorators listed outermost first."""
     fn: Callable[..., Any] = work
@@ -138,6 +212,23 @@ POLICIES: dict[str, dict[str, Any]] = {
     "retry_only": {"log": None, "retry": RETRY},
     "memory_only": {"log": None, "memory": {"max_rss": "100%"}},
     "log_only": {"log": {"level": "INFO"}},
+    "breaker_only": {"log": None, "breaker": {"window": 20, "min_calls": 10}},
+    "rate_limit_only": {"log": None, "rate_limit": {"rate": "1000000000/s"}},
+    "bulkhead_only": {"log": None, "bulkhead": {"max_concurrent": 8}},
+    "timeout_only": {"log": None, "timeout": {"attempt": "10s"}},
+    "fallback_only": {"log": None, "fallback": {"value": 0}},
+    "retry_budget": {
+        "log": None,
+        "retry": {**RETRY, "budget": {"ratio": 0.2, "min_per_second": 10}},
+    },
+    "resilient_five": {
+        "log": None,
+        "timeout": {"attempt": "10s"},
+        "retry": RETRY,
+        "breaker": {"window": 20, "min_calls": 10},
+        "rate_limit": {"rate": "1000000000/s"},
+        "bulkhead": {"max_concurrent": 64},
+    },
     "all_off": {
         "log": {"enabled": False, "level": "INFO"},
         "validate": {"enabled": False, "input": "__main__:Request"},
@@ -280,11 +371,85 @@ def overhead_rows(n: int, repeats: int, only: str = "") -> list[Row]:
             1.5,
             False,
         ),
+        (
+            "breaker only, closed",
+            "circuitbreaker.circuit, closed",
+            ours("breaker_only"),
+            circuitbreaker_closed(work),
+            0.5,
+            False,
+        ),
+        (
+            "rate limit only, token available",
+            "limits fixed-window hit() + call",
+            ours("rate_limit_only"),
+            limits_fixed_window(work),
+            0.2,
+            False,
+        ),
+        (
+            "bulkhead only, slot free",
+            "BoundedSemaphore(n) acquire/release wrapper",
+            ours("bulkhead_only"),
+            semaphore_bulkhead(work),
+            0.5,
+            False,
+        ),
+        (
+            "timeout.attempt, sync",
+            "ThreadPoolExecutor.submit(fn).result(timeout)",
+            ours("timeout_only"),
+            pool_timeout(work),
+            1.0,
+            False,
+        ),
+        (
+            "timeout.attempt, async",
+            "an asyncio.timeout wrapper",
+            ours_async("timeout_only"),
+            asyncio_timeout(_async_work),
+            1.0,
+            True,
+        ),
+        (
+            "retry + budget, success",
+            "tenacity.retry(...), success",
+            ours("retry_budget"),
+            tenacity_retry(work),
+            0.05,
+            False,
+        ),
+        (
+            "fallback only, success",
+            "a try/except wrapper",
+            ours("fallback_only"),
+            fallback_wrapper(work),
+            2.5,
+            False,
+        ),
+        (
+            "timeout + breaker + rate limit + bulkhead + retry, all passing",
+            "pyresilience @resilient with the same five",
+            ours("resilient_five"),
+            pyresilience_five(work),
+            0.5,
+            False,
+        ),
+        (
+            "the same five, async",
+            "pyresilience @resilient with the same five, async",
+            ours_async("resilient_five"),
+            pyresilience_five(_async_work),
+            0.5,
+            True,
+        ),
     ]
     rows = []
     for case, counterpart, mine, theirs, target, is_async in cases:
         if only not in case:
             continue
+        # A sync timeout hands each call to a thread (tens of µs): fewer calls, same repeats.
+        calls = n // 10 if "timeout" in case and not is_async else n
         timer = async_per_call_ns if is_async else per_call_ns
         # warm: compile the chain, fill the caches
         if is_async:
@@ -292,7 +457,11 @@ def overhead_rows(n: int, repeats: int, only: str = "") -> list[Row]:
         else:
             mine(1), theirs(1)
         ours_ns, theirs_ns = best_of(
-            [lambda m=mine, tm=timer: tm(m, n), lambda t=theirs, tm=timer: tm(t, n)], repeats
+            [
+                lambda m=mine, tm=timer, c=calls: tm(m, c),
+                lambda t=theirs, tm=timer, c=calls: tm(t, c),
+            ],
+            repeats,
         )
         rows.append(Row(case, counterpart, ours_ns, theirs_ns, target))
     return rows
@@ -300,6 +469,21 @@ def overhead_rows(n: int, repeats: int, only: str = "") -> list[Row]:
 
 async def _async_work(x: int) -> int:
     return x
+
+
+def pyresilience_five(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """pyresilience's ``@resilient`` with the settings of the ``resilient_five`` policy."""
+    import pyresilience as pr
+
+    return pr.resilient(  # type: ignore[no-any-return]
+        retry=pr.RetryConfig(
+            max_attempts=3, delay=0.1, max_delay=5, retry_on=(ConnectionError, TimeoutError)
+        ),
+        timeout=pr.TimeoutConfig(seconds=10),
+        circuit_breaker=pr.CircuitBreakerConfig(sliding_window_size=20, minimum_calls=10),
+        rate_limiter=pr.RateLimiterConfig(max_calls=1_000_000_000, period=1.0),
+        bulkhead=pr.BulkheadConfig(max_concurrent=64),
+    )(fn)
 
 
 def pyresilience_rows(n: int, repeats: int) -> list[tuple[str, float, float]]:
@@ -331,6 +515,11 @@ def pyresilience_rows(n: int, repeats: int) -> list[tuple[str, float, float]]:
         ("retry only, success", ours("retry_only"), theirs_retry),
         ("cache only, hit", ours("cache_only"), theirs_cache),
         ("retry + cache, hit", ours("retry_cache"), theirs_both),
+        (
+            "fallback only, success",
+            ours("fallback_only"),
+            pr.resilient(fallback=pr.FallbackConfig(handler=0))(work),
+        ),
     ]:
         mine(1), theirs(1)
         a, b = best_of(
