@@ -145,7 +145,8 @@ class BreakerConfig(Block):
     @field_validator("slow_rate")
     @classmethod
     def _slow_rate_needs_slow_call(cls, value: float, info: ValidationInfo) -> float:
-        if info.data.get("slow_call", 0.0) is None:
+        # The default passes: a dumped config (``guardrails show``) must read back.
+        if info.data.get("slow_call", 0.0) is None and value != 1.0:
             raise ValueError("has no effect without slow_call (the duration a slow call exceeds)")
         return value
 
@@ -406,10 +407,21 @@ class Breaker:
                 self.slow_total -= sl
             if not buckets or buckets[-1][0] < k:
                 buckets.append([k, s, 0, 0])
-                self.turn_at = (k + 1) * self.bucket_width
+                self.turn_at = self._bucket_start(k + 1)
             return buckets[0][1], self.fail_total, self.slow_total
         lo = max(s - self.size + 1, self.base)
         return lo, self._count(self.fails, lo, s), self._count(self.slows, lo, s)
+
+    def _bucket_start(self, k: int) -> float:
+        """The first time whose bucket (``floor(t / width)``) is ``k``, exactly in floats,
+        so the closed path's ``now >= turn_at`` agrees with the bucket arithmetic."""
+        width = self.bucket_width
+        t = k * width
+        while math.floor(t / width) < k:
+            t = math.nextafter(t, math.inf)
+        while math.floor((before := math.nextafter(t, -math.inf)) / width) >= k:
+            t = before
+        return t
 
     @staticmethod
     def _count(seqs: deque[int], lo: int, hi: int) -> int:
