@@ -182,6 +182,23 @@ def test_a_failed_trial_opens_it_again(
     assert state() == "closed"
 
 
+class Unprintable(ConnectionError):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_trial_failure_that_cannot_be_printed_is_still_the_error_raised(
+    kind: str, clock: FakeClock, logs: pytest.LogCaptureFixture
+) -> None:
+    use(window=2, min_calls=2, open_for="1s")
+    g = guard_as(kind, Dep(clock), "p")
+    open_it(g)
+    clock.advance(1)
+    assert outcome(g, Unprintable) == "Unprintable"
+    assert state() == "open"
+    assert "a trial call failed (Unprintable: <unprintable>)" in logs.records[-1].getMessage()
+
+
 # --- windows --------------------------------------------------------------------------------
 
 

@@ -217,6 +217,15 @@ class BreakerConfig(Block):
         return self._timed
 
 
+def _exception_text(exc: BaseException) -> str:
+    """``Type: message`` for a log line; never raises (a hostile ``__str__`` must not replace
+    the exception the caller gets)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__}: <unprintable>"
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.3g}%"
 
@@ -544,7 +553,7 @@ class Breaker:
             if kind == _FAILURE or slow:
                 if kind == _FAILURE:
                     assert exc is not None
-                    why = f"a trial call failed ({type(exc).__name__}: {exc})"
+                    why = f"a trial call failed ({_exception_text(exc)})"
                 else:
                     why = f"a trial call took {_secs(seconds)}, slow_call {_secs(slow_call or 0)}"
                 message = self._open(HALF_OPEN, why)
