@@ -123,15 +123,12 @@ class Slots:
                 free.append(None)
 
     def _enqueue(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
-        """Under the lock: queue ``waiter``, then take a slot if one is free (True: then it
-        leaves the queue again)."""
+        """Under the lock: queue ``waiter``, then hand out any free slot in queue order (one
+        freed since this attempt found none goes to an earlier waiter first). True: ``waiter``
+        got one at once."""
         self.waiters.append(waiter)
-        try:
-            self.free.pop()
-        except IndexError:
-            return False
-        self.waiters.pop()  # the last: the queue only grows under the lock
-        return True
+        self._hand_over()
+        return waiter.granted
 
     def _settle(self, waiter: _ThreadWaiter | _TaskWaiter) -> bool:
         """Under the lock, after a wait ended: whether ``waiter`` holds a slot (else it
