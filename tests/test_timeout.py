@@ -391,13 +391,15 @@ def test_nested_timeouts_from_a_worker_thread(gate: threading.Event) -> None:
 
 def test_an_interrupted_caller_leaves_the_work(gate: threading.Event) -> None:
     policies(p={"timeout": {"attempt": LONG}})
-    started = threading.Event()
+    started, handled = threading.Event(), threading.Event()
 
     class Interrupted(BaseException):
         pass
 
     def handler(signum: int, frame: Any) -> None:
-        raise Interrupted
+        if not handled.is_set():
+            handled.set()
+            raise Interrupted
 
     @guarded("p")
     def f() -> None:
@@ -405,15 +407,21 @@ def test_an_interrupted_caller_leaves_the_work(gate: threading.Event) -> None:
         gate.wait(LONG)
 
     def interrupt() -> None:
+        # A signal that lands just before the caller blocks is only seen when the wait
+        # ends: send it again until the caller has seen one.
         started.wait(LONG)
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        while not handled.wait(0.01):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, handler)
+    interrupter = threading.Thread(target=interrupt)
     try:
-        threading.Thread(target=interrupt).start()
+        interrupter.start()
         with pytest.raises(Interrupted):
             f()
     finally:
+        handled.set()
+        interrupter.join(LONG)
         signal.signal(signal.SIGUSR1, previous)
     s = stats()
     assert (s.abandoned, s.timeouts, s.failures) == (1, 0, 1)

@@ -142,12 +142,15 @@ class _Worker:
             if not wake.acquire(True, IDLE_SECONDS):
                 try:
                     idle.remove(self)
-                except ValueError:  # a caller took this worker as its wait ran out
+                except ValueError:
+                    # A caller took this worker as its wait ran out, or has yet to put it
+                    # back after its last job: either way a job (or retirement) comes.
                     wake.acquire()
                 else:
                     return
             job = self.job
-            assert job is not None
+            if job is None:
+                return  # retired by a caller that was interrupted
             self.job = None
             try:
                 self.result = job[0].run(job[1], job[2], job[3], job[4])
@@ -209,26 +212,25 @@ def _build_sync(seconds: float, scope: str, inner: Inner, ctx: Context) -> Inner
         finally:
             del error  # this frame is in the traceback
 
-    def drop(worker: _Worker) -> None:
-        """A finished job's outcome nobody will see: logged at DEBUG, worker returned."""
+    def retire(worker: _Worker) -> None:
+        """The caller was interrupted after the worker finished: the outcome is dropped
+        (logged at DEBUG) and the worker's thread ends. Whether the interrupted wait took
+        ``done`` is unknown, so the worker is not reused."""
         error, worker.error, worker.result = worker.error, None, None
-        worker.gate.release()
-        push(worker)
+        worker.job = None
+        worker.wake.release()  # it wakes to no job, and ends
         site.dropped(error)
 
-    def leave(worker: _Worker) -> bool:
-        """The caller stops waiting: True if the work is abandoned, else the worker has
-        finished (or is finishing) and its outcome is there to collect."""
+    def late(worker: _Worker) -> Any:
         if worker.gate.acquire(False):
             abandoned()
-            return True
-        worker.done.acquire()
-        return False
-
-    def late(worker: _Worker) -> Any:
-        if leave(worker):
             timed_out()
             raise CallTimeout(policy, qualname, seconds, scope)
+        try:
+            worker.done.acquire()  # it finished as the deadline passed: done comes at once
+        except BaseException:
+            retire(worker)
+            raise
         return collect(worker)
 
     def timeout_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
@@ -241,8 +243,10 @@ def _build_sync(seconds: float, scope: str, inner: Inner, ctx: Context) -> Inner
         try:
             finished = worker.done.acquire(True, wait)
         except BaseException:  # interrupted while waiting (Ctrl-C): leave the work
-            if not leave(worker):
-                drop(worker)  # it finished meanwhile; the interruption wins
+            if worker.gate.acquire(False):
+                abandoned()
+            else:
+                retire(worker)  # it finished meanwhile; the interruption wins
             raise
         if finished:
             error = worker.error
