@@ -771,7 +771,8 @@ STEPS = st.lists(
         st.sampled_from(sorted(OUTCOMES)),
         st.sampled_from([0.0, 0.0, 0.3, 0.5, 1.2]),  # how long the call takes
     ),
-    max_size=80,
+    min_size=20,  # long enough to open, recover and open again
+    max_size=100,
 )
 
 
