@@ -130,7 +130,9 @@ def build(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
 
     def rate_limit_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         # Bucket.take inlined: the common case (a token in the bucket) is one locked update.
-        with bucket.lock:
+        lock = bucket.lock  # read per call: a forked child renews it
+        lock.acquire()  # (acquire/try/finally: a fifth cheaper than `with`)
+        try:
             now = monotonic()
             full_at = bucket.full_at
             if full_at < now:  # noqa: PLR1730 (max() costs a call)
@@ -138,6 +140,8 @@ def build(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
             wait = full_at - span - now
             if wait <= _EPSILON:
                 bucket.full_at = full_at + interval
+        finally:
+            lock.release()
         if wait > _EPSILON:
             wait, due = slow()
             try:
@@ -158,7 +162,9 @@ def build_async(cfg: RateLimitConfig, inner: AsyncInner, ctx: Context) -> AsyncI
     sleep = ctx.clock.async_sleep
 
     async def rate_limit_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
-        with bucket.lock:
+        lock = bucket.lock  # read per call: a forked child renews it
+        lock.acquire()  # (acquire/try/finally: a fifth cheaper than `with`)
+        try:
             now = monotonic()
             full_at = bucket.full_at
             if full_at < now:  # noqa: PLR1730 (max() costs a call)
@@ -166,6 +172,8 @@ def build_async(cfg: RateLimitConfig, inner: AsyncInner, ctx: Context) -> AsyncI
             wait = full_at - span - now
             if wait <= _EPSILON:
                 bucket.full_at = full_at + interval
+        finally:
+            lock.release()
         if wait > _EPSILON:
             wait, due = slow()
             try:
