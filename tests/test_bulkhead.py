@@ -412,6 +412,68 @@ def test_a_running_attempt_cancelled_or_raising_frees_its_slot() -> None:
     assert slots().in_use == 0
 
 
+def test_threads_and_two_loops_with_cancellations_never_overshoot_nor_leak(
+    inflight: InFlight,
+) -> None:
+    # Short waits, so that timeouts race hand-overs; cancellations race them too.
+    bulkhead(max_concurrent=3, max_wait="1ms")
+    refusals = [0]
+    count = threading.Lock()
+
+    def work() -> None:
+        inflight.enter()
+        try:
+            sum(range(500))
+        finally:
+            inflight.leave()
+
+    async def awork() -> None:
+        inflight.enter()
+        try:
+            await asyncio.sleep(0.0005)
+        finally:
+            inflight.leave()
+
+    sync_call, async_call = guarded("p")(work), guarded("p")(awork)
+
+    def refused() -> None:
+        with count:
+            refusals[0] += 1
+
+    def thread() -> None:
+        for _ in range(100):
+            try:
+                sync_call()
+            except BulkheadFull:
+                refused()
+
+    async def tasks() -> None:
+        async def one() -> None:
+            try:
+                await async_call()
+            except BulkheadFull:
+                refused()
+
+        for i in range(10):
+            batch = [asyncio.create_task(one()) for _ in range(20)]
+            await asyncio.sleep(0.001)
+            for task in batch[i % 3 :: 3]:
+                task.cancel()
+            await asyncio.gather(*batch, return_exceptions=True)
+
+    threads = [threading.Thread(target=thread) for _ in range(4)]
+    threads += [threading.Thread(target=asyncio.run, args=(tasks(),)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    assert inflight.peak <= 3
+    assert slots().in_use == 0
+    assert not slots().waiters
+    assert guardrails.stats()["p"].bulkhead_rejected == refusals[0]
+
+
 def test_the_bulkhead_is_kept_across_an_unchanged_configure_and_renewed_on_a_change() -> None:
     bulkhead(max_concurrent=1)
     release, entered = threading.Event(), threading.Event()
