@@ -627,6 +627,9 @@ def test_a_child_forked_while_a_trial_runs_can_make_its_own_trial(clock: FakeClo
         ({"window": "60"}, "window", "'60' is ambiguous"),
         ({"window": 0}, "window", "a window of calls holds at least 1 call"),
         ({"window": "0s"}, "window", "a time window must be longer than 0 s"),
+        # floor(now / width) of a denormal width overflows: an OverflowError on every call
+        ({"window": "0." + "0" * 320 + "1s"}, "window", "a time window must be at least 1ms"),
+        ({"window": "0.5ms"}, "window", "a time window must be at least 1ms"),
         ({"window": "soon"}, "window", "expected"),
         ({"window": True}, "window", "expected an integer for a window"),
         ({"window": 5}, "min_calls", "10 is more than the window holds (5 calls)"),

@@ -122,6 +122,8 @@ def test_the_wait_is_capped_at_max(kind: str, clock: FakeClock) -> None:
         (10**400, 100.0),  # too large for a float: long, so the cap
         (float("nan"), 1.0),  # nothing readable: the backoff
         ("soon", 1.0),
+        ("\u0663\u0660", 1.0),  # Arabic-Indic "30": HTTP's DIGIT is ASCII only
+        ("\uff13\uff10", 1.0),  # fullwidth "30"
         (True, 1.0),
         (None, 1.0),
         ([3], 1.0),

@@ -308,6 +308,9 @@ def test_the_window_turns_while_threads_call(clock: FakeClock) -> None:
         ("min_per_second", "ten", "expected a rate like '100/s'"),
         ("window", 0, "expected a window longer than 0 seconds, got 0.0"),
         ("window", "0ms", "expected a window longer than 0 seconds"),
+        # floor(now / width) of a denormal width overflows: an OverflowError on every call
+        ("window", 1e-320, "expected a window of at least 1ms"),
+        ("window", "0.5ms", "expected a window of at least 1ms"),
         ("window", "soon", "expected a number of seconds"),
         ("typo", 1, "unknown key 'typo'; expected one of: enabled, ratio, min_per_second"),
     ],

@@ -66,6 +66,8 @@ from guardrails._units import parse_duration, shown
 
 #: How many buckets a time window is split into.
 BUCKETS = 20
+#: The shortest time window (seconds).
+MIN_TIME_WINDOW = 0.001
 #: ``watch`` when no success needs to look at the verdict (an int: int comparisons are fast).
 _NEVER = 1 << 62
 
@@ -103,6 +105,10 @@ def _window(value: object) -> int | float:
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError(f"a time window must be longer than 0 s, got {shown(value)}")
+    if seconds < MIN_TIME_WINDOW:
+        # Its buckets are numbered floor(now / width): a window of 1e-320 s overflows that
+        # on any clock reading, an OverflowError on every call.
+        raise ValueError(f"a time window must be at least 1ms long, got {shown(value)}")
     return seconds
 
 
@@ -547,6 +553,10 @@ class Breaker:
             if state is OPEN:
                 now = self.monotonic()
                 if now < self.open_until:
+                    # A clock set back to before the breaker opened: open for open_for
+                    # from now, not for as long as it went back. (Only then: float
+                    # addition is monotonic, so ``now + open_for`` is never less otherwise.)
+                    self.open_until = min(self.open_until, now + self.open_for)
                     refused = self.open_until - now
                 else:
                     state = self.state = HALF_OPEN

@@ -132,9 +132,18 @@ def _per_second_or_zero(value: object) -> float:
     return parse_per_second(value)
 
 
+#: The shortest budget window: its buckets are numbered ``floor(now / width)``, which a
+#: window of 1e-320 s would overflow on any clock reading (an OverflowError on every call).
+MIN_WINDOW = 0.001
+
+
 def _positive_window(value: float) -> float:
     if value <= 0:
         raise ValueError(f"expected a window longer than 0 seconds, got {shown(value)}")
+    if value < MIN_WINDOW:
+        raise ValueError(
+            f"expected a window of at least 1ms (a budget counts calls over it), got {shown(value)}"
+        )
     return value
 
 
@@ -182,7 +191,7 @@ class RetryConfig(Block):
         return value
 
 
-_DELTA_SECONDS = re.compile(r"\s*(\d+(?:\.\d+)?)\s*")
+_DELTA_SECONDS = re.compile(r"\s*(\d+(?:\.\d+)?)\s*", re.ASCII)  # HTTP digits are ASCII
 
 
 def _seconds_of(value: object) -> float | None:
@@ -251,6 +260,7 @@ class RetryBudget:
     __slots__ = (
         "_calls",
         "_lock",
+        "_newest",
         "_retries",
         "_slots",
         "cfg",
@@ -267,6 +277,8 @@ class RetryBudget:
         self._slots: list[float] = [-math.inf] * BUDGET_BUCKETS
         self._calls = [itertools.count() for _ in range(BUDGET_BUCKETS)]
         self._retries = [0] * BUDGET_BUCKETS
+        #: The newest slot opened (``None`` before the first call).
+        self._newest: int | None = None
         # -inf: the first call opens a bucket.
         self.current: list[Any] = [-math.inf, self._calls[0].__next__]
 
@@ -280,6 +292,13 @@ class RetryBudget:
         slot = math.floor(now / width)
         if (slot + 1) * width <= now:  # float rounding: ``now`` must fall before the end
             slot += 1
+        # Never back to an earlier bucket: a thread that read the clock before another
+        # opened the next bucket, or a clock set back, counts in the newest one (time stood
+        # still). Going back would reopen (and wipe) a bucket of the window as if it were new.
+        newest = self._newest
+        if newest is not None and slot < newest:
+            slot = newest
+        self._newest = slot
         i = slot % BUDGET_BUCKETS
         if self._slots[i] != slot:
             self._slots[i] = slot

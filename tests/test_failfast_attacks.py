@@ -1,0 +1,143 @@
+"""Attacks on the fail-fast layers together (breaker, fallback, chaos, retry budget and
+Retry-After): clocks set back, self-referring fallbacks, the smallest windows."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import guardrails
+from guardrails import CircuitOpenError, PolicyConfigError, configure, guarded
+from guardrails.testing import FakeClock
+from tests.test_retry_budget import FailsOnce, budget_policy, calls
+from tests.twins import guard_as
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def fails() -> None:
+    raise ConnectionError("down")
+
+
+# --- a clock set back ---------------------------------------------------------------------------
+
+
+def test_a_clock_set_back_keeps_the_breaker_open_for_open_for_not_longer(
+    kind: str, clock: FakeClock
+) -> None:
+    configure({"policies": {"p": {"log": None, "breaker": {"window": 2, "min_calls": 1}}}})
+    f = guard_as(kind, fails, "p")
+    with pytest.raises(ConnectionError):
+        f()
+    assert guardrails.stats()["p"].breaker_state == "open"
+    clock.advance(-3600)  # set back an hour
+    with pytest.raises(CircuitOpenError) as refused:
+        f()
+    assert refused.value.retry_after == 30.0  # open_for from now, not an hour and 30 s
+    clock.advance(30)
+    assert guardrails.stats()["p"].breaker_state == "half_open"
+
+
+def test_a_clock_set_back_counts_in_the_newest_budget_bucket(kind: str, clock: FakeClock) -> None:
+    configure({"policies": budget_policy(ratio=0.2, min_per_second=0)})
+    fn = FailsOnce()
+    f = guard_as(kind, fn, "r")
+    assert calls(f, fn, 10) == "----r----r"
+    clock.advance(-100)  # time stands still for the budget: 20 calls, then 4 retries
+    assert calls(f, fn, 10) == "----r----r"
+    clock.advance(100)  # back where it was: still the same bucket
+    assert calls(f, fn, 10) == "----r----r"
+    clock.advance(10)  # a window later all of it has left
+    assert calls(f, fn, 5) == "----r"
+
+
+# --- the smallest windows -----------------------------------------------------------------------
+
+
+def test_the_shortest_windows_work_on_the_real_clock(kind: str) -> None:
+    # 1 ms cut into 20 (breaker) or 10 (budget) buckets: numbered floor(now / width) on
+    # time.monotonic(), which a window of 1e-320 s overflowed.
+    configure(
+        {
+            "policies": {
+                "p": {"log": None, "breaker": {"window": "1ms", "min_calls": 1000}},
+                "r": budget_policy("r", window="1ms")["r"],
+            }
+        }
+    )
+    f = guard_as(kind, fails, "p")
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            f()
+    assert guardrails.stats()["p"].breaker_state == "closed"
+    fn = FailsOnce()
+    g = guard_as(kind, fn, "r")
+    # retried or refused (which depends on how much real time passes), never an OverflowError
+    assert set(calls(g, fn, 3)) <= {"r", "-"}
+
+
+# --- fallback recursion -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def module() -> Iterator[types.ModuleType]:
+    mod = types.ModuleType("guardrails_attack_module")
+    sys.modules[mod.__name__] = mod
+    try:
+        yield mod
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_a_fallback_to_the_guarded_function_itself_is_refused(
+    kind: str, module: types.ModuleType
+) -> None:
+    # While the dependency is down each fallback would call it again: RecursionError after
+    # ~330 calls, each counted as a failure.
+    if kind == "sync":
+
+        def fetch(x: int) -> int:
+            raise ConnectionError("down")
+
+        module.fetch = guarded("p")(fetch)
+    else:
+
+        async def afetch(x: int) -> int:
+            raise ConnectionError("down")
+
+        module.fetch = guarded("p")(afetch)
+    with pytest.raises(PolicyConfigError) as refused:
+        configure({"policies": {"p": {"fallback": {"function": f"{module.__name__}:fetch"}}}})
+    [(path, message)] = refused.value.problems
+    assert path == "guardrails.policies.p.fallback.function"
+    assert "itself" in message and "RecursionError" in message
+
+
+def test_a_fallback_to_the_same_function_under_another_policy_is_allowed(
+    module: types.ModuleType,
+) -> None:
+    def fetch(x: int) -> Any:
+        if x < 0:
+            raise ConnectionError("down")
+        return x
+
+    module.fetch_p = guarded("p")(fetch)
+    module.fetch_q = guarded("q")(fetch)
+    configure(
+        {
+            "policies": {
+                "p": {"fallback": {"function": f"{module.__name__}:fetch_q"}},
+                "q": {"fallback": {"value": "q answered"}},
+            }
+        }
+    )
+    assert module.fetch_p(-1) == "q answered"
+    assert guardrails.stats()["p"].fallbacks == 1
+    assert guardrails.stats()["q"].fallbacks == 1
