@@ -182,6 +182,8 @@ def test_the_error_class_is_built_with_the_message(kind: str) -> None:
         ({"error": f"{__name__}:NeedsTwo"}, "error", "cannot be built from one message string"),
         ({"error": "UnicodeDecodeError"}, "error", "cannot be built from one message string"),
         ({"error": "KeyboardInterrupt"}, "error", "is not a subclass of Exception"),
+        # an async function would get RuntimeError("coroutine raised StopIteration")
+        ({"error": "StopIteration"}, "error", "turns a StopIteration raised in a coroutine"),
         ({"error": "asyncio.CancelledError"}, "error", "is not a subclass of Exception"),
         ({"error": "print"}, "error", "is not a class"),
         ({"error": "json:NoSuchError"}, "error", "has no attribute"),

@@ -49,6 +49,13 @@ class ChaosConfig(Block):
                 f"{name} is not a subclass of Exception: chaos injects failures, and a "
                 "BaseException such as KeyboardInterrupt or CancelledError is control flow"
             )
+        if issubclass(value, StopIteration):
+            raise ValueError(
+                f"{name} cannot be injected: Python turns a StopIteration raised in a "
+                "coroutine or a generator into RuntimeError, so an async function (or a "
+                "caller iterating) would see another error than the one configured; name "
+                "another class, such as ConnectionError"
+            )
         try:
             made = value(_message("policy"))
         except Exception as exc:

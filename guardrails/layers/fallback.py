@@ -134,6 +134,20 @@ def _check_function(fn: Callable[..., Any], ctx: Context) -> None:
     guarded function."""
     where = f"guardrails.policies.{ctx.policy}.fallback.function"
     name = qualified_name(fn)
+    slot = getattr(fn, "__guardrails__", None)
+    if getattr(fn, "__wrapped__", None) is ctx.function and getattr(slot, "name", None) == (
+        ctx.policy
+    ):
+        raise PolicyConfigError(
+            [
+                (
+                    where,
+                    f"{name} is {ctx.qualname} itself, guarded by this policy: while it "
+                    "fails, each fallback would call it again, until RecursionError; name "
+                    "another function (use retry to try the same one again)",
+                )
+            ]
+        )
     if is_async(fn) and not ctx.is_async:
         raise PolicyConfigError(
             [
