@@ -141,3 +141,50 @@ def test_a_fallback_to_the_same_function_under_another_policy_is_allowed(
     assert module.fetch_p(-1) == "q answered"
     assert guardrails.stats()["p"].fallbacks == 1
     assert guardrails.stats()["q"].fallbacks == 1
+
+
+# --- exceptions whose notes misbehave -----------------------------------------------------------
+
+
+class NotesRaise(ConnectionError):
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("__notes__ raised")
+
+
+class AddNoteRaises(ConnectionError):
+    def add_note(self, note: str) -> None:
+        raise RuntimeError("add_note raised")
+
+
+NO_WAIT = {"initial": 0, "max": 0, "jitter": 0}
+
+
+@pytest.mark.parametrize("error", [NotesRaise, AddNoteRaises])
+@pytest.mark.parametrize("where", ["max_attempts", "budget", "fallback function"])
+def test_an_exception_whose_notes_raise_is_still_the_one_raised(
+    kind: str, where: str, error: type[ConnectionError], module: types.ModuleType, clock: FakeClock
+) -> None:
+    # The note saying why retrying stopped (or whose fallback raised) is added to the
+    # caller's exception; a failure to add it must not replace that exception.
+    def failing() -> None:
+        raise error("the dependency's own error")
+
+    retry: dict[str, Any] = {"max_attempts": 2, "wait": NO_WAIT}
+    blocks: dict[str, Any] = {"log": None, "retry": retry}
+    if where == "budget":
+        retry["budget"] = {"ratio": 0, "min_per_second": 0}
+    elif where == "fallback function":
+        module.answer = failing
+        blocks = {"log": None, "fallback": {"function": f"{module.__name__}:answer"}}
+    configure({"policies": {"p": blocks}})
+    f = guard_as(kind, failing, "p")
+    # Not pytest.raises: it reads __notes__ too, and so would fail on NotesRaise itself.
+    raised: BaseException | None = None
+    try:
+        f()
+    except BaseException as exc:  # whatever it is, compared below
+        raised = exc
+    assert type(raised) is error, repr(raised)
+    assert raised.args == ("the dependency's own error",)
+    assert guardrails.stats()["p"].failures == 1

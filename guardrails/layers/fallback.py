@@ -20,7 +20,6 @@ so a caller that mutates the answer cannot change the next one; scalars, strings
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import inspect
@@ -33,7 +32,7 @@ from guardrails._binding import is_async
 from guardrails._errors import InputValidationError, PolicyConfigError
 from guardrails._imports import qualified_name
 from guardrails._types import AsyncInner, Block, Context, ExceptionClasses, ImportedCallable, Inner
-from guardrails.layers.retry import _CONTROL_FLOW
+from guardrails.layers.retry import _CONTROL_FLOW, replace_note
 
 #: Values returned as they are: nothing a caller can do to them changes the next answer.
 _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, range, frozenset)
@@ -230,13 +229,8 @@ def _note_failed_fallback(exc: BaseException, prefix: str, note: str) -> None:
     """Note on ``exc`` (raised by the fallback function) which policy's fallback it was,
     replacing an earlier note of this policy (an exception instance raised on every call
     gains one note, not one per call). Control flow gets none."""
-    if not isinstance(exc, Exception):
-        return
-    notes = getattr(exc, "__notes__", None)
-    if isinstance(notes, list):
-        notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(prefix))]
-    with contextlib.suppress(TypeError):  # `__notes__` replaced by something not a list
-        exc.add_note(note)
+    if isinstance(exc, Exception):
+        replace_note(exc, prefix, note)
 
 
 def _plan(

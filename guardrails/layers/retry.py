@@ -337,6 +337,19 @@ class RetryBudget:
         )
 
 
+def replace_note(exc: BaseException, prefix: str, note: str) -> None:
+    """Add ``note`` to ``exc``, dropping its earlier notes that start with ``prefix`` (an
+    exception instance raised on every call, a module-level constant, gains one note, not
+    one per call). Never raises: an exception whose ``__notes__`` or ``add_note`` raises, or
+    whose ``__notes__`` is not a list, goes on without the note, never replaced by that
+    error."""
+    with contextlib.suppress(Exception):
+        notes = getattr(exc, "__notes__", None)
+        if isinstance(notes, list):
+            notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(prefix))]
+        exc.add_note(note)
+
+
 class _Call(tenacity.RetryCallState):
     """tenacity's state for one call on the slow path, with the time it must stop before."""
 
@@ -519,13 +532,9 @@ class _Plan:
         if (attempts <= 1 and not always) or not isinstance(exc, Exception):
             return
         prefix = self.note_prefix
-        note = f"{prefix}{attempts} attempt{'' if attempts == 1 else 's'} ({reason})"
-        notes = getattr(exc, "__notes__", None)
-        if isinstance(notes, list):
-            notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(prefix))]
-        # `__notes__` replaced by something that is not a list: exc goes on as it is.
-        with contextlib.suppress(TypeError):
-            exc.add_note(note)
+        replace_note(
+            exc, prefix, f"{prefix}{attempts} attempt{'' if attempts == 1 else 's'} ({reason})"
+        )
 
 
 def build(cfg: RetryConfig, inner: Inner, ctx: Context) -> Inner:
