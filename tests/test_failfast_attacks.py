@@ -3,6 +3,7 @@ Retry-After): clocks set back, self-referring fallbacks, the smallest windows.""
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from collections.abc import Iterator
@@ -188,3 +189,60 @@ def test_an_exception_whose_notes_raise_is_still_the_one_raised(
     assert type(raised) is error, repr(raised)
     assert raised.args == ("the dependency's own error",)
     assert guardrails.stats()["p"].failures == 1
+
+
+# --- a breaker's trial permit and Ctrl-C -------------------------------------------------------
+
+
+class CtrlCOnHalfOpen(logging.Handler):
+    """Ctrl-C landing while the breaker's "open -> half_open" line is being written (a slow
+    handler is where a process spends its time when a signal arrives)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.fired = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "breaker_state", None) == "half_open" and not self.fired:
+            self.fired += 1
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_half_open_transition_is_logged_leaks_no_trial_permit(
+    kind: str, clock: FakeClock
+) -> None:
+    configure(
+        {
+            "policies": {
+                "p": {
+                    "log": None,
+                    "breaker": {"window": 2, "min_calls": 1, "open_for": 1, "half_open_calls": 1},
+                }
+            }
+        }
+    )
+    healthy = [False]
+
+    def dep() -> str:
+        if not healthy[0]:
+            raise ConnectionError("down")
+        return "ok"
+
+    f = guard_as(kind, dep, "p")
+    with pytest.raises(ConnectionError):
+        f()
+    clock.advance(1)
+    healthy[0] = True
+    handler = CtrlCOnHalfOpen()
+    logger = logging.getLogger("guardrails")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            f()  # admitted as the one trial, then interrupted before it ran
+    finally:
+        logger.removeHandler(handler)
+    assert handler.fired == 1
+    # The interrupted call gave its permit back: the next call is the trial, and closes it
+    # (with the permit leaked, every call was refused with retry_after 0, forever).
+    assert f() == "ok"
+    assert guardrails.stats()["p"].breaker_state == "closed"

@@ -542,12 +542,19 @@ class Breaker:
 
     # --- open and half-open ----------------------------------------------------------------
 
-    def admit(self, qualname: str) -> int | None:
-        """A call while open or half-open: its trial ticket, ``None`` if the breaker closed
-        meanwhile (the call takes the closed path); raises ``CircuitOpenError`` otherwise."""
+    def admit(self, qualname: str, held: list[int]) -> None:
+        """A call while open or half-open: appends its trial ticket to ``held``, or leaves it
+        empty if the breaker closed meanwhile (the call takes the closed path); raises
+        ``CircuitOpenError`` otherwise.
+
+        ``held`` is the caller's, filled under the lock right after the permit is taken (no
+        call in between, so no signal handler can run there): a ``KeyboardInterrupt`` that
+        lands later, e.g. while the transition to half-open is logged, finds the ticket in
+        the caller's hands, and the caller gives the permit back. Returned instead, the
+        ticket would be lost with the interrupted return, and the permit with it: with
+        ``half_open_calls: 1``, every call refused with ``retry_after`` 0, forever."""
         message = None
         refused = -1.0
-        ticket: int | None = None
         with self.lock:
             state = self.state
             if state is OPEN:
@@ -572,14 +579,13 @@ class Breaker:
             if state is HALF_OPEN and refused < 0:
                 if self.trials_ok + self.in_flight < self.half_open_calls:
                     self.in_flight += 1
-                    ticket = self.epoch
+                    held.append(self.epoch)
                 else:
                     refused = 0.0  # half-open already: trial permits come back any moment
         if message is not None:
             self._log(message, qualname)
         if refused >= 0:
             raise CircuitOpenError(self.policy, qualname, refused)
-        return ticket
 
     def trial_done(
         self, ticket: int, exc: BaseException | None, seconds: float, qualname: str
@@ -634,15 +640,21 @@ def build(cfg: BreakerConfig, inner: Inner, ctx: Context) -> Inner:
     short_circuit = ctx.counters.short_circuit
 
     def trial(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        held: list[int] = []  # the trial's ticket, once its permit is taken (see ``admit``)
         try:
-            ticket = admit(qualname)
-        except CircuitOpenError:
-            short_circuit()
+            admit(qualname, held)
+        except BaseException as exc:
+            if held:  # interrupted after its permit was taken: the permit comes back
+                trial_done(held[0], exc, 0.0, qualname)
+            elif isinstance(exc, CircuitOpenError):
+                short_circuit()
             raise
-        if ticket is None:  # closed meanwhile
+        if not held:  # closed meanwhile
             return breaker_layer(args, kwargs, info)
-        t0 = monotonic()
+        ticket = held[0]
+        t0 = math.inf  # no gap between the permit and the ``try`` that gives it back
         try:
+            t0 = monotonic()
             result = inner(args, kwargs, info)
         except BaseException as exc:
             trial_done(ticket, exc, monotonic() - t0, qualname)
@@ -715,15 +727,21 @@ def build_async(cfg: BreakerConfig, inner: AsyncInner, ctx: Context) -> AsyncInn
     slow = cfg.slow_call if cfg.slow_call is not None else math.inf
 
     async def trial(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        held: list[int] = []  # the trial's ticket, once its permit is taken (see ``admit``)
         try:
-            ticket = admit(qualname)
-        except CircuitOpenError:
-            short_circuit()
+            admit(qualname, held)
+        except BaseException as exc:
+            if held:  # interrupted after its permit was taken: the permit comes back
+                trial_done(held[0], exc, 0.0, qualname)
+            elif isinstance(exc, CircuitOpenError):
+                short_circuit()
             raise
-        if ticket is None:  # closed meanwhile
+        if not held:  # closed meanwhile
             return await breaker_layer(args, kwargs, info)
-        t0 = monotonic()
+        ticket = held[0]
+        t0 = math.inf  # no gap between the permit and the ``try`` that gives it back
         try:
+            t0 = monotonic()
             result = await inner(args, kwargs, info)
         except BaseException as exc:  # a cancelled trial gives its permit back
             trial_done(ticket, exc, monotonic() - t0, qualname)
