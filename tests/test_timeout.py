@@ -1,10 +1,10 @@
 """The timeout layers: ``timeout.attempt`` (inside retry) and ``timeout.total`` (outside it).
 
 Sync timeouts leave the work running on a worker thread; async ones cancel it. Deadlines
-here are real (timeouts never read the fake clock); the work that must outlive a deadline
-blocks on an event the test releases, so no test depends on how fast anything runs. A
-deadline that must never fire is 30 s: long enough for the slowest machine, and a broken
-layer then fails the test instead of hanging it.
+here are real (timeouts never read the fake clock). Work that must outlive a deadline
+blocks on an event the test releases (sync) or sleeps ``LONG`` until cancelled (async), so
+no test depends on how fast anything runs. ``LONG`` (30 s) is a deadline that must never
+fire: ample for the slowest machine, and a broken layer fails the test instead of hanging it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import guardrails
 from guardrails import CallTimeout, OutputValidationError, PolicyConfigError, configure, guarded
 from guardrails.layers import timeout as timeout_layer
 from guardrails.testing import FakeClock, fake_clock
+from tests.twins import guard_as
 
 SHORT = 0.05  # a deadline that is meant to pass
 LONG = 30.0  # a deadline that must never pass
@@ -536,7 +537,7 @@ def test_async_timeout_cancels_the_work(scope: str) -> None:
     @guarded("p")
     async def f() -> None:
         try:
-            await asyncio.Event().wait()
+            await asyncio.sleep(LONG)
         except asyncio.CancelledError:
             seen.append("cancelled")
             raise
@@ -562,7 +563,7 @@ def test_async_work_that_catches_the_cancellation_still_times_out() -> None:
     @guarded("p")
     async def swallow(mode: str) -> str:
         try:
-            await asyncio.Event().wait()
+            await asyncio.sleep(LONG)
         except asyncio.CancelledError:
             if mode == "raise":
                 raise ValueError("cleanup failed") from None
@@ -587,7 +588,7 @@ def test_an_outer_cancel_is_not_turned_into_a_timeout() -> None:
     @guarded("p")
     async def f(ready: asyncio.Event) -> None:
         ready.set()
-        await asyncio.Event().wait()
+        await asyncio.sleep(LONG)
 
     async def main() -> None:
         ready = started()
@@ -610,7 +611,7 @@ def test_an_outer_cancel_racing_the_deadline_stays_a_cancellation(scope: str) ->
     @guarded("p")
     async def f(ready: asyncio.Event) -> None:
         ready.set()
-        await asyncio.Event().wait()
+        await asyncio.sleep(LONG)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -639,7 +640,7 @@ def test_async_nested_timeouts_tell_whose_deadline_passed() -> None:
 
     @guarded("inner")
     async def stuck() -> None:
-        await asyncio.Event().wait()
+        await asyncio.sleep(LONG)
 
     @guarded("outer")
     async def outer() -> str:
@@ -651,7 +652,7 @@ def test_async_nested_timeouts_tell_whose_deadline_passed() -> None:
 
     @guarded("inner_long")
     async def slow_inner() -> None:
-        await asyncio.Event().wait()
+        await asyncio.sleep(LONG)
 
     @guarded("outer_short")
     async def impatient() -> None:
@@ -706,7 +707,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 def blocking(kind: str, name: str, block_first: int, gate: threading.Event) -> Any:
     """A guarded function whose first ``block_first`` calls never finish in time (sync: wait
-    on ``gate``; async: wait forever, to be cancelled); the later ones return ``x``."""
+    on ``gate``; async: sleep ``LONG``, to be cancelled); the later ones return ``x``."""
     calls = [0]
     if kind == "sync":
 
@@ -721,7 +722,7 @@ def blocking(kind: str, name: str, block_first: int, gate: threading.Event) -> A
     async def af(x: int) -> int:
         calls[0] += 1
         if calls[0] <= block_first:
-            await asyncio.Event().wait()
+            await asyncio.sleep(LONG)
         return x
 
     g = guarded(name)(af)
@@ -768,7 +769,7 @@ class BlockingClock(FakeClock):
 
     async def async_sleep(self, seconds: float) -> None:
         self.waiting.set()
-        await asyncio.Event().wait()
+        await asyncio.sleep(LONG)
 
 
 def test_total_fires_during_a_retry_wait(kind: str, logs: pytest.LogCaptureFixture) -> None:
@@ -779,7 +780,7 @@ def test_total_fires_during_a_retry_wait(kind: str, logs: pytest.LogCaptureFixtu
         attempts[0] += 1
         raise ConnectionError("down")
 
-    f = guarded_as(kind, fail, "p")
+    f = guard_as(kind, fail, "p")
     blocking_clock = BlockingClock()
     try:
         with fake_clock(blocking_clock):
@@ -799,22 +800,12 @@ def test_total_fires_during_a_retry_wait(kind: str, logs: pytest.LogCaptureFixtu
         assert stats().retries == 0 and attempts[0] == 1
 
 
-def guarded_as(kind: str, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-    if kind == "sync":
-        return guarded(name)(fn)
-
-    async def native(*args: Any) -> Any:
-        await asyncio.sleep(0)
-        return fn(*args)
-
-    g = guarded(name)(native)
-    return lambda *a: asyncio.run(g(*a))
-
-
 def test_a_cached_function_that_re_enters_its_key_from_the_worker(kind: str) -> None:
     # The cache's leader runs on the caller's thread; the work re-enters the same key on
     # the worker thread. The copied context tells the cache it is a re-entry: it computes.
-    policies(p={"cache": {"ttl": 60, "key": ["n"]}, "timeout": {"total": LONG, "attempt": LONG}})
+    policies(
+        cached={"cache": {"ttl": 60, "key": ["n"]}, "timeout": {"total": LONG, "attempt": LONG}}
+    )
     calls: list[tuple[int, bool]] = []
     holder: dict[str, Callable[..., Any]] = {}
 
@@ -823,7 +814,7 @@ def test_a_cached_function_that_re_enters_its_key_from_the_worker(kind: str) -> 
         return n if nested else holder["f"](n, True) + 1
 
     if kind == "sync":
-        f = guarded("p")(body)
+        f = guarded("cached")(body)
         holder["f"] = f
         assert f(3) == 4
         assert f(3) == 4  # cached
@@ -833,17 +824,17 @@ def test_a_cached_function_that_re_enters_its_key_from_the_worker(kind: str) -> 
             calls.append((n, nested))
             return n if nested else await holder["f"](n, True) + 1
 
-        g = guarded("p")(abody)
+        g = guarded("cached")(abody)
         holder["f"] = g
         assert asyncio.run(g(3)) == 4
         assert asyncio.run(g(3)) == 4
     assert calls == [(3, False), (3, True)]
-    assert stats().timeouts == 0
+    assert stats("cached").timeouts == 0
 
 
 def test_output_validation_runs_below_the_attempt_timeout(kind: str) -> None:
     policies(p={"timeout": {"attempt": LONG}, "validate": {"output": "int"}})
-    f = guarded_as(kind, lambda x: x, "p")
+    f = guard_as(kind, lambda x: x, "p")
     assert f(1) == 1
     with pytest.raises(OutputValidationError):
         f("not an int")
