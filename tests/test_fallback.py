@@ -381,6 +381,15 @@ def test_catch_refuses_control_flow(name: str, says: str) -> None:
     assert "cannot fall back" in message and says in message
 
 
+def test_an_empty_catch_is_refused_not_silently_inert() -> None:
+    # It built no layer at all: a policy that looked degraded-safe never fell back.
+    with pytest.raises(PolicyConfigError) as err:
+        policy(fallback={"value": "stale", "catch": []})
+    ((path, message),) = err.value.problems
+    assert path == "guardrails.policies.p.fallback.catch"
+    assert "is empty, so nothing would ever fall back" in message
+
+
 def _unvalidated(kind: str, catch: tuple[type[BaseException], ...], fn: Callable[[], Any]) -> Any:
     """The layer alone, built from a config that skipped validation."""
     cfg = FallbackConfig.model_construct(value="answer", function=None, catch=catch, enabled=True)

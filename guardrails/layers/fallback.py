@@ -81,6 +81,11 @@ class FallbackConfig(Block):
     def _only_exceptions(
         cls, value: tuple[type[BaseException], ...]
     ) -> tuple[type[BaseException], ...]:
+        if not value:
+            raise ValueError(
+                "is empty, so nothing would ever fall back; list the exceptions to answer "
+                "for (Exception for every error), or set enabled: false"
+            )
         bad = [c for c in value if not issubclass(c, Exception)]
         if bad:
             raise ValueError("; ".join(_not_catchable_reason(c) for c in bad))
