@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from guardrails._config import load
 from guardrails._errors import PolicyConfigError
@@ -63,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = len(settings.policies)
         sys.stdout.write(
             f"ok: {settings.source}: {n} polic{'y' if n == 1 else 'ies'}, "
-            f"strict={str(settings.strict).lower()}\n"
+            f"strict={str(settings.strict).lower()}"
+            f"{', allow_chaos=true (faults will be injected)' if settings.allow_chaos else ''}\n"
         )
         return 0
     from omegaconf import OmegaConf
@@ -75,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    shown = {
+    shown: dict[str, Any] = {
         "strict": settings.strict,
+        **({"allow_chaos": True} if settings.allow_chaos else {}),
         "policy_defaults": _policy_yaml(settings.policy_defaults),
         "policies": policies,
     }

@@ -103,3 +103,24 @@ def test_show_an_unknown_policy_when_strict_fails_like_check(tmp_path: Path) -> 
     out = run("show", str(path), "--policy", "nope")
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["nope"]["log"]["level"] == "INFO"
+
+
+def test_a_chaos_drill_is_checked_and_shown_as_one(tmp_path: Path) -> None:
+    drill = (
+        "+guardrails.allow_chaos=true",
+        "+guardrails.policies.fetch_features.chaos.error_rate=0.3",
+    )
+    out = run("check", "conf", *drill)
+    assert out.returncode == 0, out.stderr
+    assert "allow_chaos=true (faults will be injected)" in out.stdout
+    shown = yaml.safe_load(run("show", "conf", *drill, "--policy", "fetch_features").stdout)
+    assert shown["guardrails"]["allow_chaos"] is True
+    assert shown["guardrails"]["policies"]["fetch_features"]["chaos"]["error_rate"] == 0.3
+    # What `show` prints is a configuration that loads back as the same drill.
+    path = tmp_path / "drill.yaml"
+    path.write_text(yaml.safe_dump(shown))
+    assert "allow_chaos=true" in run("check", str(path)).stdout
+    refused = run("check", "conf", drill[1])
+    assert refused.returncode == 1
+    assert "fetch_features.chaos: chaos injects failures" in refused.stderr
+    assert "allow_chaos" not in run("show", "conf").stdout
