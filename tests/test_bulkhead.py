@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -504,9 +505,19 @@ def test_the_bulkhead_is_kept_across_an_unchanged_configure_and_renewed_on_a_cha
     assert slots().in_use == 0
 
 
-def _reap(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+def _reap(pid: int, timeout: float = 30.0) -> int:
+    """The child's exit code; a child still running after ``timeout`` is killed (a hang
+    fails the test instead of hanging it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the forked child did not finish in {timeout} s")
+        time.sleep(0.01)
 
 
 def test_a_child_forked_while_threads_hold_every_slot_starts_free() -> None:

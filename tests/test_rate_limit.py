@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -327,6 +329,21 @@ def test_a_refusal_is_logged_as_rejected(clock: FakeClock, logs: pytest.LogCaptu
     assert outcomes[-1] == "rejected"
 
 
+def _reap(pid: int, timeout: float = 30.0) -> int:
+    """The child's exit code; a child still running after ``timeout`` is killed (a hang
+    fails the test instead of hanging it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the forked child did not finish in {timeout} s")
+        time.sleep(0.01)
+
+
 def test_a_child_forked_while_a_thread_holds_the_bucket_lock_can_call(clock: FakeClock) -> None:
     limit(rate="1/s", burst=5)
     call = guarded("p")(ok)
@@ -349,11 +366,11 @@ def test_a_child_forked_while_a_thread_holds_the_bucket_lock_can_call(clock: Fak
                 code = 0 if drain(call) == 4 else 2
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        code = _reap(pid)
     finally:
         release.set()
         holder.join(10)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
 
 
 @pytest.mark.parametrize(
