@@ -3,8 +3,11 @@ Retry-After): clocks set back, self-referring fallbacks, the smallest windows.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import threading
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -245,4 +248,116 @@ def test_ctrl_c_while_the_half_open_transition_is_logged_leaks_no_trial_permit(
     # The interrupted call gave its permit back: the next call is the trial, and closes it
     # (with the permit leaked, every call was refused with retry_after 0, forever).
     assert f() == "ok"
+    assert guardrails.stats()["p"].breaker_state == "closed"
+
+
+def test_threads_and_an_event_loop_in_half_open_admit_exactly_the_trials(
+    clock: FakeClock,
+) -> None:
+    # 16 threads and 16 tasks (a sync and an async function of one policy) arrive at once;
+    # 4 of the tasks are cancelled while they hold or wait. Exactly half_open_calls enter;
+    # a cancelled trial's permit comes back, and the breaker still closes.
+    configure(
+        {
+            "policies": {
+                "p": {
+                    "log": None,
+                    "breaker": {"window": 2, "min_calls": 1, "open_for": 1, "half_open_calls": 3},
+                }
+            }
+        }
+    )
+    release = threading.Event()
+    lock = threading.Lock()
+    inside: list[str] = []  # every call that entered the function
+    now_inside = [0, 0]  # [inside now, most ever inside at once]
+    outcomes: list[str] = []
+
+    def enter(who: str) -> None:
+        with lock:
+            inside.append(who)
+            now_inside[0] += 1
+            now_inside[1] = max(now_inside)
+
+    def leave() -> None:
+        with lock:
+            now_inside[0] -= 1
+
+    @guarded("p")
+    def sync_call(hold: bool) -> str:
+        if hold:
+            enter("thread")
+            try:
+                assert release.wait(30)
+            finally:
+                leave()
+        return "ok"
+
+    @guarded("p")
+    async def async_call(hold: bool, failing: bool = False) -> str:
+        if failing:
+            raise ConnectionError("down")
+        if hold:
+            enter("task")
+            try:
+                while not release.is_set():
+                    await asyncio.sleep(0.001)
+            finally:
+                leave()
+        return "ok"
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(async_call(False, failing=True))
+    assert guardrails.stats()["p"].breaker_state == "open"
+    clock.advance(1)
+    start = threading.Barrier(17)
+
+    def record(what: str) -> None:
+        with lock:
+            outcomes.append(what)
+
+    def thread() -> None:
+        start.wait(30)
+        try:
+            record(sync_call(True))
+        except CircuitOpenError:
+            record("refused")
+
+    async def tasks() -> None:
+        async def one() -> None:
+            try:
+                record(await async_call(True))
+            except CircuitOpenError:
+                record("refused")
+            except asyncio.CancelledError:
+                record("cancelled")
+                raise
+
+        start.wait(30)
+        running = [asyncio.create_task(one()) for _ in range(16)]
+        await asyncio.sleep(0)  # every task has called (and been admitted or refused)
+        for t in running[:4]:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    threads = [threading.Thread(target=thread) for _ in range(16)]
+    loop_thread = threading.Thread(target=lambda: asyncio.run(tasks()))
+    for t in [*threads, loop_thread]:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(outcomes) + now_inside[0] < 32 and time.monotonic() < deadline:
+        time.sleep(0.001)  # bounded polling: every caller refused, cancelled or inside
+    release.set()
+    for t in [*threads, loop_thread]:
+        t.join(30)
+    assert len(outcomes) == 32
+    # Never more than 3 inside at once (a cancelled trial's permit may admit a later one).
+    assert now_inside[1] == 3
+    # Every caller that entered returned or was cancelled; everyone else was refused.
+    assert outcomes.count("ok") + outcomes.count("cancelled") == len(inside)
+    # Whatever happened, the trials' permits are all back: healthy calls close it.
+    for _ in range(3):
+        if guardrails.stats()["p"].breaker_state == "closed":
+            break
+        assert sync_call(False) == "ok"
     assert guardrails.stats()["p"].breaker_state == "closed"
