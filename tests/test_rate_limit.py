@@ -296,7 +296,7 @@ def test_sync_and_async_calls_share_the_bucket_across_threads(clock: FakeClock) 
     assert guardrails.stats()["p"].successes == 20
 
 
-def test_the_bucket_is_kept_across_an_unchanged_configure_and_renewed_on_a_change(
+def test_the_bucket_is_kept_across_a_configure_of_the_same_rate_and_burst_only(
     clock: FakeClock,
 ) -> None:
     limit(rate="1/s", burst=2)
@@ -306,9 +306,14 @@ def test_the_bucket_is_kept_across_an_unchanged_configure_and_renewed_on_a_chang
     limit(rate="1/s", burst=2)
     assert bucket() is kept
     assert drain(call) == 0
+    # A changed max_wait keeps the bucket and its tokens taken: a new one would start full
+    # and let a second burst through at once, in the middle of an incident.
     limit(rate="1/s", burst=2, max_wait=0.5)
+    assert bucket() is kept
+    assert drain(call) == 0
+    limit(rate="1/s", burst=3, max_wait=0.5)
     assert bucket() is not kept
-    assert drain(call) == 2  # a new bucket starts full
+    assert drain(call) == 3  # a new bucket (another burst) starts full
 
 
 def test_default_burst_is_one_seconds_worth_and_at_least_one() -> None:

@@ -18,14 +18,17 @@ across a boundary; none reserves a token for a bounded wait).
 from __future__ import annotations
 
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, field_validator
 
 from guardrails._errors import RateLimitExceeded
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner, PerSecond
+from guardrails._units import MAX_SECONDS
 
 #: Float rounding tolerance, in seconds: a token due within this of now counts as there (so a
 #: fake clock moved by exactly one interval always finds the token it should).
@@ -42,8 +45,20 @@ class RateLimitConfig(Block):
     """
 
     rate: PerSecond
-    burst: StrictInt | None = Field(default=None, ge=1)
+    #: (A billion: more is no limit at all, and a huge integer overflows the float arithmetic.)
+    burst: StrictInt | None = Field(default=None, ge=1, le=1_000_000_000)
     max_wait: Duration = 0.0
+
+    @field_validator("rate")
+    @classmethod
+    def _at_least_one_per_century(cls, rate: float) -> float:
+        # One token per 1/rate seconds: below this, 1/rate overflows to infinity (1e-320/s)
+        # and the bucket's arithmetic turns to NaN, which admitted every call.
+        if 1.0 / rate > MAX_SECONDS:
+            raise ValueError(
+                f"expected a rate of at least one per 100 years, got {rate!r} per second"
+            )
+        return rate
 
     @property
     def capacity(self) -> int:
@@ -54,48 +69,50 @@ class RateLimitConfig(Block):
 
 
 class Bucket:
-    """A policy's token bucket (the ``"rate_limit"`` shared state).
+    """A policy's token bucket (the ``"rate_limit"`` shared state) for one rate and burst.
 
     ``full_at`` is when the bucket will hold ``capacity`` tokens again; tokens reserved by
-    waiters are already taken from it.
+    waiters are already taken from it. ``max_wait`` is the layer's, not the bucket's: a
+    ``configure()`` that changes only ``max_wait`` keeps the bucket and the tokens taken
+    (a new bucket would start full and let a second burst through at once).
     """
 
-    __slots__ = ("capacity", "full_at", "interval", "lock", "max_wait", "monotonic", "span")
+    __slots__ = ("__weakref__", "capacity", "full_at", "interval", "lock", "monotonic", "span")
 
-    def __init__(self, cfg: RateLimitConfig, ctx: Context) -> None:
-        self.monotonic = ctx.clock.monotonic
-        self.capacity = cfg.capacity
-        self.interval = 1.0 / cfg.rate
+    def __init__(self, rate: float, capacity: int, monotonic: Callable[[], float]) -> None:
+        self.monotonic = monotonic
+        self.capacity = capacity
+        self.interval = 1.0 / rate
         #: How far ahead of now ``full_at`` may be with a token still in the bucket.
-        self.span = (self.capacity - 1) * self.interval
-        self.max_wait = cfg.max_wait
+        self.span = (capacity - 1) * self.interval
         self.full_at = -math.inf  # full
         self.lock = threading.Lock()
+        _BUCKETS.add(self)
 
-    def take(self) -> tuple[float, float]:
-        """Take a token: ``(0.0, _)`` now; ``(wait, due)`` reserved for ``due`` (the clock's
-        time), after a wait of at most ``max_wait``; ``(wait, -inf)`` refused, a token in
-        ``wait`` seconds (nothing taken)."""
+    def take(self, max_wait: float) -> tuple[float, float | None]:
+        """Take a token: ``(0.0, None)`` now; ``(wait, ticket)`` reserved, due in ``wait``
+        seconds (at most ``max_wait``), ``ticket`` to give it back with; ``(wait, None)``
+        with ``wait > 0``: refused, the next token in ``wait`` seconds (nothing taken)."""
         with self.lock:
             now = self.monotonic()
-            full_at = self.full_at
-            full_at = max(full_at, now)
+            full_at = max(self.full_at, now)
             wait = full_at - self.span - now
             if wait <= _EPSILON:
                 self.full_at = full_at + self.interval
-                return 0.0, now
-            if wait > self.max_wait:
-                return wait, -math.inf
-            self.full_at = full_at + self.interval
-            return wait, now + wait
+                return 0.0, None
+            if wait > max_wait:
+                return wait, None
+            self.full_at = ticket = full_at + self.interval
+            return wait, ticket
 
-    def give_back(self, due: float) -> None:
-        """A waiter that reserved the token due at ``due`` gave up before it: the token is
-        back (unless its time has passed: the bucket refilled past it, so it is not owed)."""
+    def give_back(self, ticket: float) -> None:
+        """A waiter gave up its reserved token (``ticket``, from ``take``) unused: it is back
+        if it is still the last token taken, as if it had never been reserved. Tokens taken
+        after it are scheduled after it: giving an earlier one back would hand its place to
+        a newcomer at the time of the last, two through at once, so it is spent."""
         with self.lock:
-            now = self.monotonic()
-            if now < due:
-                self.full_at = max(self.full_at - self.interval, now)
+            if self.full_at == ticket:
+                self.full_at = ticket - self.interval
 
     def after_fork_in_child(self) -> None:
         # Another thread of the parent may have held the lock at the fork; the tokens taken
@@ -103,22 +120,42 @@ class Bucket:
         self.lock = threading.Lock()
 
 
+#: Every bucket alive, the ones a ``configure()`` replaced included: an attempt of a call
+#: that started before it (a retry's next attempt) still takes its tokens from the old one,
+#: so a forked child renews the lock of each.
+_BUCKETS: weakref.WeakSet[Bucket] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for bucket in list(_BUCKETS):
+        bucket.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _bucket(cfg: RateLimitConfig, ctx: Context) -> Bucket:
-    bucket: Bucket = ctx.shared("rate_limit", cfg, lambda: Bucket(cfg, ctx))
+    rate, capacity, monotonic = cfg.rate, cfg.capacity, ctx.clock.monotonic
+    # Keyed on what the bucket is, not on the whole block (see Bucket).
+    bucket: Bucket = ctx.shared(
+        "rate_limit", (rate, capacity), lambda: Bucket(rate, capacity, monotonic)
+    )
     return bucket
 
 
-def _slow_path(bucket: Bucket, ctx: Context) -> Callable[[], tuple[float, float]]:
-    """No token was in the bucket a moment ago: reserve one within ``max_wait`` (returns the
-    wait and the time it is due), else count and raise the refusal."""
-    take, refused, policy, qualname = bucket.take, ctx.counters.rate_limit, ctx.policy, ctx.qualname
+def _slow_path(bucket: Bucket, cfg: RateLimitConfig, ctx: Context) -> Callable[[], Any]:
+    """No token was in the bucket a moment ago: take one now (``(0.0, None)``) or reserve one
+    within ``max_wait`` (the wait and the ticket), else count and raise the refusal."""
+    take, max_wait = bucket.take, cfg.max_wait
+    refused, policy, qualname = ctx.counters.rate_limit, ctx.policy, ctx.qualname
 
-    def reserve() -> tuple[float, float]:
-        wait, due = take()  # again: the bucket may have refilled meanwhile
-        if due == -math.inf:
+    def reserve() -> tuple[float, float | None]:
+        wait, ticket = take(max_wait)  # again: the bucket may have refilled meanwhile
+        if ticket is None and wait:
             refused()
             raise RateLimitExceeded(policy, qualname, wait)
-        return wait, due
+        return wait, ticket
 
     return reserve
 
@@ -127,7 +164,7 @@ def build(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
     """The sync rate-limit layer around ``inner``: one token per attempt."""
     bucket = _bucket(cfg, ctx)
     monotonic, span, interval = bucket.monotonic, bucket.span, bucket.interval
-    slow = _slow_path(bucket, ctx)
+    slow, give_back = _slow_path(bucket, cfg, ctx), bucket.give_back
     sleep = ctx.clock.sleep
 
     def rate_limit_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
@@ -145,12 +182,13 @@ def build(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
         finally:
             lock.release()
         if wait > _EPSILON:
-            wait, due = slow()
-            try:
-                sleep(wait)
-            except BaseException:
-                bucket.give_back(due)
-                raise
+            wait, ticket = slow()
+            if ticket is not None:
+                try:
+                    sleep(wait)
+                except BaseException:  # interrupted: the token was never used
+                    give_back(ticket)
+                    raise
         return inner(args, kwargs, info)
 
     return rate_limit_layer
@@ -160,7 +198,7 @@ def build_async(cfg: RateLimitConfig, inner: AsyncInner, ctx: Context) -> AsyncI
     """The async rate-limit layer around ``inner``: waits with the clock's ``async_sleep``."""
     bucket = _bucket(cfg, ctx)
     monotonic, span, interval = bucket.monotonic, bucket.span, bucket.interval
-    slow = _slow_path(bucket, ctx)
+    slow, give_back = _slow_path(bucket, cfg, ctx), bucket.give_back
     sleep = ctx.clock.async_sleep
 
     async def rate_limit_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
@@ -177,12 +215,13 @@ def build_async(cfg: RateLimitConfig, inner: AsyncInner, ctx: Context) -> AsyncI
         finally:
             lock.release()
         if wait > _EPSILON:
-            wait, due = slow()
-            try:
-                await sleep(wait)
-            except BaseException:  # cancelled while waiting: the token was never used
-                bucket.give_back(due)
-                raise
+            wait, ticket = slow()
+            if ticket is not None:
+                try:
+                    await sleep(wait)
+                except BaseException:  # cancelled while waiting: the token was never used
+                    give_back(ticket)
+                    raise
         return await inner(args, kwargs, info)
 
     return rate_limit_layer
