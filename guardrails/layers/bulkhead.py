@@ -17,8 +17,12 @@ a slot is handed to it keeps the slot if it goes on, or passes it on if it does 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
+import weakref
 from collections import deque
+from itertools import repeat
 from typing import Any
 
 from pydantic import Field, StrictInt
@@ -36,7 +40,9 @@ class BulkheadConfig(Block):
     freed by another thread or task finishing, which no fake clock can bring about.
     """
 
-    max_concurrent: StrictInt = Field(ge=1)
+    #: (A million: the free slots are a deque of that many tokens, 8 bytes each; a billion
+    #: took 8 GB at configure(), 2**63 raised OverflowError.)
+    max_concurrent: StrictInt = Field(ge=1, le=1_000_000)
     max_wait: Duration = 0.0
 
 
@@ -90,13 +96,22 @@ class Slots:
     never sleeps through a freed slot.
     """
 
-    __slots__ = ("capacity", "free", "lock", "waiters")
+    __slots__ = ("__weakref__", "capacity", "free", "lock", "waiters")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.free: deque[None] = deque([None] * capacity)
+        self.free: deque[None] = deque(repeat(None, capacity))
         self.lock = threading.Lock()
         self.waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+        _SLOTS.add(self)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: another thread of the parent may have held ``lock`` at the fork,
+        and the waiters were the parent's threads and tasks, which are not in the child. An
+        attempt of the forking thread still releases into these slots: it must not wait on
+        that lock forever, nor hand the slot to a waiter that does not exist."""
+        self.lock = threading.Lock()
+        self.waiters.clear()
 
     @property
     def in_use(self) -> int:
@@ -137,7 +152,7 @@ class Slots:
         leaves the queue)."""
         if waiter.granted:
             return True
-        self.waiters.remove(waiter)
+        self._leave(waiter)
         return False
 
     def _give_up(self, waiter: _ThreadWaiter | _TaskWaiter) -> None:
@@ -147,6 +162,13 @@ class Slots:
             self.free.append(None)
             self._hand_over()
         else:
+            self._leave(waiter)
+
+    def _leave(self, waiter: _ThreadWaiter | _TaskWaiter) -> None:
+        """Under the lock: ``waiter`` leaves the queue, unless it left it already: a task
+        whose loop was closed is dropped when a slot is offered to it, and its coroutine is
+        closed later (``GeneratorExit`` when it is collected) with no slot to give back."""
+        with contextlib.suppress(ValueError):
             self.waiters.remove(waiter)
 
     def wait(self, timeout: float) -> bool:
@@ -195,8 +217,31 @@ class Bulkhead:
     def after_fork_in_child(self) -> None:
         # The parent's other threads, which held slots or waited for one, do not exist in the
         # child: it starts with every slot free. Attempts in flight at the fork (the forking
-        # thread's own) release into the old, forgotten counter.
+        # thread's own) release into the old, forgotten slots (renewed by _after_fork_in_child).
         self.slots = Slots(self.slots.capacity)
+
+
+#: Every pool of slots alive, the ones a ``configure()`` or a fork replaced included: an
+#: attempt in flight releases into the pool it took its slot from.
+_SLOTS: weakref.WeakSet[Slots] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for slots in list(_SLOTS):
+        slots.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _bulkhead(cfg: BulkheadConfig, ctx: Context) -> Bulkhead:
+    capacity = cfg.max_concurrent
+    # Keyed on the capacity alone: a configure() that changes only max_wait keeps the slots
+    # (a new pool would start empty while the attempts of the old one still run, and let
+    # twice max_concurrent run at once).
+    bulkhead: Bulkhead = ctx.shared("bulkhead", capacity, lambda: Bulkhead(capacity))
+    return bulkhead
 
 
 #: ``threading.Lock.acquire`` refuses longer timeouts; a wait this long is endless anyway.
@@ -205,7 +250,7 @@ _LONGEST_WAIT = min(threading.TIMEOUT_MAX, 365 * 86400.0)
 
 def build(cfg: BulkheadConfig, inner: Inner, ctx: Context) -> Inner:
     """The sync bulkhead layer around ``inner``: one slot per attempt."""
-    bulkhead: Bulkhead = ctx.shared("bulkhead", cfg, lambda: Bulkhead(cfg.max_concurrent))
+    bulkhead = _bulkhead(cfg, ctx)
     max_wait = min(cfg.max_wait, _LONGEST_WAIT)
     rejected, policy, qualname = ctx.counters.bulkhead_reject, ctx.policy, ctx.qualname
     capacity = cfg.max_concurrent
@@ -237,7 +282,7 @@ def build(cfg: BulkheadConfig, inner: Inner, ctx: Context) -> Inner:
 
 def build_async(cfg: BulkheadConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async bulkhead layer around ``inner``: waits for a slot without blocking the loop."""
-    bulkhead: Bulkhead = ctx.shared("bulkhead", cfg, lambda: Bulkhead(cfg.max_concurrent))
+    bulkhead = _bulkhead(cfg, ctx)
     max_wait = min(cfg.max_wait, _LONGEST_WAIT)
     rejected, policy, qualname = ctx.counters.bulkhead_reject, ctx.policy, ctx.qualname
     capacity = cfg.max_concurrent
