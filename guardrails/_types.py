@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias
 
@@ -23,6 +25,11 @@ Inner: TypeAlias = Callable[[tuple[Any, ...], dict[str, Any], list[Any] | None],
 AsyncInner: TypeAlias = Callable[
     [tuple[Any, ...], dict[str, Any], list[Any] | None], Awaitable[Any]
 ]
+
+
+#: Set by a sync ``timeout.total`` in the context of the work it runs on a worker thread: a
+#: one-item list, ``[True]`` once the caller has stopped waiting. ``retry`` stops there.
+CALLER_GONE: ContextVar[list[bool] | None] = ContextVar("guardrails_caller_gone", default=None)
 
 
 class Section(BaseModel):
@@ -98,6 +105,44 @@ def _import_exception(value: object) -> type[BaseException]:
     if cls is None:
         raise ValueError(f"expected one exception class name, got {shown(value)}")
     return cls
+
+
+#: Control flow: exceptions that stop a call on purpose, never a failure to retry or answer.
+CONTROL_FLOW: tuple[tuple[type[BaseException], str], ...] = (
+    (KeyboardInterrupt, "it is how Ctrl-C interrupts a program"),
+    (SystemExit, "it is how sys.exit() ends a program"),
+    (GeneratorExit, "it is how a generator or coroutine is closed"),
+    (asyncio.CancelledError, "it is how an asyncio task is cancelled (timeouts included)"),
+)
+
+
+def control_flow_problem(cls: type[BaseException], cannot: str, instead: str, takes: str) -> str:
+    """Why ``cls`` (not an ``Exception``) cannot be listed where failures are: ``cannot`` is
+    the verb phrase ("cannot be retried"), ``instead`` what Ctrl-C and cancellation would then
+    do ("would run the function again"), ``takes`` the rule of the key."""
+    name = qualified_name(cls)
+    if issubclass(Exception, cls):
+        return (
+            f"{name} {cannot}: it also matches KeyboardInterrupt, SystemExit, GeneratorExit "
+            f"and asyncio.CancelledError, so Ctrl-C, sys.exit() and task cancellation {instead}"
+        )
+    why = next(
+        (text for base, text in CONTROL_FLOW if issubclass(cls, base)),
+        "a BaseException that is not an Exception signals control flow, not a failure",
+    )
+    return f"{name} {cannot}: {why}, so it must stop the call at once; {takes}"
+
+
+def failures_only(classes: tuple[type[BaseException], ...]) -> tuple[type[Exception], ...]:
+    """``classes`` narrowed to ``Exception``: ``BaseException`` becomes ``Exception`` and
+    control flow (Ctrl-C, exit, cancellation) is dropped, whatever built the config."""
+    kept: list[type[Exception]] = []
+    for cls in classes:
+        if issubclass(cls, Exception):
+            kept.append(cls)
+        elif issubclass(Exception, cls):
+            kept.append(Exception)
+    return tuple(dict.fromkeys(kept))
 
 
 _as_path = PlainSerializer(qualified_name, return_type=str)

@@ -31,42 +31,29 @@ from pydantic import field_validator, model_validator
 from guardrails._binding import is_async
 from guardrails._errors import InputValidationError, PolicyConfigError
 from guardrails._imports import qualified_name
-from guardrails._types import AsyncInner, Block, Context, ExceptionClasses, ImportedCallable, Inner
-from guardrails.layers.retry import _CONTROL_FLOW, replace_note
+from guardrails._types import (
+    AsyncInner,
+    Block,
+    Context,
+    ExceptionClasses,
+    ImportedCallable,
+    Inner,
+    control_flow_problem,
+    failures_only,
+)
+from guardrails.layers.retry import replace_note
 
 #: Values returned as they are: nothing a caller can do to them changes the next answer.
 _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, range, frozenset)
 
 
 def _not_catchable_reason(cls: type[BaseException]) -> str:
-    name = qualified_name(cls)
-    if issubclass(Exception, cls):
-        return (
-            f"{name} cannot fall back: it also matches KeyboardInterrupt, SystemExit, "
-            "GeneratorExit and asyncio.CancelledError, so Ctrl-C, sys.exit() and task "
-            "cancellation would be answered with the fallback; list Exception to fall back "
-            "on every error"
-        )
-    why = next(
-        (text for base, text in _CONTROL_FLOW if issubclass(cls, base)),
-        "a BaseException that is not an Exception signals control flow, not a failure",
+    return control_flow_problem(
+        cls,
+        "cannot fall back",
+        "would be answered with the fallback; list Exception to fall back on every error",
+        "catch takes subclasses of Exception only",
     )
-    return (
-        f"{name} cannot fall back: {why}, so it must stop the call at once; catch takes "
-        "subclasses of Exception only"
-    )
-
-
-def _catchable(classes: tuple[type[BaseException], ...]) -> tuple[type[Exception], ...]:
-    """``classes`` narrowed to ``Exception``: ``BaseException`` becomes ``Exception`` and
-    control flow is dropped, whatever built the config (validation refuses both)."""
-    kept: list[type[Exception]] = []
-    for cls in classes:
-        if issubclass(cls, Exception):
-            kept.append(cls)
-        elif issubclass(Exception, cls):
-            kept.append(Exception)
-    return tuple(dict.fromkeys(kept))
 
 
 class FallbackConfig(Block):
@@ -241,7 +228,7 @@ def _note_failed_fallback(exc: BaseException, prefix: str, note: str) -> None:
 def _plan(
     cfg: FallbackConfig, ctx: Context
 ) -> tuple[tuple[type[Exception], ...], Callable[..., Any] | None, Callable[[], Any], str, str]:
-    catch = _catchable(cfg.catch)
+    catch = failures_only(cfg.catch)
     fn = cfg.function
     if fn is not None:
         _check_function(fn, ctx)

@@ -17,7 +17,6 @@ backoff. ``CircuitOpenError`` is never retried: it means "do not call now".
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import email.utils
@@ -38,6 +37,7 @@ from guardrails._errors import CircuitOpenError
 from guardrails._imports import qualified_name
 from guardrails._stats import _read as _count_of
 from guardrails._types import (
+    CALLER_GONE,
     AsyncInner,
     Block,
     Context,
@@ -46,6 +46,8 @@ from guardrails._types import (
     Inner,
     Section,
     Share,
+    control_flow_problem,
+    failures_only,
 )
 from guardrails._units import PER_SECOND_HINT, parse_per_second, shown
 
@@ -56,48 +58,20 @@ _RNG = random.Random()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_RNG.seed)
 
-_CONTROL_FLOW: tuple[tuple[type[BaseException], str], ...] = (
-    (KeyboardInterrupt, "it is how Ctrl-C interrupts a program"),
-    (SystemExit, "it is how sys.exit() ends a program"),
-    (GeneratorExit, "it is how a generator or coroutine is closed"),
-    (asyncio.CancelledError, "it is how an asyncio task is cancelled (timeouts included)"),
-)
-
 
 def _not_retryable_reason(cls: type[BaseException]) -> str:
-    name = qualified_name(cls)
     if issubclass(cls, CircuitOpenError):
         return (
-            f"{name} cannot be retried: an open circuit means do not call now, so the "
-            "retry layer always lets it through at once (retry_on: [Exception] retries "
+            f"{qualified_name(cls)} cannot be retried: an open circuit means do not call now, "
+            "so the retry layer always lets it through at once (retry_on: [Exception] retries "
             "everything else)"
         )
-    if issubclass(Exception, cls):
-        return (
-            f"{name} cannot be retried: it also matches KeyboardInterrupt, SystemExit, "
-            "GeneratorExit and asyncio.CancelledError, so Ctrl-C, sys.exit() and task "
-            "cancellation would run the function again; list Exception to retry every error"
-        )
-    why = next(
-        (text for base, text in _CONTROL_FLOW if issubclass(cls, base)),
-        "a BaseException that is not an Exception signals control flow, not a failure",
+    return control_flow_problem(
+        cls,
+        "cannot be retried",
+        "would run the function again; list Exception to retry every error",
+        "retry_on takes subclasses of Exception only (abort_on may list anything)",
     )
-    return (
-        f"{name} cannot be retried: {why}, so it must stop the call at once; retry_on "
-        "takes subclasses of Exception only (abort_on may list anything)"
-    )
-
-
-def _retryable_classes(classes: tuple[type[BaseException], ...]) -> tuple[type[Exception], ...]:
-    """``classes`` narrowed to ``Exception``: ``BaseException`` becomes ``Exception`` and
-    control flow (Ctrl-C, exit, cancellation) is dropped, whatever built the config."""
-    kept: list[type[Exception]] = []
-    for cls in classes:
-        if issubclass(cls, Exception):
-            kept.append(cls)
-        elif issubclass(Exception, cls):
-            kept.append(Exception)
-    return tuple(dict.fromkeys(kept))
 
 
 class WaitConfig(Section):
@@ -389,7 +363,7 @@ class _Plan:
     def __init__(self, cfg: RetryConfig, ctx: Context) -> None:
         self.cfg = cfg
         self.ctx = ctx
-        self.retry_on = _retryable_classes(cfg.retry_on)
+        self.retry_on = failures_only(cfg.retry_on)
         # An open circuit means "do not call now", whatever retry_on says.
         self.abort_on = (*cfg.abort_on, CircuitOpenError)
         budget = cfg.budget
@@ -478,6 +452,12 @@ class _Plan:
     def failed(self, call: _Call, exc: BaseException) -> float | None:
         """After attempt ``call.attempt_number`` raised ``exc``: the wait before the next
         attempt, or ``None`` (then ``exc`` has its note and the caller re-raises it)."""
+        gone = CALLER_GONE.get()
+        if gone is not None and gone[0]:
+            # A sync timeout.total above has returned CallTimeout to the caller and left
+            # this work running: retrying would only add load nobody waits for.
+            self.give_up(exc, call.attempt_number, "timeout.total passed; the caller left")
+            return None
         if not self.retryable(exc):
             if isinstance(exc, CircuitOpenError):
                 reason = "the circuit is open; CircuitOpenError is never retried"
