@@ -11,7 +11,15 @@ is counted in ``stats().abandoned`` when it is left, and its result, or its exce
 (logged at DEBUG with its traceback, never reported as unhandled), is dropped when it ends.
 Work that finishes as the deadline passes is not abandoned: whichever of caller and worker
 claims the attempt first decides, so the result is either returned or dropped, never both.
-A caller interrupted while waiting (Ctrl-C) leaves the work the same way.
+A caller interrupted while waiting (Ctrl-C) leaves the work the same way; interrupted at any
+other step, it leaves no thread waiting for a job and no outcome held: a worker's handle
+that its caller drops wakes the thread, which ends. The work's exception reaches the caller
+without the worker's own frame in its traceback (that frame runs on, serving other callers),
+and without a reference cycle: a failed call's arguments are freed with the exception.
+Calls nested through sync timeouts each wait for a thread of their own, with a fresh stack:
+so that runaway recursion through a guarded function ends in ``RecursionError`` rather than
+in thousands of threads, each nested timeout counts as ``FRAMES_PER_HOP`` frames of
+``sys.getrecursionlimit()`` (125 nested calls by default).
 
 The workers are a pool of our own: daemon threads (an abandoned call that never ends does
 not hold up interpreter exit, as ``ThreadPoolExecutor``'s joined threads would), reused when
@@ -38,11 +46,14 @@ running time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
 import os
+import sys
 import threading
+import weakref
 from _thread import allocate_lock
 from typing import Any
 
@@ -116,67 +127,106 @@ class _Site:
             )
 
 
+class _Nesting(threading.local):
+    """How deep the work running on this thread is nested in sync timeouts (0: not ours)."""
+
+    depth = 0
+
+
+_NESTING = _Nesting()
+#: Each sync timeout a call is nested in counts as this many frames of the recursion limit.
+FRAMES_PER_HOP = 8
+
+
 class _Worker:
-    """One pooled thread. ``wake`` is released to hand it a job; ``done`` is released when a
-    job it ran is claimed by the caller; ``gate`` is taken by whichever of the caller (at
-    the deadline: abandoned) and the worker (on finishing: finished) comes first."""
+    """The handle of one pooled thread: whoever holds it may hand the thread a job.
 
-    __slots__ = ("done", "error", "gate", "generation", "job", "result", "wake")
+    ``wake`` is released to hand it a job; ``done`` is released when a job it ran is claimed
+    by the caller; ``gate`` is taken by whichever of the caller (at the deadline: abandoned)
+    and the thread (on finishing: finished) comes first. The thread holds the handle only
+    while it runs a job: a handle that nobody holds (a caller interrupted at any point
+    drops it) wakes its thread, which ends. So no thread waits forever for a job that
+    will never come, and no outcome outlives its call on a lost worker."""
 
-    def __init__(self, generation: int) -> None:
+    __slots__ = ("__weakref__", "done", "error", "gate", "job", "result", "wake")
+
+    def __init__(self) -> None:
         self.wake = allocate_lock()
         self.wake.acquire()
         self.done = allocate_lock()
         self.done.acquire()
         self.gate = allocate_lock()
-        self.job: tuple[contextvars.Context, Inner, Any, Any, Any, _Site] | None = None
+        self.job: tuple[contextvars.Context, Inner, Any, Any, Any, _Site, int] | None = None
         self.result: Any = None
         self.error: BaseException | None = None
-        self.generation = generation
 
-    def run(self) -> None:
-        pool = _POOL
-        idle = pool.idle
-        wake, done, gate = self.wake, self.done, self.gate
-        while True:
-            if not wake.acquire(True, IDLE_SECONDS):
-                try:
-                    idle.remove(self)
-                except ValueError:
-                    # A caller took this worker as its wait ran out, or has yet to put it
-                    # back after its last job: either way a job (or retirement) comes.
-                    wake.acquire()
-                else:
-                    return
-            job = self.job
-            if job is None:
-                return  # retired by a caller that was interrupted
-            self.job = None
+
+def _on_drop(wake: Any) -> Any:
+    def dropped(_: Any) -> None:
+        # The thread wakes to no handle, and ends. (Released already when a job was
+        # handed and not yet taken: the thread wakes anyway.)
+        with contextlib.suppress(RuntimeError):
+            wake.release()
+
+    return dropped
+
+
+def _serve(ref: Any, wake: Any, done: Any, gate: Any, generation: int) -> None:
+    """A pooled thread's loop. ``worker`` (the handle) is held only while running a job."""
+    pool = _POOL
+    idle = pool.idle
+    nesting = _NESTING
+    while True:
+        if not wake.acquire(True, IDLE_SECONDS):
+            worker = ref()
+            if worker is None:
+                return
             try:
-                self.result = job[0].run(job[1], job[2], job[3], job[4])
-            except BaseException as exc:  # handed to the caller, or logged if abandoned
-                self.error = exc
-            site = job[5]
-            del job  # an idle worker must not keep the call's arguments alive
-            if gate.acquire(False):
-                done.release()  # the caller takes the result and returns this worker
+                idle.remove(worker)
+            except ValueError:
+                # A caller holds the handle: it hands a job, or drops the handle.
+                del worker
+                wake.acquire()
             else:
-                error, self.error, self.result = self.error, None, None
-                # Should logging itself raise, this thread ends with that error reported by
-                # threading.excepthook, and leaves the pool: no caller gets a dead worker.
-                site.dropped(error)
-                del error, site
-                gate.release()
-                if self.generation == pool.generation:
-                    idle.append(self)
-            if self.generation != pool.generation:
-                return  # this thread forked and is in the child, or a child's leftover
+                return
+        worker = ref()
+        job = None if worker is None else worker.job
+        if job is None:
+            return  # the handle was dropped: its caller was interrupted
+        worker.job = None
+        nesting.depth = job[6]
+        try:
+            worker.result = job[0].run(job[1], job[2], job[3], job[4])
+        except BaseException as exc:  # handed to the caller, or logged if abandoned
+            # Not this frame: it runs on, and its locals are the next caller's job.
+            worker.error = exc.with_traceback(exc.__traceback__.tb_next)  # type: ignore[union-attr]
+        site = job[5]
+        del job  # an idle thread must not keep the call's arguments alive
+        if gate.acquire(False):
+            done.release()  # the caller takes the outcome and returns the handle to the pool
+        else:
+            error, worker.error, worker.result = worker.error, None, None
+            # Should logging itself raise, this thread ends with that error reported by
+            # threading.excepthook, and leaves the pool: no caller gets a dead worker.
+            site.dropped(error)
+            del error
+            gate.release()
+            if generation == pool.generation:
+                idle.append(worker)
+        del worker, site
+        if generation != pool.generation:
+            return  # this thread forked and is in the child, or a child's leftover
 
 
 def _spawn() -> _Worker:
-    worker = _Worker(_POOL.generation)
+    worker = _Worker()
+    wake = worker.wake
+    ref = weakref.ref(worker, _on_drop(wake))
     threading.Thread(
-        target=worker.run, name=f"guardrails-timeout-{next(_POOL.names)}", daemon=True
+        target=_serve,
+        args=(ref, wake, worker.done, worker.gate, _POOL.generation),
+        name=f"guardrails-timeout-{next(_POOL.names)}",
+        daemon=True,
     ).start()
     return worker
 
@@ -192,72 +242,67 @@ def _build_sync(seconds: float, scope: str, inner: Inner, ctx: Context) -> Inner
     idle = _POOL.idle
     pop, push = idle.pop, idle.append
     copy_context = contextvars.copy_context
+    nesting, recursion_limit = _NESTING, sys.getrecursionlimit
     timed_out, abandoned = ctx.counters.timeout, ctx.counters.abandon
     policy, qualname = ctx.policy, ctx.qualname
 
-    def collect(worker: _Worker) -> Any:
-        """The finished job's outcome; the worker goes back to the pool."""
-        error = worker.error
-        if error is None:
-            result = worker.result
-            worker.result = None
-            worker.gate.release()
-            push(worker)
-            return result
-        worker.error = None
-        worker.gate.release()
-        push(worker)
-        try:
-            raise error
-        finally:
-            del error  # this frame is in the traceback
+    def too_deep(depth: int) -> RecursionError:
+        return RecursionError(
+            f"{qualname} (policy {policy!r}): {depth} calls nested through sync timeouts, "
+            "each waiting for a thread of its own (recursion through a guarded function "
+            "with a timeout?); sys.setrecursionlimit() raises the bound"
+        )
 
-    def retire(worker: _Worker) -> None:
-        """The caller was interrupted after the worker finished: the outcome is dropped
-        (logged at DEBUG) and the worker's thread ends. Whether the interrupted wait took
-        ``done`` is unknown, so the worker is not reused."""
+    def interrupted(worker: _Worker) -> None:
+        """The caller was interrupted (Ctrl-C) after handing the job: the work is left."""
+        if worker.gate.acquire(False):
+            abandoned()  # the thread drops the outcome when it ends, and rejoins the pool
+            return
+        # It finished; whether the interrupted wait took ``done`` is unknown, so the
+        # caller drops the handle and the thread ends. The outcome goes to the log.
         error, worker.error, worker.result = worker.error, None, None
-        worker.job = None
-        worker.wake.release()  # it wakes to no job, and ends
         site.dropped(error)
 
-    def late(worker: _Worker) -> Any:
-        if worker.gate.acquire(False):
-            abandoned()
-            timed_out()
-            raise CallTimeout(policy, qualname, seconds, scope)
-        try:
-            worker.done.acquire()  # it finished as the deadline passed: done comes at once
-        except BaseException:
-            retire(worker)
-            raise
-        return collect(worker)
-
     def timeout_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
+        # Whatever is raised between two steps here (a signal's handler runs there), the
+        # handle is dropped or returned to the pool, and the thread is never left waiting.
+        depth = nesting.depth
+        if depth and depth * FRAMES_PER_HOP >= recursion_limit():
+            raise too_deep(depth)
         try:
             worker = pop()
         except IndexError:
             worker = _spawn()
-        worker.job = (copy_context(), inner, args, kwargs, info, site)
-        worker.wake.release()
+        worker.job = (copy_context(), inner, args, kwargs, info, site, depth + 1)
         try:
-            finished = worker.done.acquire(True, wait)
-        except BaseException:  # interrupted while waiting (Ctrl-C): leave the work
-            if worker.gate.acquire(False):
-                abandoned()
+            worker.wake.release()
+            if not worker.done.acquire(True, wait):
+                if worker.gate.acquire(False):
+                    finished = False
+                else:
+                    worker.done.acquire()  # it finished as the deadline passed: at once
+                    finished = True
             else:
-                retire(worker)  # it finished meanwhile; the interruption wins
+                finished = True
+        except BaseException:
+            interrupted(worker)
+            del worker  # a finished thread ends once the handle is gone
             raise
-        if finished:
-            error = worker.error
-            if error is None:
-                result = worker.result
-                worker.result = None
-                worker.gate.release()
-                push(worker)
-                return result
-            return collect(worker)
-        return late(worker)
+        if not finished:
+            del worker  # the thread holds the handle while the work runs on
+            abandoned()
+            timed_out()
+            raise CallTimeout(policy, qualname, seconds, scope)
+        result, error = worker.result, worker.error
+        worker.result = worker.error = None
+        worker.gate.release()
+        push(worker)
+        if error is None:
+            return result
+        try:
+            raise error
+        finally:
+            del error  # this frame is in its traceback
 
     timeout_layer.__name__ = f"timeout_{scope}"
     return timeout_layer

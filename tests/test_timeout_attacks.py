@@ -1,0 +1,621 @@
+"""Attacks on the timeout layers: deadline races, interrupts between any two steps, runaway
+recursion, memory held by failed or abandoned calls, outer cancellations at every moment.
+
+Work that must outlive a deadline blocks on an event the test releases (sync) or sleeps
+``LONG`` until cancelled (async); every wait is bounded, so a broken layer fails a test
+instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import linecache
+import logging
+import multiprocessing
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytest
+
+import guardrails
+from guardrails import CallTimeout, configure, guarded
+from guardrails.layers import timeout as timeout_layer
+
+SHORT = 0.05  # a deadline that is meant to pass
+LONG = 30.0  # a deadline that must never pass
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
+
+def policies(**named: dict[str, Any]) -> None:
+    configure({"policies": {name: {"log": None, **block} for name, block in named.items()}})
+
+
+def stats(name: str = "p") -> Any:
+    return guardrails.stats()[name]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll an observable condition, failing (not hanging) if it never holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.001)
+
+
+def pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("guardrails-timeout")]
+
+
+def every_worker_idle() -> bool:
+    """No pool thread is lost: each one alive is in the idle pool (none waits forever)."""
+    return len(pool_threads()) == len(timeout_layer._POOL.idle)
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+class Big:
+    """A result or argument whose lifetime the tests watch."""
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["attempt", "total"])
+def test_a_failed_call_frees_its_arguments_without_the_cycle_collector(scope: str) -> None:
+    # The caller's frame bound the work's exception while raising it: a cycle through the
+    # traceback kept the exception, its frames and the call's arguments until gc ran.
+    policies(p={"timeout": {scope: LONG}})
+
+    @guarded("p")
+    def fails(features: Any) -> None:
+        raise ValueError("bad features")
+
+    features = np.ones((1000, 4))
+    alive = weakref.ref(features)
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="bad features"):
+            fails(features)
+        del features
+        assert alive() is None, "the failed call's argument outlived it: a reference cycle"
+    finally:
+        gc.enable()
+
+
+def test_an_abandoned_call_frees_its_arguments_and_result_when_it_ends(
+    gate: threading.Event,
+) -> None:
+    policies(p={"timeout": {"attempt": SHORT}})
+    results: list[weakref.ref[Any]] = []
+
+    @guarded("p")
+    def slow(features: Any) -> Any:
+        gate.wait(LONG)
+        result = np.ones((1000, 100))
+        results.append(weakref.ref(result))
+        return result
+
+    features = np.ones((1000, 4))
+    argument = weakref.ref(features)
+    gc.disable()
+    try:
+        with pytest.raises(CallTimeout):
+            slow(features)
+        del features
+        gate.set()
+        wait_until(lambda: len(results) == 1 and results[0]() is None and argument() is None)
+    finally:
+        gc.enable()
+
+
+def test_a_finished_worker_keeps_nothing_of_its_last_call() -> None:
+    policies(p={"timeout": {"attempt": LONG}})
+    results: list[weakref.ref[Any]] = []
+
+    @guarded("p")
+    def work(features: Any) -> Big:
+        result = Big()
+        results.append(weakref.ref(result))
+        return result
+
+    features = Big()
+    argument = weakref.ref(features)
+    gc.disable()
+    try:
+        work(features)  # the result is dropped at once
+        del features
+        assert argument() is None and results[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_a_kept_exception_does_not_show_another_callers_arguments() -> None:
+    # The worker's own frame was in the traceback handed to the caller. That frame runs
+    # on: error reporters that read a traceback's locals (Sentry's default) saw the job of
+    # whichever caller the worker served next.
+    policies(p={"timeout": {"attempt": LONG}})
+    started, release = threading.Event(), threading.Event()
+
+    @guarded("p")
+    def work(secret: str) -> str:
+        if secret == "alice":
+            raise ValueError("alice's call failed")
+        started.set()
+        release.wait(LONG)
+        return secret
+
+    with pytest.raises(ValueError) as kept:
+        work("alice")
+    bob = threading.Thread(target=work, args=("bob's password",))
+    bob.start()
+    try:
+        assert started.wait(LONG)  # bob's call runs on the worker alice's call used
+        tb = kept.value.__traceback__
+        tb = None if tb is None else tb.tb_next  # past this test's own frame
+        while tb is not None:
+            assert "bob's password" not in repr(tb.tb_frame.f_locals), tb.tb_frame
+            tb = tb.tb_next
+    finally:
+        release.set()
+        bob.join(LONG)
+
+
+# --- interrupts between any two steps -------------------------------------------------------
+
+
+class Interrupt(BaseException):
+    """Stands for Ctrl-C: a signal's handler raises between two steps of the caller."""
+
+
+def interrupt_at(step: int) -> Callable[[FrameType, str, Any], Any]:
+    """A trace function that raises ``Interrupt`` at the ``step``-th line the caller runs in
+    the timeout module (where a signal handler may run), counting from 1."""
+    seen = [0]
+    module_file = timeout_layer.__file__
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            seen[0] += 1
+            if seen[0] == step:
+                raise Interrupt(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == module_file else None
+
+    return tracer
+
+
+@pytest.mark.parametrize("ends", ["in time", "after the deadline"])
+def test_an_interrupt_between_any_two_steps_leaves_no_worker_behind(
+    ends: str, gate: threading.Event
+) -> None:
+    # A caller interrupted after taking a worker and before handing it a job, or after the
+    # work finished and before returning the worker, left that thread waiting for a job
+    # forever, holding the finished call's result.
+    policies(p={"timeout": {"attempt": LONG if ends == "in time" else SHORT}})
+    made: list[weakref.ref[Big]] = []
+
+    @guarded("p")
+    def work(release: threading.Event | None) -> Big:
+        if release is not None:
+            release.wait(LONG)
+        result = Big()
+        made.append(weakref.ref(result))
+        return result
+
+    assert work(None) is not None  # the chain is compiled: only the layer's steps are traced
+    previous = sys.gettrace()
+    interrupted_at: list[str] = []
+    for step in range(1, 200):
+        release = threading.Event() if ends != "in time" else None
+        sys.settrace(interrupt_at(step))
+        try:
+            work(release)
+        except Interrupt as exc:
+            interrupted_at.append(str(exc))
+            continue  # the next step
+        except CallTimeout:
+            break  # no step left to interrupt
+        else:
+            break
+        finally:
+            sys.settrace(previous)
+            if release is not None:
+                release.set()
+            wait_until(every_worker_idle)
+            wait_until(lambda: all(ref() is None for ref in made))
+    else:
+        pytest.fail("the call never ended without an interrupt")
+    assert sum(at.startswith("timeout_layer:") for at in interrupted_at) > 5, interrupted_at
+    assert work(None) is not None  # the pool still serves
+
+
+def test_work_finishing_as_the_deadline_passes_returns_its_result(
+    gate: threading.Event,
+) -> None:
+    # The caller's timed wait ends; before it claims the attempt, the work finishes and the
+    # worker claims it: the caller takes the result (not a timeout), exactly once.
+    policies(p={"timeout": {"attempt": SHORT}})
+    returned = threading.Event()
+
+    @guarded("p")
+    def work(x: int) -> int:
+        gate.wait(LONG)
+        returned.set()
+        return x
+
+    module_file = timeout_layer.__file__
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != module_file:
+            return None
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            line = ""
+            if event == "line":
+                line = linecache.getline(module_file, frame.f_lineno)
+            if "gate.acquire(False)" in line and "worker" in frame.f_locals:
+                worker = frame.f_locals["worker"]
+                gate.set()  # the work finishes now, after the timed wait ran out
+                assert returned.wait(LONG)
+                wait_until(worker.gate.locked)  # and its worker claimed the attempt
+            return local
+
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        result = work(7)
+    finally:
+        sys.settrace(previous)
+    assert result == 7
+    s = stats()
+    assert (s.successes, s.timeouts, s.abandoned) == (1, 0, 0)
+    wait_until(every_worker_idle)
+
+
+# --- recursion ------------------------------------------------------------------------------
+
+
+def test_recursion_through_a_sync_timeout_ends_in_recursion_error() -> None:
+    # Each nested call waits for a thread of its own, and each thread has a fresh stack:
+    # runaway recursion never met the recursion limit and started threads without bound.
+    policies(p={"timeout": {"attempt": LONG}})
+    deepest = [0]
+
+    @guarded("p")
+    def recurse(n: int) -> int:
+        deepest[0] = max(deepest[0], n)
+        return n if n >= 3000 else recurse(n + 1)  # bounded, so a broken layer ends
+
+    with pytest.raises(RecursionError, match="nested through sync timeouts"):
+        recurse(0)
+    assert deepest[0] * timeout_layer.FRAMES_PER_HOP < sys.getrecursionlimit()
+    assert stats().timeouts == 0
+
+    @guarded("p")
+    def nested(n: int) -> int:
+        return n if n == 0 else 1 + nested(n - 1)
+
+    assert nested(20) == 20  # ordinary nesting still works
+
+
+# --- races at the deadline ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("idle_seconds", [30.0, 0.0005])
+def test_many_callers_at_the_deadline_each_get_their_own_result(
+    monkeypatch: pytest.MonkeyPatch, idle_seconds: float
+) -> None:
+    # 1 ms deadlines on about 1 ms of work: every call returns its own result or raises
+    # CallTimeout; counters exact; no worker lost. A tiny idle time makes workers end while
+    # callers take them.
+    monkeypatch.setattr(timeout_layer, "IDLE_SECONDS", idle_seconds)
+    policies(p={"timeout": {"attempt": 0.001}})
+
+    @guarded("p")
+    def work(x: int) -> int:
+        time.sleep(0.001 if x % 2 else 0)
+        return x
+
+    wrong: list[tuple[int, int]] = []
+    outcomes = {"ok": 0, "timeout": 0}
+    count = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def caller(k: int) -> None:
+        barrier.wait(LONG)
+        for j in range(150):
+            x = k * 1000 + j
+            try:
+                got = work(x)
+            except CallTimeout:
+                with count:
+                    outcomes["timeout"] += 1
+                continue
+            with count:
+                outcomes["ok"] += 1
+            if got != x:
+                wrong.append((x, got))
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(LONG)
+    assert not any(t.is_alive() for t in callers)
+    assert wrong == []
+    assert outcomes["ok"] + outcomes["timeout"] == 8 * 150
+    s = stats()
+    assert (s.successes, s.timeouts, s.abandoned) == (
+        outcomes["ok"],
+        outcomes["timeout"],
+        outcomes["timeout"],
+    )
+    wait_until(every_worker_idle)
+
+
+def test_a_worker_reused_after_abandoned_work_returns_the_new_callers_result(
+    gate: threading.Event,
+) -> None:
+    policies(p={"timeout": {"attempt": SHORT}}, q={"timeout": {"attempt": LONG}})
+    ran_on: dict[str, threading.Thread] = {}
+
+    @guarded("p")
+    def old() -> str:
+        ran_on["old"] = threading.current_thread()
+        gate.wait(LONG)
+        return "old result"
+
+    @guarded("q")
+    def new() -> str:
+        ran_on["new"] = threading.current_thread()
+        return "new result"
+
+    with pytest.raises(CallTimeout):
+        old()
+    idle_before = len(timeout_layer._POOL.idle)
+    gate.set()
+    wait_until(lambda: len(timeout_layer._POOL.idle) > idle_before)  # it came back
+    assert new() == "new result"
+    assert ran_on["new"] is ran_on["old"]  # the most recently idle worker
+
+
+# --- control flow from the work -------------------------------------------------------------
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize("scope", ["attempt", "total"])
+def test_system_exit_and_unprintable_errors_reach_the_caller_unchanged(scope: str) -> None:
+    policies(p={"timeout": {scope: LONG}})
+    errors: dict[str, BaseException] = {"exit": SystemExit(3), "odd": Unprintable()}
+
+    @guarded("p")
+    def work(kind: str) -> None:
+        raise errors[kind]
+
+    for kind, error in errors.items():
+        with pytest.raises(type(error)) as got:
+            work(kind)
+        assert got.value is error
+    assert stats().failures == 2
+
+
+def test_an_abandoned_unprintable_error_is_logged_without_breaking_the_worker(
+    gate: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    policies(p={"timeout": {"attempt": SHORT}}, q={"timeout": {"attempt": LONG}})
+    caplog.set_level(logging.DEBUG, logger="guardrails")
+
+    @guarded("p")
+    def odd() -> None:
+        gate.wait(LONG)
+        raise Unprintable
+
+    @guarded("q")
+    def fine() -> int:
+        return 1
+
+    with pytest.raises(CallTimeout):
+        odd()
+    gate.set()
+    wait_until(lambda: any("abandoned after" in r.getMessage() for r in caplog.records))
+    wait_until(every_worker_idle)
+    assert fine() == 1
+
+
+# --- fork -----------------------------------------------------------------------------------
+
+
+#: The guarded functions of the fork test, for the pool's children (which inherit them).
+_IN_CHILD: dict[str, Callable[..., Any]] = {}
+
+
+def _square_with_timeouts(x: int) -> tuple[int, int]:
+    timed_out = 0
+    for _ in range(20):
+        try:
+            _IN_CHILD["hang"]()
+        except CallTimeout:
+            timed_out += 1
+    return _IN_CHILD["square"](x), timed_out
+
+
+def test_a_fork_pool_uses_timeouts_while_the_parents_workers_are_mid_job(
+    gate: threading.Event,
+) -> None:
+    policies(ok={"timeout": {"attempt": LONG}}, hang={"timeout": {"attempt": 0.01}})
+
+    @guarded("ok")
+    def square(x: int) -> int:
+        return x * x
+
+    @guarded("hang")
+    def hang() -> None:
+        gate.wait(LONG)
+
+    _IN_CHILD.update(square=square, hang=hang)
+    try:
+        for _ in range(3):
+            with pytest.raises(CallTimeout):
+                hang()  # three parent workers are busy at the fork
+        assert square(3) == 9
+        context = multiprocessing.get_context("fork")
+        with context.Pool(2) as pool:
+            got = pool.map_async(_square_with_timeouts, range(6)).get(LONG * 2)
+        assert got == [(x * x, 20) for x in range(6)]
+    finally:
+        _IN_CHILD.clear()
+
+
+# --- async ----------------------------------------------------------------------------------
+
+
+async def _sleep_long(x: int) -> int:
+    await asyncio.sleep(LONG)
+    return x
+
+
+@pytest.mark.parametrize(
+    "path", ["ok", "error", "timeout", "caught and returned", "caught and raised", "base"]
+)
+def test_async_cancel_count_is_back_to_its_entry_value_on_every_path(path: str) -> None:
+    policies(p={"timeout": {"attempt": SHORT, "total": LONG}})
+
+    class Stop(BaseException):
+        pass
+
+    @guarded("p")
+    async def work() -> str:
+        if path == "ok":
+            return "ok"
+        if path == "error":
+            raise KeyError("k")
+        if path == "base":
+            raise Stop
+        try:
+            await asyncio.sleep(LONG)
+        except asyncio.CancelledError:
+            if path == "caught and returned":
+                return "too late"
+            if path == "caught and raised":
+                raise ValueError("converted") from None
+            raise
+        return "never"
+
+    async def main() -> tuple[int, int, str]:
+        task = asyncio.current_task()
+        assert task is not None
+        before = task.cancelling()
+        try:
+            outcome = await work()
+        except (CallTimeout, KeyError, Stop) as exc:
+            outcome = type(exc).__name__
+        await asyncio.sleep(0)  # a cancellation left pending would land here
+        return before, task.cancelling(), outcome
+
+    before, after, outcome = asyncio.run(main())
+    assert before == after == 0
+    expected = {"ok": "ok", "error": "KeyError", "base": "Stop"}.get(path, "CallTimeout")
+    assert outcome == expected
+
+
+def test_async_outer_cancel_at_every_moment_around_the_deadline() -> None:
+    # An outer cancel issued before the call ended is always a CancelledError; a call that
+    # ended first is a CallTimeout; the task's cancel count is balanced either way.
+    policies(p={"timeout": {"attempt": 0.002}})
+
+    @guarded("p")
+    async def work(x: int) -> int:
+        return await _sleep_long(x)
+
+    async def one(delay: float) -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        cancelled_at: list[bool] = []
+
+        def outer() -> None:
+            cancelled_at.append(True)
+            task.cancel()
+
+        handle = loop.call_later(delay, outer)
+        try:
+            await work(1)
+        except CallTimeout:
+            handle.cancel()
+            assert not cancelled_at, "an outer cancel became a timeout"
+            return "timeout"
+        except asyncio.CancelledError:
+            assert cancelled_at
+            assert task.uncancel() == 0  # only the outer cancel is left
+            return "cancelled"
+        finally:
+            handle.cancel()
+        pytest.fail("the work returned")
+
+    async def main() -> set[str]:
+        seen = set()
+        for i in range(200):
+            seen.add(await asyncio.create_task(one(0.004 * (i % 20) / 20)))
+        return seen
+
+    assert asyncio.run(main()) <= {"timeout", "cancelled"}
+
+
+def test_many_async_tasks_inside_wait_for_and_task_groups_get_their_own_results() -> None:
+    policies(p={"timeout": {"attempt": 0.002}})
+
+    @guarded("p")
+    async def work(x: int) -> int:
+        await asyncio.sleep(0.002 if x % 3 == 0 else 0)
+        return x
+
+    async def main() -> tuple[dict[int, object], int]:
+        got: dict[int, object] = {}
+
+        async def call(x: int) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            try:
+                if x % 2:
+                    got[x] = await asyncio.wait_for(work(x), LONG)
+                else:
+                    got[x] = await work(x)
+            except CallTimeout:
+                got[x] = "timeout"
+            assert task.cancelling() == 0
+
+        async with asyncio.TaskGroup() as group:
+            for x in range(300):
+                group.create_task(call(x))
+        return got, len(got)
+
+    got, n = asyncio.run(main())
+    assert n == 300
+    assert all(v in (x, "timeout") for x, v in got.items())
+    s = stats()
+    assert s.successes + s.timeouts == 300
+    assert s.timeouts == sum(v == "timeout" for v in got.values())
+    assert s.abandoned == 0  # async work is cancelled, never left running
