@@ -60,7 +60,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from guardrails._errors import CallTimeout
-from guardrails._types import AsyncInner, Block, Context, Duration, Inner
+from guardrails._types import CALLER_GONE, AsyncInner, Block, Context, Duration, Inner
 
 #: An idle worker thread ends after this many seconds without work.
 IDLE_SECONDS = 30.0
@@ -245,6 +245,9 @@ def _build_sync(seconds: float, scope: str, inner: Inner, ctx: Context) -> Inner
     nesting, recursion_limit = _NESTING, sys.getrecursionlimit
     timed_out, abandoned = ctx.counters.timeout, ctx.counters.abandon
     policy, qualname = ctx.policy, ctx.qualname
+    # A total timeout tells the work when its caller has left, so a retry loop inside it
+    # stops instead of going on retrying for nobody (see CALLER_GONE).
+    marks, caller_gone = scope == "total", CALLER_GONE.set
 
     def too_deep(depth: int) -> RecursionError:
         return RecursionError(
@@ -273,7 +276,12 @@ def _build_sync(seconds: float, scope: str, inner: Inner, ctx: Context) -> Inner
             worker = pop()
         except IndexError:
             worker = _spawn()
-        worker.job = (copy_context(), inner, args, kwargs, info, site, depth + 1)
+        context = copy_context()
+        gone: list[bool] | None = None
+        if marks:
+            gone = [False]
+            context.run(caller_gone, gone)
+        worker.job = (context, inner, args, kwargs, info, site, depth + 1)
         try:
             worker.wake.release()
             if not worker.done.acquire(True, wait):
@@ -285,10 +293,14 @@ def _build_sync(seconds: float, scope: str, inner: Inner, ctx: Context) -> Inner
             else:
                 finished = True
         except BaseException:
+            if gone is not None:
+                gone[0] = True
             interrupted(worker)
             del worker  # a finished thread ends once the handle is gone
             raise
         if not finished:
+            if gone is not None:
+                gone[0] = True
             del worker  # the thread holds the handle while the work runs on
             abandoned()
             timed_out()
