@@ -190,7 +190,7 @@ if hasattr(os, "register_at_fork"):
 class _Flight:
     """A computation other threads wait on: ``done`` is held by the leader until it ends."""
 
-    __slots__ = ("done", "error", "owner", "value", "waiters")
+    __slots__ = ("__weakref__", "done", "error", "owner", "value", "waiters")
 
     def __init__(self) -> None:
         self.done = threading.Lock()
@@ -202,9 +202,14 @@ class _Flight:
         self.waiters = 0
 
 
-#: The computations this call stack is leading (``_Flight`` objects and futures), seen by
-#: the tasks it starts and the threads it hands its context to (``asyncio.to_thread``): a
-#: call that meets one of them in flight is re-entering it and must not wait on itself.
+#: The computations this call stack is leading (weak references to ``_Flight`` objects and
+#: futures), seen by the tasks it starts and the threads it hands its context to
+#: (``asyncio.to_thread``): a call that meets one of them in flight is re-entering it and
+#: must not wait on itself. Weak, because a flight holds its outcome: a context copied while
+#: it led (``timeout`` runs each sync attempt in one, a task holds its own) sits in the
+#: frames of the failure's traceback, and a strong reference would close the cycle
+#: exception -> traceback -> frame -> context -> flight -> exception, keeping the call's
+#: arguments until the garbage collector ran.
 _LEADING: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
     "guardrails_cache_leading", default=()
 )
@@ -414,7 +419,7 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                     if flight is None:
                         flight = inflight[key] = _Flight()
                         break
-                    if flight.owner == get_ident() or flight in leading.get():
+                    if flight.owner == get_ident() or weakref.ref(flight) in leading.get():
                         # This call stack is computing this key further up.
                         flight = None
                         break
@@ -456,7 +461,7 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                     info[1] = True
                 return flight.value
         generation = store.generation
-        token = leading.set((*leading.get(), flight)) if flight is not None else None
+        token = leading.set((*leading.get(), weakref.ref(flight))) if flight is not None else None
         miss()
         try:
             value = inner(args, kwargs, info)
@@ -521,7 +526,7 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                     if found is None:
                         mine = inflight[key] = loop.create_future()
                         break
-                    if found.get_loop() is not loop or found in leading.get():
+                    if found.get_loop() is not loop or weakref.ref(found) in leading.get():
                         # Another loop's flight cannot be awaited here; one this task leads
                         # is a re-entry: compute without waiting on ourselves.
                         break
@@ -547,7 +552,7 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                 return value
         found = None
         generation = store.generation
-        token = leading.set((*leading.get(), mine)) if mine is not None else None
+        token = leading.set((*leading.get(), weakref.ref(mine))) if mine is not None else None
         miss()
         try:
             value = await inner(args, kwargs, info)
