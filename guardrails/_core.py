@@ -127,6 +127,7 @@ class Slot:
             chain, store = self.compile(current_settings(), shared)
             self.install(chain, store)
             STATE.shared.update(shared)
+            _in_force(shared)
         return chain(args, kwargs, info)
 
     def lazy_chain(self) -> Any:
@@ -317,6 +318,17 @@ def _install(settings: Settings) -> None:
         STATE.shared = shared
         for slot, chain, store in compiled:
             slot.install(chain, store)
+        _in_force(shared)
+
+
+def _in_force(shared: dict[tuple[str, str], tuple[Any, Any]]) -> None:
+    """Tell the state objects of the chains being installed that they are in force (a
+    bulkhead takes its size then, not when compiled: a configure() that fails changes
+    nothing)."""
+    for _, state in shared.values():
+        in_force = getattr(state, "in_force", None)
+        if in_force is not None:
+            in_force()
 
 
 def recompile() -> None:

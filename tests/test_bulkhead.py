@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -475,7 +476,7 @@ def test_threads_and_two_loops_with_cancellations_never_overshoot_nor_leak(
     assert guardrails.stats()["p"].bulkhead_rejected == refusals[0]
 
 
-def test_the_bulkhead_is_kept_across_an_unchanged_configure_and_renewed_on_a_change() -> None:
+def test_the_bulkhead_is_kept_across_an_unchanged_configure_and_resized_on_a_change() -> None:
     bulkhead(max_concurrent=1)
     release, entered = threading.Event(), threading.Event()
 
@@ -496,13 +497,136 @@ def test_the_bulkhead_is_kept_across_an_unchanged_configure_and_renewed_on_a_cha
         with pytest.raises(BulkheadFull):
             other()
         bulkhead(max_concurrent=2)
-        assert slots() is not kept
-        assert other() == "other"  # a new bulkhead: the attempt in flight is the old one's
+        assert slots() is kept  # the same pool, one slot more: the attempt in flight holds one
+        assert kept.capacity == 2
+        assert kept.in_use == 1
+        assert other() == "other"
     finally:
         release.set()
         first.join(10)
-    assert kept.in_use == 0  # the old attempt released into its own bulkhead
     assert slots().in_use == 0
+
+
+class Running:
+    """Attempts inside ``hold`` now, and the most seen at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+        self.release = threading.Event()
+
+    def hold(self) -> str:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            self.release.wait(30)
+            return "held"
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_bulkhead_shrunk_mid_incident_retires_slots_as_attempts_end() -> None:
+    # A new, empty pool of the new size let the attempts of the old one run beside it: 4
+    # running, max_concurrent lowered to 2 (to protect the dependency), and 2 more started.
+    bulkhead(max_concurrent=4)
+    running = Running()
+    call = guarded("p")(running.hold)
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        until(lambda: running.now == 4)
+        bulkhead(max_concurrent=2)
+        with pytest.raises(BulkheadFull):
+            call()
+        assert slots().in_use == 4  # 2 slots owed: the next two that end are retired
+    finally:
+        running.release.set()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+    assert slots().in_use == 0
+    assert running.peak == 4
+    running.release.clear()
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        until(lambda: running.now == 2)
+        with pytest.raises(BulkheadFull):
+            call()  # two now, not four
+    finally:
+        running.release.set()
+        for t in threads:
+            t.join(10)
+    bulkhead(max_concurrent=3)  # and grown again: three
+    assert slots().in_use == 0
+    assert len(slots().free) == 3
+
+
+def test_a_configure_flapping_between_two_sizes_never_lets_more_than_the_larger_run() -> None:
+    # Each change made a new, empty pool: alternating 3 and 2 while attempts ran let
+    # 3 + 2 + 3 + ... run at once.
+    bulkhead(max_concurrent=3)
+    running = Running()
+    call = guarded("p")(running.hold)
+    threads: list[threading.Thread] = []
+
+    def attempt() -> None:
+        with contextlib.suppress(BulkheadFull):
+            call()
+
+    try:
+        for size in (2, 3, 2, 3, 2, 3):
+            bulkhead(max_concurrent=size)
+            for _ in range(3):
+                before = running.now
+                t = threading.Thread(target=attempt)
+                t.start()
+                threads.append(t)
+                until(lambda t=t, n=before: not t.is_alive() or running.now > n)  # in or refused
+    finally:
+        running.release.set()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+    assert running.peak <= 3
+    assert slots().in_use == 0
+    assert len(slots().free) == 3
+
+
+def test_a_shrunk_bulkhead_retires_its_owed_slots_before_serving_a_waiter() -> None:
+    bulkhead(max_concurrent=2, max_wait="30s")
+    running = Running()
+
+    @guarded("p")
+    async def hold() -> str:
+        with running.lock:
+            running.now += 1
+            running.peak = max(running.peak, running.now)
+        try:
+            await gate.wait()
+            return "held"
+        finally:
+            with running.lock:
+                running.now -= 1
+
+    async def main() -> list[str]:
+        holders = [asyncio.ensure_future(hold()) for _ in range(2)]
+        await until_async(lambda: running.now == 2)
+        bulkhead(max_concurrent=1, max_wait="30s")
+        waiter = asyncio.ensure_future(hold())
+        await until_async(lambda: len(slots().waiters) == 2)  # the debt, then the waiter
+        gate.set()
+        return list(await asyncio.wait_for(asyncio.gather(*holders, waiter), 30))
+
+    gate = asyncio.Event()
+    assert asyncio.run(main()) == ["held"] * 3
+    assert running.peak == 2  # the waiter ran after both holders ended, alone
+    assert slots().in_use == 0
+    assert len(slots().free) == 1
 
 
 def _reap(pid: int, timeout: float = 30.0) -> int:

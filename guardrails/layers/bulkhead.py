@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import Field, StrictInt
 
 from guardrails._errors import BulkheadFull
+from guardrails._state import STATE
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 
@@ -81,6 +82,26 @@ class _TaskWaiter:
         return True
 
 
+class _Debt:
+    """Slots a shrunk bulkhead still has to retire: attempts of the larger size were running
+    when it shrank. It queues first among the waiters, so each slot freed goes to it (and is
+    dropped) until it is paid, before any waiter runs."""
+
+    __slots__ = ("owed", "waiters")
+    granted = False
+
+    def __init__(self, owed: int, waiters: deque[Any]) -> None:
+        self.owed = owed
+        self.waiters = waiters
+
+    def hand_slot(self) -> bool:
+        """Under the lock, just taken off the queue: the slot is retired."""
+        self.owed -= 1
+        if self.owed:
+            self.waiters.appendleft(self)
+        return True
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -96,14 +117,47 @@ class Slots:
     never sleeps through a freed slot.
     """
 
-    __slots__ = ("__weakref__", "capacity", "free", "lock", "waiters")
+    __slots__ = ("__weakref__", "capacity", "debt", "free", "lock", "waiters")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.free: deque[None] = deque(repeat(None, capacity))
         self.lock = threading.Lock()
-        self.waiters: deque[_ThreadWaiter | _TaskWaiter] = deque()
+        self.waiters: deque[_ThreadWaiter | _TaskWaiter | _Debt] = deque()
+        self.debt: _Debt | None = None
         _SLOTS.add(self)
+
+    def resize(self, capacity: int) -> None:
+        """Make it ``capacity`` slots, counting the attempts running now: a bigger pool frees
+        the new slots at once (to the waiters first); a smaller one retires free slots now
+        and the rest as the running attempts end, so no more than the larger of the two
+        sizes ever run, and then no more than the new one."""
+        with self.lock:
+            change, self.capacity = capacity - self.capacity, capacity
+            debt, free = self.debt, self.free
+            if change < 0:
+                owed = -change
+                while owed:
+                    try:
+                        free.pop()
+                    except IndexError:
+                        break
+                    owed -= 1
+                if owed:
+                    if debt is not None and debt.owed:
+                        debt.owed += owed
+                    else:
+                        self.debt = _Debt(owed, self.waiters)
+                        self.waiters.appendleft(self.debt)
+            elif change > 0:
+                if debt is not None and debt.owed:
+                    paid = min(change, debt.owed)
+                    debt.owed -= paid
+                    change -= paid
+                    if not debt.owed:
+                        self._leave(debt)
+                free.extend(repeat(None, change))
+                self._hand_over()
 
     def after_fork_in_child(self) -> None:
         """In a forked child: another thread of the parent may have held ``lock`` at the fork,
@@ -112,11 +166,13 @@ class Slots:
         that lock forever, nor hand the slot to a waiter that does not exist."""
         self.lock = threading.Lock()
         self.waiters.clear()
+        self.debt = None
 
     @property
     def in_use(self) -> int:
         """Slots taken (by attempts running, or handed to waiters about to run)."""
-        return self.capacity - len(self.free)
+        debt = self.debt
+        return self.capacity - len(self.free) + (debt.owed if debt is not None else 0)
 
     def release(self) -> None:
         """Free a slot while someone waits: it goes to the first waiter."""
@@ -164,7 +220,7 @@ class Slots:
         else:
             self._leave(waiter)
 
-    def _leave(self, waiter: _ThreadWaiter | _TaskWaiter) -> None:
+    def _leave(self, waiter: _ThreadWaiter | _TaskWaiter | _Debt) -> None:
         """Under the lock: ``waiter`` leaves the queue, unless it left it already: a task
         whose loop was closed is dropped when a slot is offered to it, and its coroutine is
         closed later (``GeneratorExit`` when it is collected) with no slot to give back."""
@@ -207,12 +263,19 @@ class Slots:
 
 
 class Bulkhead:
-    """A policy's bulkhead (the ``"bulkhead"`` shared state)."""
+    """A policy's bulkhead (the ``"bulkhead"`` shared state): ``capacity`` slots, in a pool
+    handed on from the bulkhead it replaces (see ``in_force``)."""
 
-    __slots__ = ("slots",)
+    __slots__ = ("capacity", "slots")
 
-    def __init__(self, capacity: int) -> None:
-        self.slots = Slots(capacity)
+    def __init__(self, capacity: int, slots: Slots | None = None) -> None:
+        self.capacity = capacity
+        self.slots = Slots(capacity) if slots is None else slots
+
+    def in_force(self) -> None:
+        """Its configure() is installed: the pool takes this size. Not before, so a
+        configure() that fails leaves the pool as it was."""
+        self.slots.resize(self.capacity)
 
     def after_fork_in_child(self) -> None:
         # The parent's other threads, which held slots or waited for one, do not exist in the
@@ -237,10 +300,18 @@ if hasattr(os, "register_at_fork"):
 
 def _bulkhead(cfg: BulkheadConfig, ctx: Context) -> Bulkhead:
     capacity = cfg.max_concurrent
-    # Keyed on the capacity alone: a configure() that changes only max_wait keeps the slots
-    # (a new pool would start empty while the attempts of the old one still run, and let
-    # twice max_concurrent run at once).
-    bulkhead: Bulkhead = ctx.shared("bulkhead", capacity, lambda: Bulkhead(capacity))
+    # Keyed on the capacity alone: a configure() that changes only max_wait keeps the
+    # bulkhead. One that changes max_concurrent makes a new one on the same pool of slots,
+    # resized when it comes into force: a new, empty pool would let the attempts still
+    # running in the old one run beside a full new one (4 then 3 let 7 run; a configure()
+    # flapping between two sizes let ever more run).
+    previous = STATE.shared.get((ctx.policy, "bulkhead"))
+    pool = previous[1].slots if previous is not None else None
+
+    def renewed() -> Bulkhead:
+        return Bulkhead(capacity, pool)
+
+    bulkhead: Bulkhead = ctx.shared("bulkhead", capacity, renewed)
     return bulkhead
 
 
