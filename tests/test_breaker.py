@@ -717,11 +717,14 @@ class Model:
             self.state, self.trials_ok = "half_open", 0
         if self.state == "half_open" and self.trials_ok >= cfg.half_open_calls:
             return "refused", 0.0
+        started = self.now
         self.now += took
         if what in ("ignored", "refusal", "interrupt"):
             return "ran", None
         failed = what == "fail"
-        slow = cfg.slow_call is not None and took >= cfg.slow_call
+        # The breaker times a call by the clock, as the model must: 1023.7 + 0.5 - 1023.7
+        # is 0.49999999999977 in floats, which is not slow_call 0.5 or longer.
+        slow = cfg.slow_call is not None and self.now - started >= cfg.slow_call
         if self.state == "half_open":
             if failed or slow:
                 self.state, self.open_until = "open", self.now + cfg.open_for
