@@ -9,10 +9,14 @@ instead of hanging it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gc
 import linecache
 import logging
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
@@ -203,7 +207,7 @@ def interrupt_at(step: int) -> Callable[[FrameType, str, Any], Any]:
 
 @pytest.mark.parametrize("ends", ["in time", "after the deadline"])
 def test_an_interrupt_between_any_two_steps_leaves_no_worker_behind(
-    ends: str, gate: threading.Event
+    ends: str, gate: threading.Event, hand_off: str
 ) -> None:
     # A caller interrupted after taking a worker and before handing it a job, or after the
     # work finished and before returning the worker, left that thread waiting for a job
@@ -487,6 +491,155 @@ def test_a_fork_pool_uses_timeouts_while_the_parents_workers_are_mid_job(
         assert got == [(x * x, 20) for x in range(6)]
     finally:
         _IN_CHILD.clear()
+
+
+# --- file descriptors and the lock fallback ---------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def pool_fds() -> int:
+    return sum(len(files.fds) for files in timeout_layer._POOL.files.values())
+
+
+def _reap(pid: int, seconds: float = 60.0) -> int | None:
+    """The child's exit status, or ``None`` (after killing it) if it did not finish in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def drain_pool() -> None:
+    """End every pool thread: an idle one wakes to its dropped handle and ends (busy ones
+    rejoin the pool when released, and are dropped in turn)."""
+
+    def ended() -> bool:
+        timeout_layer._POOL.idle.clear()
+        return not pool_threads()
+
+    wait_until(ended)
+
+
+@pytest.fixture(params=["pipes", "locks"])
+def hand_off(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Workers started from here hand off through pipes, or through locks (Windows)."""
+    drain_pool()
+    monkeypatch.setattr(timeout_layer, "_PIPES", request.param == "pipes")
+    yield request.param
+    drain_pool()  # no lock-based worker outlives the test
+
+
+def test_worker_descriptors_are_closed_when_their_threads_end(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    # Each worker holds two pipes: they must go with its thread (idle exit, dropped handle).
+    policies(p={"timeout": {"attempt": LONG}}, q={"timeout": {"attempt": SHORT}})
+
+    @guarded("p")
+    def where(x: int) -> threading.Thread:
+        return threading.current_thread()
+
+    @guarded("p")
+    def boom() -> None:
+        raise ValueError("boom")
+
+    @guarded("q")
+    def hang() -> None:
+        gate.wait(LONG)
+
+    drain_pool()
+    before = open_fds()
+    monkeypatch.setattr(timeout_layer, "IDLE_SECONDS", 0.001)
+    threads: set[threading.Thread] = set()
+    for i in range(200):
+        thread = where(i)
+        threads.add(thread)
+        if i % 2:
+            wait_until(lambda t=thread: not t.is_alive())  # ended idle: the next call starts one
+        if i % 50 == 0:
+            with pytest.raises(CallTimeout):
+                hang()
+        if i % 7 == 0:
+            with pytest.raises(ValueError, match="boom"):
+                boom()
+    assert len(threads) >= 100  # many workers started and ended
+    assert pool_fds() == 4 * len(timeout_layer._POOL.files) > 0
+    gate.set()
+    drain_pool()
+    assert (open_fds(), pool_fds(), timeout_layer._POOL.files) == (before, 0, {})
+
+
+def test_a_forked_child_closes_the_parents_worker_descriptors(gate: threading.Event) -> None:
+    policies(p={"timeout": {"attempt": SHORT}}, ok={"timeout": {"attempt": LONG}})
+
+    @guarded("p")
+    def hang() -> None:
+        gate.wait(LONG)
+
+    @guarded("ok")
+    def fine(x: int) -> int:
+        return x
+
+    with pytest.raises(CallTimeout):
+        hang()
+    assert fine(1) == 1  # a parent worker is busy, another idle, at the fork
+    held = pool_fds()
+    assert held >= 8
+    expected = open_fds() - held
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            code = 2 if open_fds() != expected else 3 if timeout_layer._POOL.files else 4
+            if code == 4 and fine(2) == 2:
+                code = 5
+                with contextlib.suppress(CallTimeout):
+                    hang()
+                gate.set()
+                timeout_layer.IDLE_SECONDS = 0.001  # the child's own workers end too
+                drain_pool()
+                code = 0 if open_fds() == expected else 6
+        finally:
+            os._exit(code)
+    assert _reap(pid) == 0
+
+
+def test_out_of_descriptors_a_lock_hands_off(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    policies(p={"timeout": {"attempt": LONG}}, q={"timeout": {"attempt": SHORT}})
+
+    @guarded("p")
+    def double(x: int) -> int:
+        return 2 * x
+
+    @guarded("q")
+    def hang() -> None:
+        gate.wait(LONG)
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    drain_pool()
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "pipe", no_pipe)
+        assert double(2) == 4
+        with pytest.raises(CallTimeout):
+            hang()
+        assert [double(i) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert pool_fds() == 0 and len(timeout_layer._POOL.files) == 2
+    gate.set()
+    wait_until(every_worker_idle)
+    assert [double(i) for i in range(5)] == [0, 2, 4, 6, 8]
+    drain_pool()
 
 
 # --- async ----------------------------------------------------------------------------------

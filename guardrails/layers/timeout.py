@@ -147,11 +147,12 @@ class _Files:
         """A one-way signal: a pipe if it can, else a lock."""
         if _PIPES:
             try:
-                r, w = os.pipe()  # not inherited by child processes
+                # One step: no interrupt falls between making and keeping them.
+                self.fds += os.pipe()  # not inherited by child processes
             except OSError:  # out of file descriptors: a lock does the same, slower
                 pass
             else:
-                self.fds += (r, w)
+                r, w = self.fds[-2:]
                 return partial(os.write, w, b"\0"), _pipe_wait(r)
         return _lock_signal()
 
@@ -342,8 +343,8 @@ def _loop(ref: Any, ready: Wait, finish: Set, gate: Any, generation: int) -> Non
 
 def _spawn() -> _Worker:
     files = _Files()
-    _POOL.files[id(files)] = files  # registered first: a fork now closes them in the child
     try:
+        _POOL.files[id(files)] = files  # registered first: a fork now closes them in the child
         hand, ready = files.signal()
         finish, wait = files.signal()
         worker = _Worker(hand, wait)
