@@ -612,6 +612,28 @@ def test_a_forked_child_closes_the_parents_worker_descriptors(gate: threading.Ev
     assert _reap(pid) == 0
 
 
+def test_work_that_forks_signals_only_its_own_caller() -> None:
+    # The forked child of the work returns from the work too, into its copy of the worker:
+    # that copy signalled "finished" through the pipe it shares with the parent, waking the
+    # parent's caller while the parent's work still ran (RuntimeError from releasing a gate
+    # nobody held, or a stale byte that a later caller of the worker took as its own).
+    policies(p={"timeout": {"attempt": LONG}})
+    statuses: list[int | None] = []
+
+    @guarded("p")
+    def work(x: int) -> int:
+        pid = os.fork()
+        if pid == 0:
+            return -x  # the child's only thread returns into the worker's loop, and ends
+        statuses.append(_reap(pid))  # the child has run to its end before this returns
+        return x
+
+    assert [work(x) for x in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert statuses == [0] * 5
+    wait_until(every_worker_idle)
+    assert (stats().successes, stats().failures) == (5, 0)
+
+
 def test_out_of_descriptors_a_lock_hands_off(
     monkeypatch: pytest.MonkeyPatch, gate: threading.Event
 ) -> None:

@@ -32,7 +32,8 @@ half the cost of a lock each way, and far cheaper than a ``Future``. Where pipes
 worker's descriptors are closed by its thread as it ends; no worker whose hand-off was
 interrupted is used again, so no stale byte reaches a later caller. A forked child starts
 with an empty pool and closes the parent's workers' descriptors (their threads do not exist
-in it); a worker thread that forked ends in the child once its work returns.
+in it); a worker thread that forked ends in the child once its work returns, signalling
+nothing (its pipes are the parent worker's too).
 
 Async: the attempt runs in the caller's task and is cancelled at the deadline (a timer on
 the loop, ``asyncio.timeout``'s bookkeeping: the task's cancel count tells our cancellation
@@ -204,6 +205,8 @@ class _Pool:
         for files in list(self.files.values()):
             if files is not mine:
                 files.forget()
+        if mine is not None:
+            mine.open = False  # a dropped handle wakes nothing: the pipes are the parent's
         self.idle.clear()
         self.generation += 1
 
@@ -325,6 +328,11 @@ def _loop(ref: Any, ready: Wait, finish: Set, gate: Any, generation: int) -> Non
             worker.error = exc.with_traceback(exc.__traceback__.tb_next)  # type: ignore[union-attr]
         site = job[5]
         del job  # an idle thread must not keep the call's arguments alive
+        if generation != pool.generation:
+            # This thread forked and is in the child: its caller is in the parent, and the
+            # pipes are shared with the parent's worker, whose caller a signal would wake.
+            worker.error = worker.result = None
+            return
         if gate.acquire(False):
             finish()  # the caller takes the outcome and returns the handle to the pool
         else:
@@ -338,7 +346,7 @@ def _loop(ref: Any, ready: Wait, finish: Set, gate: Any, generation: int) -> Non
                 idle.append(worker)
         del worker, site
         if generation != pool.generation:
-            return  # this thread forked and is in the child, or a child's leftover
+            return  # it forked in site.dropped (a logging handler): it is in the child
 
 
 def _spawn() -> _Worker:
