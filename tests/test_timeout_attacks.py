@@ -250,6 +250,48 @@ def test_an_interrupt_between_any_two_steps_leaves_no_worker_behind(
     assert work(None) is not None  # the pool still serves
 
 
+def test_an_interrupt_inside_thread_start_leaves_the_new_threads_descriptors_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Interrupted inside Thread.start(), once the new thread ran, the caller closed the
+    # worker's pipes under it: the thread polled closed descriptors (EBADF killed it) or,
+    # their numbers reused by the next open(), read a byte of another worker's or file's.
+    policies(p={"timeout": {"attempt": LONG}})
+
+    @guarded("p")
+    def work(x: int) -> int:
+        return x
+
+    assert work(0) == 0  # compiled
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    start_file = threading.Thread.start.__code__.co_filename
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        line = linecache.getline(start_file, frame.f_lineno) if event == "line" else ""
+        if "self._started.wait()" in line:
+            raise Interrupt("inside Thread.start, the thread started")
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        spawning = frame.f_back is not None and frame.f_back.f_code.co_name == "_spawn"
+        return local if frame.f_code.co_name == "start" and spawning else None
+
+    for _ in range(20):
+        drain_pool()
+        before = open_fds()
+        previous = sys.gettrace()
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(Interrupt):
+                work(1)
+        finally:
+            sys.settrace(previous)
+        drain_pool()  # the started thread woke to its dropped handle, and ended
+        assert (died, open_fds(), timeout_layer._POOL.files) == ([], before, {})
+    assert work(2) == 2
+
+
 def test_work_finishing_as_the_deadline_passes_returns_its_result(
     gate: threading.Event,
 ) -> None:

@@ -134,15 +134,33 @@ def _wait_long(poll: Callable[[int], list[Any]], ms: int) -> bool:
 
 class _Files:
     """A worker's file descriptors, closed once: by its thread as it ends, or in a forked
-    child (where the thread does not exist). ``lock`` keeps a dropped handle's wake-up from
-    writing to a descriptor being closed (its number may be reused at once)."""
+    child (where the thread does not exist), or by the caller starting the thread if it is
+    interrupted before the thread takes them (``owned``). ``lock`` keeps a dropped handle's
+    wake-up from writing to a descriptor being closed (its number may be reused at once),
+    and settles which of thread and starter has them."""
 
-    __slots__ = ("fds", "lock", "open")
+    __slots__ = ("fds", "lock", "open", "owned")
 
     def __init__(self) -> None:
         self.fds: tuple[int, ...] = ()
         self.lock = allocate_lock()
         self.open = True
+        self.owned = False
+
+    def take(self) -> bool:
+        """The thread, as it starts: its descriptors are its own (False: closed already)."""
+        with self.lock:
+            self.owned = self.open
+            return self.open
+
+    def abandon(self) -> None:
+        """The starter, interrupted: close them unless the thread runs with them (its
+        dropped handle wakes it, and it closes them as it ends)."""
+        with self.lock:
+            if self.owned:
+                return
+            self.open = False
+        self.close()
 
     def signal(self) -> tuple[Set, Wait]:
         """A one-way signal: a pipe if it can, else a lock."""
@@ -290,6 +308,8 @@ def _on_drop(hand: Set, files: _Files) -> Any:
 
 def _serve(ref: Any, ready: Wait, finish: Set, gate: Any, files: _Files, generation: int) -> None:
     """A pooled thread: its descriptors are closed as it ends, whatever ends it."""
+    if not files.take():
+        return  # its starter was interrupted and closed them: their numbers may be reused
     _NESTING.files = files
     try:
         _loop(ref, ready, finish, gate, generation)
@@ -364,7 +384,9 @@ def _spawn() -> _Worker:
             daemon=True,
         ).start()
     except BaseException:
-        files.close()  # no thread runs to close them
+        # Interrupted, maybe inside Thread.start() once the thread runs: closed here only
+        # if the thread has not taken them (it would poll closed, maybe reused, numbers).
+        files.abandon()
         raise
     return worker
 
