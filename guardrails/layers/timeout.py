@@ -309,7 +309,11 @@ def _on_drop(hand: Set, files: _Files) -> Any:
 def _serve(ref: Any, ready: Wait, finish: Set, gate: Any, files: _Files, generation: int) -> None:
     """A pooled thread: its descriptors are closed as it ends, whatever ends it."""
     if not files.take():
-        return  # its starter was interrupted and closed them: their numbers may be reused
+        # Its starter was interrupted and closes them (again here, in case that too was
+        # interrupted: closed once either way); they are never used, their numbers may be
+        # another file's already.
+        files.close()
+        return
     _NESTING.files = files
     try:
         _loop(ref, ready, finish, gate, generation)
