@@ -29,6 +29,11 @@ reads and the call. Measured here with ``log: None``, a trivial function, best o
 
 A time window is split into 20 buckets; an outcome stays in it for between ``window`` and
 ``window × 1.05`` (until its bucket is 20 buckets old).
+
+Why our own state machine and not pybreaker or circuitbreaker: neither has rate-based
+sliding windows (both count consecutive failures), slow calls or a bounded number of
+half-open trials, none shares one breaker between sync and async calls, and both cost more
+per closed call than this layer's whole budget.
 """
 
 from __future__ import annotations
