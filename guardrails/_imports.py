@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import sys
 from typing import Any
 
 
@@ -73,4 +74,9 @@ def qualified_name(obj: Any) -> str:
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
     if module in (None, "builtins"):
         return str(name)
+    if isinstance(module, str) and module.startswith("guardrails._"):
+        # guardrails' own errors by the name users write: guardrails:CircuitOpenError.
+        public = sys.modules.get("guardrails")
+        if public is not None and getattr(public, str(name), None) is obj:
+            return f"guardrails:{name}"
     return f"{module}:{name}"

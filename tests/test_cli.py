@@ -124,3 +124,9 @@ def test_a_chaos_drill_is_checked_and_shown_as_one(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "fetch_features.chaos: chaos injects failures" in refused.stderr
     assert "allow_chaos" not in run("show", "conf").stdout
+
+
+def test_show_names_guardrails_errors_by_their_public_path() -> None:
+    shown = yaml.safe_load(run("show", "conf", "--policy", "fetch_features").stdout)
+    catch = shown["guardrails"]["policies"]["fetch_features"]["fallback"]["catch"]
+    assert catch == ["guardrails:CircuitOpenError"]  # not guardrails._errors:...
