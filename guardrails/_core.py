@@ -17,7 +17,7 @@ from guardrails._binding import Binder, is_async
 from guardrails._chain import compile_chain
 from guardrails._errors import PolicyConfigError
 from guardrails._policy import Policy, Settings, missing_policy_problem
-from guardrails._state import STATE
+from guardrails._state import MADE, STATE
 from guardrails._stats import PolicyStats
 from guardrails._types import Context
 from guardrails.layers.cache import CacheConfig, Store
@@ -82,7 +82,9 @@ class Slot:
             wanted = (cfg, clock)
             found = shared.get(key) or STATE.shared.get(key)
             if found is None or found[0] != wanted:
-                found = (wanted, factory())
+                made = factory()
+                MADE.add(made)  # renewed in a forked child (see _state)
+                found = (wanted, made)
             shared[key] = found
             return found[1]
 

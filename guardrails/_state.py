@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from guardrails._clock import Clock, SystemClock
@@ -44,10 +45,16 @@ class State:
 STATE = State()
 
 
+#: Every per-policy state object ``Context.shared`` made and still alive: the ones in force,
+#: and the ones a ``configure()`` replaced that a call in flight still uses (a retry's next
+#: attempt takes its tokens from the bucket its chain was compiled with).
+MADE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
-    # Threads of the parent that held a bulkhead slot or waited on a breaker do not exist
-    # in the child: each state object starts the child clean.
-    for _, shared in list(STATE.shared.values()):
+    # Threads of the parent that held a bulkhead slot, a lock, or waited on a breaker do not
+    # exist in the child: each state object starts the child clean.
+    for shared in list(MADE):
         renew = getattr(shared, "after_fork_in_child", None)
         if renew is not None:
             renew()

@@ -258,6 +258,7 @@ class Breaker:
     """
 
     __slots__ = (
+        "__weakref__",
         "base",
         "bucket_width",
         "buckets",

@@ -266,7 +266,7 @@ class Bulkhead:
     """A policy's bulkhead (the ``"bulkhead"`` shared state): ``capacity`` slots, in a pool
     handed on from the bulkhead it replaces (see ``in_force``)."""
 
-    __slots__ = ("capacity", "slots")
+    __slots__ = ("__weakref__", "capacity", "slots")
 
     def __init__(self, capacity: int, slots: Slots | None = None) -> None:
         self.capacity = capacity

@@ -72,7 +72,7 @@ class ChaosConfig(Block):
 class Dice:
     """A policy's source of chaos decisions: ``random()`` of its own generator."""
 
-    __slots__ = ("random", "rng", "seed")
+    __slots__ = ("__weakref__", "random", "rng", "seed")
 
     def __init__(self, seed: int | None) -> None:
         self.seed = seed

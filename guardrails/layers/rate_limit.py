@@ -18,9 +18,7 @@ across a boundary; none reserves a token for a bounded wait).
 from __future__ import annotations
 
 import math
-import os
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -87,7 +85,6 @@ class Bucket:
         self.span = (capacity - 1) * self.interval
         self.full_at = -math.inf  # full
         self.lock = threading.Lock()
-        _BUCKETS.add(self)
 
     def take(self, max_wait: float) -> tuple[float, float | None]:
         """Take a token: ``(0.0, None)`` now; ``(wait, ticket)`` reserved, due in ``wait``
@@ -118,21 +115,6 @@ class Bucket:
         # Another thread of the parent may have held the lock at the fork; the tokens taken
         # stay taken (the child's calls and the parent's share one budget until then).
         self.lock = threading.Lock()
-
-
-#: Every bucket alive, the ones a ``configure()`` replaced included: an attempt of a call
-#: that started before it (a retry's next attempt) still takes its tokens from the old one,
-#: so a forked child renews the lock of each.
-_BUCKETS: weakref.WeakSet[Bucket] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for bucket in list(_BUCKETS):
-        bucket.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _bucket(cfg: RateLimitConfig, ctx: Context) -> Bucket:

@@ -232,6 +232,7 @@ class RetryBudget:
     """
 
     __slots__ = (
+        "__weakref__",
         "_calls",
         "_lock",
         "_newest",
