@@ -6,7 +6,6 @@ import asyncio
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from guardrails import (
 from guardrails.layers.breaker import BUCKETS, BreakerConfig
 from guardrails.testing import FakeClock
 from tests.twins import guard_as
+from tests.twins import reap as _reap
 
 pytestmark = pytest.mark.filterwarnings(
     # Python 3.12+ warns on any fork from a multi-threaded process: the fork test does that.
@@ -567,18 +567,6 @@ def test_sixteen_threads_in_half_open_admit_exactly_the_trials(
     assert sorted(seen) == ["ok"] * 3 + ["refused"] * 13
     assert len(inside) == 3
     assert [t[2] for t in transitions(logs)] == ["open", "half_open", "closed"]
-
-
-def _reap(pid: int) -> int | None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
 
 
 def test_a_child_forked_while_a_trial_runs_can_make_its_own_trial(clock: FakeClock) -> None:

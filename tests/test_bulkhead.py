@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import guardrails
 from guardrails import BulkheadFull, PolicyConfigError, configure, guarded
 from guardrails._state import STATE
 from guardrails.layers.bulkhead import Slots
+from tests.twins import reap as _reap
 
 pytestmark = pytest.mark.filterwarnings(
     # Python 3.12+ warns on any fork from a multi-threaded process: that is the point here.
@@ -627,21 +627,6 @@ def test_a_shrunk_bulkhead_retires_its_owed_slots_before_serving_a_waiter() -> N
     assert running.peak == 2  # the waiter ran after both holders ended, alone
     assert slots().in_use == 0
     assert len(slots().free) == 1
-
-
-def _reap(pid: int, timeout: float = 30.0) -> int:
-    """The child's exit code; a child still running after ``timeout`` is killed (a hang
-    fails the test instead of hanging it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"the forked child did not finish in {timeout} s")
-        time.sleep(0.01)
 
 
 def test_a_child_forked_while_threads_hold_every_slot_starts_free() -> None:

@@ -11,9 +11,7 @@ import contextlib
 import multiprocessing
 import os
 import random
-import signal
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 
 import guardrails
 from guardrails import configure, guarded
+from tests.twins import reap as _reap
 
 pytestmark = pytest.mark.filterwarnings(
     # Python 3.12+ warns on any fork from a multi-threaded process: that is the point here.
@@ -74,19 +73,6 @@ def busy_threads() -> Iterator[threading.Event]:
     stop.set()
     for t in threads:
         t.join(10)
-
-
-def _reap(pid: int, seconds: float = 30.0) -> int | None:
-    """The child's exit status, or ``None`` (after killing it) if it did not finish in time."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
 
 
 def _child_body() -> int:

@@ -21,6 +21,7 @@ import guardrails
 from guardrails import BulkheadFull, PolicyConfigError, RateLimitExceeded, configure, guarded
 from guardrails._state import STATE
 from guardrails.testing import FakeClock, fake_clock
+from tests.twins import reap as _reap
 
 pytestmark = pytest.mark.filterwarnings(
     # Python 3.12+ warns on any fork from a multi-threaded process: that is the point here.
@@ -83,21 +84,6 @@ class Holders:
         for t in self.threads:
             t.join(10)
             assert not t.is_alive()
-
-
-def _reap(pid: int, timeout: float = 15.0) -> int:
-    """The child's exit code; a child still running after ``timeout`` is killed (a hang
-    fails the test instead of hanging it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"the forked child did not finish in {timeout} s")
-        time.sleep(0.01)
 
 
 # --- rate_limit -----------------------------------------------------------------------------

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +16,7 @@ from guardrails._state import STATE
 from guardrails.layers.rate_limit import Bucket, RateLimitConfig
 from guardrails.testing import FakeClock, fake_clock
 from tests.twins import guard_as
+from tests.twins import reap as _reap
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -332,21 +331,6 @@ def test_a_refusal_is_logged_as_rejected(clock: FakeClock, logs: pytest.LogCaptu
         call()
     outcomes = [getattr(r, "outcome", None) for r in logs.records]
     assert outcomes[-1] == "rejected"
-
-
-def _reap(pid: int, timeout: float = 30.0) -> int:
-    """The child's exit code; a child still running after ``timeout`` is killed (a hang
-    fails the test instead of hanging it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"the forked child did not finish in {timeout} s")
-        time.sleep(0.01)
 
 
 def test_a_child_forked_while_a_thread_holds_the_bucket_lock_can_call(clock: FakeClock) -> None:

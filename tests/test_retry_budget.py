@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from guardrails._state import STATE
 from guardrails.layers.retry import RetryBudget, tenacity
 from guardrails.testing import FakeClock
 from tests.twins import guard_as
+from tests.twins import reap as _reap
 
 NO_WAIT = {"initial": 0, "max": 1, "jitter": 0}  # waits of 0: the fake clock never moves
 
@@ -333,18 +333,6 @@ def test_the_budget_keys_and_defaults() -> None:
 
 
 # --- fork ----------------------------------------------------------------------------------
-
-
-def _reap(pid: int, seconds: float = 30.0) -> int | None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -29,6 +29,7 @@ from guardrails import CallTimeout, OutputValidationError, PolicyConfigError, co
 from guardrails.layers import timeout as timeout_layer
 from guardrails.testing import FakeClock, fake_clock
 from tests.twins import guard_as
+from tests.twins import reap as _reap
 
 SHORT = 0.05  # a deadline that is meant to pass
 LONG = 30.0  # a deadline that must never pass
@@ -454,19 +455,6 @@ def test_an_abandoned_endless_call_does_not_hold_up_interpreter_exit() -> None:
 
 
 # --- sync: fork ----------------------------------------------------------------------------
-
-
-def _reap(pid: int, seconds: float = 60.0) -> int | None:
-    """The child's exit status, or ``None`` (after killing it) if it did not finish in time."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
 
 
 def test_a_forked_child_gets_a_fresh_pool(gate: threading.Event) -> None:

@@ -16,7 +16,6 @@ import linecache
 import logging
 import multiprocessing
 import os
-import signal
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ import pytest
 import guardrails
 from guardrails import CallTimeout, configure, guarded
 from guardrails.layers import timeout as timeout_layer
+from tests.twins import reap as _reap
 
 SHORT = 0.05  # a deadline that is meant to pass
 LONG = 30.0  # a deadline that must never pass
@@ -553,19 +553,6 @@ def is_open(fd: int) -> bool:
 
 def pool_fds() -> int:
     return sum(len(files.fds) for files in timeout_layer._POOL.files.values())
-
-
-def _reap(pid: int, seconds: float = 60.0) -> int | None:
-    """The child's exit status, or ``None`` (after killing it) if it did not finish in time."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
 
 
 def drain_pool() -> None:

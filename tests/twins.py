@@ -1,9 +1,13 @@
-"""Sync and async twins of one test body: the same function guarded either way."""
+"""Helpers the tests share: sync and async twins of one test body (the same function
+guarded either way), and reaping a forked child without ever hanging."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,3 +28,17 @@ def guard_as(kind: str, fn: Callable[..., Any], name: str) -> Callable[..., Any]
 
     g = guarded(name)(native)
     return lambda *args, **kwargs: asyncio.run(g(*args, **kwargs))
+
+
+def reap(pid: int, seconds: float = 60.0) -> int | None:
+    """A forked child's exit status, or ``None`` (after killing it) if it did not finish in
+    ``seconds``: a hang fails the test instead of hanging it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
