@@ -13,7 +13,7 @@ from typing import Any
 LATENCY_WINDOW = 10_000
 
 
-def _read(counter: itertools.count[int]) -> int:
+def count_of(counter: itertools.count[int]) -> int:
     # itertools.count's repr is the next value, which is how many times next() ran.
     return int(repr(counter)[6:-1])
 
@@ -76,7 +76,7 @@ class PolicyCounters:
         self._base: tuple[int, ...] = (0,) * len(COUNTERS)
 
     def _raw(self) -> tuple[int, ...]:
-        return tuple(_read(c) for c in self._counts)
+        return tuple(count_of(c) for c in self._counts)
 
     def reset(self) -> None:
         """Zero the statistics. Compiled chains hold the counters' ``__next__``, so the

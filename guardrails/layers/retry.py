@@ -35,7 +35,7 @@ from pydantic import BeforeValidator, Field, StrictBool, StrictInt, field_valida
 
 from guardrails._errors import CircuitOpenError
 from guardrails._imports import qualified_name
-from guardrails._stats import _read as _count_of
+from guardrails._stats import count_of as _count_of
 from guardrails._types import (
     CALLER_GONE,
     AsyncInner,
