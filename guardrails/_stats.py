@@ -25,7 +25,10 @@ COUNTERS: tuple[tuple[str, str], ...] = (
     ("retries", "retry"),
     ("cache_hits", "cache_hit"),
     ("cache_misses", "cache_miss"),
-    ("rejected", "rejection"),
+    ("slow", "slow_call"),
+    ("rejected_input", "reject_input"),
+    ("rejected_output", "reject_output"),
+    ("rejected_memory", "reject_memory"),
     ("timeouts", "timeout"),
     ("abandoned", "abandon"),
     ("short_circuited", "short_circuit"),
@@ -57,7 +60,10 @@ class PolicyCounters:
     retry: Callable[[], int]
     cache_hit: Callable[[], int]
     cache_miss: Callable[[], int]
-    rejection: Callable[[], int]
+    slow_call: Callable[[], int]
+    reject_input: Callable[[], int]
+    reject_output: Callable[[], int]
+    reject_memory: Callable[[], int]
     timeout: Callable[[], int]
     abandon: Callable[[], int]
     short_circuit: Callable[[], int]
@@ -93,6 +99,7 @@ class PolicyCounters:
         lat = sorted(self.latencies)
         return PolicyStats(
             calls=counts["successes"] + counts["failures"] + counts["fallbacks"],
+            rejected=sum(counts[f"rejected_{why}"] for why in ("input", "output", "memory")),
             **counts,
             p50_ms=_percentile(lat, 50),
             p95_ms=_percentile(lat, 95),
@@ -114,8 +121,10 @@ class PolicyStats:
     """One policy's statistics at the moment of the snapshot.
 
     ``calls`` counts finished calls (``successes + failures + fallbacks``), cache hits and
-    refusals included; ``rejected`` counts the failures that were validation or memory
-    refusals; ``fallbacks`` the calls that failed and answered with ``fallback``.
+    refusals included; ``slow`` the successes that took ``log.slow`` or longer (counted
+    while ``log`` is on); ``rejected`` counts the failures that were validation or memory
+    refusals (``rejected_input + rejected_output + rejected_memory``); ``fallbacks`` the
+    calls that failed and answered with ``fallback``.
     ``timeouts`` counts timed-out attempts and calls, ``abandoned`` the sync attempts left
     running after one; ``short_circuited``, ``rate_limited`` and ``bulkhead_rejected`` the
     refusals of the breaker, rate limit and bulkhead; ``injected`` the chaos faults.
@@ -138,6 +147,10 @@ class PolicyStats:
     bulkhead_rejected: int
     fallbacks: int
     injected: int
+    slow: int
+    rejected_input: int
+    rejected_output: int
+    rejected_memory: int
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None

@@ -130,7 +130,8 @@ def test_memory_growth_is_recorded(probe_time: list[float]) -> None:
         probe_time[0] += 1.0  # so the reading after the call is a fresh one
 
     grow()
-    assert guardrails.stats()["m"].max_rss_growth_bytes >= 48 * MiB
+    growth = guardrails.stats()["m"].max_rss_growth_bytes
+    assert growth >= 48 * MiB, f"growth {growth}; {_memory_facts()}"
 
 
 def test_memory_growth_is_recorded_async(probe_time: list[float]) -> None:
@@ -162,12 +163,18 @@ def test_async_memory_guard() -> None:
 
 
 @pytest.fixture
-def probe_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+def probe_time(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> list[float]:
     """Freeze the probe's clock: a reading is reused until the test moves this clock past
     ``MAX_AGE`` (the worst case of the reuse window, with no dependence on real timing)."""
     # Behind real time, so readings stamped with it look old once the real clock is back.
     now = [time.monotonic() - 3600.0]
     monkeypatch.setattr(_memory, "monotonic", lambda: now[0])
+    # No collection may free an earlier test's garbage between the baseline and the reading
+    # after the ballast: collect now, then hold the collector off until the test ends.
+    gc.collect()
+    if gc.isenabled():
+        gc.disable()
+        request.addfinalizer(gc.enable)
     PROBE.read()
     return now
 
@@ -175,7 +182,29 @@ def probe_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def _ballast() -> Any:
     # Every page written, so it is resident at once; this large an array is its own mapping,
     # returned to the kernel when it is freed.
-    return np.ones(64 * MiB // 8)
+    before = psutil.Process().memory_info().rss
+    ballast = np.ones(64 * MiB // 8)
+    after = psutil.Process().memory_info().rss
+    # If the kernel did not count the ballast as resident, no guard could see it: say so.
+    assert after - before >= 48 * MiB, f"64 MiB ballast: rss {before} -> {after}; {_memory_facts()}"
+    return ballast
+
+
+def _memory_facts() -> str:
+    facts = []
+    for path in (
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory.high",
+        "/sys/fs/cgroup/memory.current",
+        "/sys/fs/cgroup/memory.swap.current",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ):
+        try:
+            with open(path) as f:
+                facts.append(f"{path}={f.read().strip()}")
+        except OSError:
+            pass
+    return "; ".join(facts)
 
 
 def _soft_warnings(logs: pytest.LogCaptureFixture) -> int:

@@ -96,6 +96,10 @@ def test_every_counter_is_exact(kind: str, clock: FakeClock) -> None:
         "cache_hits": 6,
         "cache_misses": 5,
         "rejected": 2,
+        "rejected_input": 1,
+        "rejected_output": 1,
+        "rejected_memory": 0,
+        "slow": 0,
         "p50_ms": None,
         "p95_ms": None,
         "p99_ms": None,
@@ -307,6 +311,10 @@ def test_snapshot_fields() -> None:
         "bulkhead_rejected",
         "fallbacks",
         "injected",
+        "slow",
+        "rejected_input",
+        "rejected_output",
+        "rejected_memory",
         "p50_ms",
         "p95_ms",
         "p99_ms",
@@ -327,7 +335,7 @@ def test_report_prints_a_table() -> None:
     guarded("quiet")(lambda: 1)()
     # Every figure different, so no two columns can trade places unseen.
     c = STATE.counters["fetch"]
-    bumps = [(c.success, 4), (c.failure, 4), (c.retry, 3), (c.cache_hit, 4), (c.rejection, 2)]
+    bumps = [(c.success, 4), (c.failure, 4), (c.retry, 3), (c.cache_hit, 4), (c.reject_input, 2)]
     for bump, times in bumps:
         for _ in range(times):
             bump()

@@ -24,7 +24,7 @@ from guardrails._errors import (
     OutputValidationError,
     RateLimitExceeded,
 )
-from guardrails._types import AsyncInner, Block, Context, Duration, Inner
+from guardrails._types import AsyncInner, Block, Context, Duration, ExceptionClasses, Inner
 
 LOGGER = logging.getLogger("guardrails")
 # A library never prints: without a handler of the application's own, records go nowhere,
@@ -41,13 +41,19 @@ _ARG_TEXT_LIMIT = 120
 
 
 class LogConfig(Block):
-    """``log:`` — record ``level``, ``slow`` threshold (a WARNING above it), ``args`` detail."""
+    """``log:`` — record ``level``, ``slow`` threshold (a WARNING above it), ``args`` detail;
+    how failures are logged (``failure_level``, ``traceback``, ``expected`` exceptions that
+    log at ``level`` with no traceback); ``trace``: a span per call where tracing is on."""
 
     level: str = "INFO"
     slow: Duration | None = None
     args: Literal["none", "shapes", "values"] = "shapes"
+    failure_level: str = "ERROR"
+    traceback: Literal["full", "short", "none"] = "short"
+    expected: ExceptionClasses = ()
+    trace: bool = False
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "failure_level", mode="before")
     @classmethod
     def _level_name(cls, value: object) -> str:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -238,7 +244,7 @@ def build(
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
     record = ctx.counters.latencies.append
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
-    fell_back = emitter.fell_back
+    fell_back, slow_call = emitter.fell_back, ctx.counters.slow_call
     warning = logging.WARNING
 
     if direct is not None:
@@ -256,6 +262,7 @@ def build(
             record(seconds)
             success()
             if seconds >= slow:
+                slow_call()
                 if enabled(warning):
                     emit(warning, "slow", seconds, args, kwargs, None)
             elif enabled(level):
@@ -279,6 +286,7 @@ def build(
         else:
             success()
             if seconds >= slow:
+                slow_call()
                 if enabled(warning):
                     emit(warning, "slow", seconds, args, kwargs, info)
             elif enabled(level):
@@ -312,7 +320,7 @@ def build_async(
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
     record = ctx.counters.latencies.append
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
-    fell_back = emitter.fell_back
+    fell_back, slow_call = emitter.fell_back, ctx.counters.slow_call
     warning = logging.WARNING
 
     async def log(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
@@ -330,6 +338,7 @@ def build_async(
         else:
             success()
             if seconds >= slow:
+                slow_call()
                 if enabled(warning):
                     emit(warning, "slow", seconds, args, kwargs, info)
             elif enabled(level):

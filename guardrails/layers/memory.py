@@ -200,7 +200,7 @@ class _Guard:
         _collect_if_due(self.ctx.clock.monotonic)
         rss = PROBE.read()
         if rss > self.hard:
-            self.ctx.counters.rejection()
+            self.ctx.counters.reject_memory()
             raise MemoryBudgetExceeded(self.ctx.policy, self.ctx.qualname, rss, self.hard)
         return rss
 

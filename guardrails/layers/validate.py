@@ -461,7 +461,7 @@ def input_checker(
                         bound[f] = getattr(validated, f)
                     return call_args(bound)
         if errors:
-            ctx.counters.rejection()
+            ctx.counters.reject_input()
             raise InputValidationError(policy, qualname, errors)
         return args, kwargs
 
@@ -481,7 +481,7 @@ def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | 
         try:
             return validate(result)
         except pydantic.ValidationError as exc:
-            ctx.counters.rejection()
+            ctx.counters.reject_output()
             raise OutputValidationError(
                 ctx.policy, ctx.qualname, _describe_errors(exc, "return.") or [("return", str(exc))]
             ) from None
