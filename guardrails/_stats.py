@@ -81,6 +81,10 @@ class PolicyCounters:
         self.max_rss_growth = 0
         self._base: tuple[int, ...] = (0,) * len(COUNTERS)
 
+    def recorder(self) -> Callable[[float], Any]:
+        """What a compiled log layer calls with each call's duration in seconds."""
+        return self.latencies.append
+
     def _raw(self) -> tuple[int, ...]:
         return tuple(count_of(c) for c in self._counts)
 

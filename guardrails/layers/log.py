@@ -242,7 +242,7 @@ def build(
 
     emitter = _Emitter(cfg, ctx)
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
-    record = ctx.counters.latencies.append
+    record = ctx.counters.recorder()
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
     fell_back, slow_call = emitter.fell_back, ctx.counters.slow_call
     warning = logging.WARNING
@@ -318,7 +318,7 @@ def build_async(
 
     emitter = _Emitter(cfg, ctx)
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
-    record = ctx.counters.latencies.append
+    record = ctx.counters.recorder()
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
     fell_back, slow_call = emitter.fell_back, ctx.counters.slow_call
     warning = logging.WARNING
