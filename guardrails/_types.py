@@ -7,9 +7,16 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, Any, ClassVar, TypeAlias
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StrictBool
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    StrictBool,
+    model_validator,
+)
 
 from guardrails._binding import Binder
 from guardrails._clock import Clock
@@ -39,9 +46,23 @@ class Section(BaseModel):
 
 
 class Block(Section):
-    """A policy block; ``enabled: false`` turns it off (and takes it out of the chain)."""
+    """A policy block; ``enabled: false`` turns it off (and takes it out of the chain).
+
+    A block that is off needs none of its settings (``memory: {enabled: false}`` is
+    complete); the settings it does have are still checked, so a typo is caught before the
+    block is turned back on. ``OFF_DEFAULTS`` stand in for the required ones.
+    """
 
     enabled: StrictBool = True
+    #: Values for the block's required settings while it is off and they are not written.
+    OFF_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _off_needs_nothing(cls, data: Any) -> Any:
+        if cls.OFF_DEFAULTS and isinstance(data, dict) and data.get("enabled") is False:
+            return {**cls.OFF_DEFAULTS, **data}
+        return data
 
 
 def _seconds(value: object) -> float:

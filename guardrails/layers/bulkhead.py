@@ -44,6 +44,7 @@ class BulkheadConfig(Block):
     #: (A million: the free slots are a deque of that many tokens, 8 bytes each; a billion
     #: took 8 GB at configure(), 2**63 raised OverflowError.)
     max_concurrent: StrictInt = Field(ge=1, le=1_000_000)
+    OFF_DEFAULTS = {"max_concurrent": 1}  # noqa: RUF012 (a ClassVar of Block)
     max_wait: Duration = 0.0
 
 

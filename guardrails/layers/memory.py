@@ -38,7 +38,7 @@ class MemoryConfig(Block):
 
     @model_validator(mode="after")
     def _limits(self) -> MemoryConfig:
-        if self.max_rss is None and self.soft_rss is None:
+        if self.max_rss is None and self.soft_rss is None and self.enabled:
             raise ValueError("set max_rss, soft_rss or both (sizes like '2GiB' or '80%')")
         if self.max_rss is not None and self.soft_rss is not None and self.soft_rss > self.max_rss:
             raise ValueError(

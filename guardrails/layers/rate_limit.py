@@ -42,6 +42,8 @@ class RateLimitConfig(Block):
     policy's clock (``guardrails.testing.fake_clock()`` in tests).
     """
 
+    OFF_DEFAULTS = {"rate": "1/s"}  # noqa: RUF012 (a ClassVar of Block)
+
     rate: PerSecond
     #: (A billion: more is no limit at all, and a huge integer overflows the float arithmetic.)
     burst: StrictInt | None = Field(default=None, ge=1, le=1_000_000_000)

@@ -197,7 +197,7 @@ class TimeoutConfig(Block):
 
     @model_validator(mode="after")
     def _some(self) -> TimeoutConfig:
-        if self.attempt is None and self.total is None:
+        if self.attempt is None and self.total is None and self.enabled:
             raise ValueError("set attempt, total or both (durations like '2s')")
         return self
 
