@@ -248,10 +248,12 @@ def configure(
         settings = _config.load(source, overrides=overrides, config_name=config_name)
         job = _config.hydra_job()
         with STATE.lock:
-            _install(settings)
+            # The next job of a multirun, in the same process (or a reused launcher worker):
+            # it starts as if alone, with new breakers, buckets, budgets and chaos dice.
+            next_job = job is not None and STATE.hydra_job not in (None, job)
+            _install(settings, fresh=next_job)
             if job is not None and job != STATE.hydra_job:
-                if STATE.hydra_job is not None:
-                    # The next job of a multirun, in the same process: it starts as if alone.
+                if next_job:
                     _fresh_start()
                 STATE.hydra_job = job
     return settings
@@ -300,18 +302,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_resume_collector_in_child)
 
 
-def _install(settings: Settings) -> None:
+def _install(settings: Settings, *, fresh: bool = False) -> None:
+    """Compile every chain for ``settings`` and install them all, or raise and change nothing.
+
+    ``fresh``: make new per-policy state objects instead of keeping the ones in force.
+    """
     with STATE.lock:
         compiled: list[tuple[Slot, Any, Store | None]] = []
         problems: list[tuple[str, str]] = []
         shared: dict[tuple[str, str], tuple[Any, Any]] = {}
-        for slot in list(SLOTS):
-            try:
-                chain, store = slot.compile(settings, shared)
-            except PolicyConfigError as exc:
-                problems.extend(exc.problems)
-                continue
-            compiled.append((slot, chain, store))
+        in_force = STATE.shared
+        if fresh:
+            STATE.shared = {}  # what compile() would otherwise reuse
+        try:
+            for slot in list(SLOTS):
+                try:
+                    chain, store = slot.compile(settings, shared)
+                except PolicyConfigError as exc:
+                    problems.extend(exc.problems)
+                    continue
+                compiled.append((slot, chain, store))
+        finally:
+            STATE.shared = in_force
         if problems:
             raise PolicyConfigError(list(dict.fromkeys(problems)))
         STATE.settings = settings
