@@ -2,19 +2,31 @@
 
 - ``reset()`` forgets the configuration, the statistics and every cache.
 - ``fake_clock()`` makes retries, TTLs and deadlines run on a clock you move by hand.
+- ``override_policies()`` sets a few policies over the configuration in force, for a while.
+
+The pytest plugin (``guardrails.pytest_plugin``) offers the last two as the fixtures
+``guardrails_clock`` and ``guardrails_policies``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import types
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
+from pydantic import BaseModel
+
+from guardrails import _config
 from guardrails._clock import Clock, FakeClock, SystemClock
-from guardrails._core import SLOTS, recompile
+from guardrails._core import SLOTS, _install, clear_caches, recompile, reset_stats
+from guardrails._errors import PolicyConfigError
+from guardrails._policy import ROOT, Settings, deep_merge
 from guardrails._state import STATE
 from guardrails.layers.memory import forget_collections, forget_crossings
 
-__all__ = ["FakeClock", "fake_clock", "reset"]
+__all__ = ["FakeClock", "PolicyOverrides", "fake_clock", "override_policies", "reset"]
 
 
 def reset() -> None:
@@ -50,3 +62,207 @@ def fake_clock(clock: FakeClock | None = None) -> Iterator[FakeClock]:
             STATE.clock = previous
             recompile()
         forget_collections()
+
+
+class PolicyOverrides:
+    """Sets policies over the configuration in force; ``restore()`` puts back the one in
+    force when it was made. What the ``guardrails_policies`` fixture is.
+
+    Each call takes a mapping ``{policy name: policy}`` in the shapes YAML takes (durations
+    as ``"10s"``, exception names as strings, import paths). A policy that is in force is
+    changed key by key, as a Hydra override would (``{"retry": {"max_attempts": 1}}`` keeps
+    its cache); one that sets ``base`` is defined anew from that base; a new name is merged
+    over ``policy_defaults``. ``strict`` and ``allow_chaos`` change the top-level switches
+    (``None`` keeps them). The whole result is validated and compiled as ``configure()``
+    does: on any problem nothing changes and ``PolicyConfigError`` names each dotted key.
+
+    A policy named here for the first time starts fresh: empty caches, zeroed statistics,
+    a closed breaker, a full rate-limit bucket. ``restore()`` reinstalls the previous
+    settings (the same object; chains recompiled) and leaves those policies fresh again, so
+    nothing a test did to them reaches the next test.
+    """
+
+    def __init__(self) -> None:
+        with STATE.lock:
+            self._before: Settings | None = STATE.settings
+        self._named: set[str] = set()
+        self._changed = False
+
+    def __call__(
+        self,
+        policies: Mapping[str, Any] | None = None,
+        /,
+        *,
+        strict: bool | None = None,
+        allow_chaos: bool | None = None,
+    ) -> Settings:
+        """Put ``policies`` in force over the current configuration; returns the settings."""
+        if policies is None:
+            policies = {}
+        if not isinstance(policies, Mapping):
+            raise TypeError(
+                "guardrails_policies() takes a mapping of policy name to policy, like "
+                f"{{'fetch': {{'retry': {{'max_attempts': 3}}}}}}; got {type(policies).__name__}"
+            )
+        with STATE.lock:
+            base = STATE.settings or _config.load_lazy_default()
+            settings = _overlaid(base, policies, strict, allow_chaos)
+            names = set(map(str, policies))
+            fresh = names - self._named
+            dropped = {key: found for key, found in STATE.shared.items() if key[0] in fresh}
+            for key in dropped:
+                del STATE.shared[key]
+            try:
+                _install(settings)
+            except BaseException:
+                STATE.shared.update(dropped)
+                raise
+            self._named |= fresh
+            self._changed = True
+            for name in fresh:
+                clear_caches(name)
+                reset_stats(name)
+        return settings
+
+    def restore(self) -> None:
+        """The configuration in force before the first call is in force again."""
+        if not self._changed:
+            return
+        with STATE.lock:
+            named = self._named
+            for key in [key for key in STATE.shared if key[0] in named]:
+                del STATE.shared[key]
+            before = self._before
+            if before is None:
+                STATE.settings = None
+                for slot in list(SLOTS):
+                    slot.reset()
+            else:
+                try:
+                    _install(before)
+                except PolicyConfigError:
+                    # A function guarded during the test has no policy there (strict): it
+                    # fails on its first call, as it would have without the test.
+                    STATE.settings = before
+                    for slot in list(SLOTS):
+                        slot.reset()
+            for name in named:
+                clear_caches(name)
+                reset_stats(name)
+            self._named = set()
+            self._changed = False
+
+
+@contextmanager
+def override_policies() -> Iterator[PolicyOverrides]:
+    """``with override_policies() as use: use({"fetch": {...}})``; restored on exit."""
+    overrides = PolicyOverrides()
+    try:
+        yield overrides
+    finally:
+        overrides.restore()
+
+
+def _overlaid(
+    base: Settings,
+    policies: Mapping[str, Any],
+    strict: bool | None,
+    allow_chaos: bool | None,
+) -> Settings:
+    """``base`` with ``policies`` set over it, validated (only what changed is revalidated)."""
+    for switch, value in (("strict", strict), ("allow_chaos", allow_chaos)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{switch}= takes True, False or None, got {value!r}")
+    strict = base.strict if strict is None else strict
+    allow_chaos = base.allow_chaos if allow_chaos is None else allow_chaos
+    own: dict[str, Any] = {}
+    #: The policies set over the one in force, and the base that one inherited from.
+    inherited: dict[str, str | None] = {}
+    for key, body in policies.items():
+        name = str(key)
+        in_force = base.policies.get(name)
+        if isinstance(body, Mapping) and "base" not in body and in_force is not None:
+            own[name] = deep_merge(_raw_policy(in_force), body)
+            inherited[name] = in_force.base
+        else:
+            own[name] = body
+    # A `base` naming a policy in force that this call does not set: as it is in force.
+    for body in list(own.values()):
+        parent = body.get("base") if isinstance(body, Mapping) else None
+        if isinstance(parent, str) and parent not in own and parent in base.policies:
+            own[parent] = _raw_policy(base.policies[parent])
+    node = {
+        "strict": strict,
+        "allow_chaos": allow_chaos,
+        "policy_defaults": _raw(base.policy_defaults),
+        "policies": own,
+    }
+    try:
+        built = _config.load({ROOT: node})
+    except PolicyConfigError as exc:
+        if not base.secrets:
+            raise
+        raise PolicyConfigError(_config.redact(exc.problems, base.secrets)) from None
+    named = {str(key) for key in policies}
+    if not allow_chaos:
+        # The policies in force that this call leaves alone were checked with their own
+        # allow_chaos; turning it off refuses theirs too.
+        problems = [
+            (
+                f"{ROOT}.policies.{name}.chaos",
+                "chaos injects failures and is refused unless the top level sets "
+                "allow_chaos: true (pass allow_chaos=True)",
+            )
+            for name, policy in base.policies.items()
+            if name not in named and policy.chaos is not None and policy.chaos.enabled
+        ]
+        if problems:
+            raise PolicyConfigError(problems)
+    merged = dict(base.policies)
+    for name in sorted(named):
+        policy = built.policies[name]
+        if inherited.get(name) is not None:
+            # Still what it inherited from, as explain and show tell (the settings are
+            # resolved already: a later change of that base does not reach this policy).
+            policy = policy.model_copy(update={"base": inherited[name]})
+        merged[name] = policy
+    return dataclasses.replace(
+        base,
+        strict=strict,
+        allow_chaos=allow_chaos,
+        policies=types.MappingProxyType(merged),
+        source=f"{base.source}, with policies set by a test ({', '.join(sorted(named))})"
+        if named
+        else base.source,
+    )
+
+
+def _raw_policy(policy: BaseModel) -> dict[str, Any]:
+    """A policy in force as the mapping it was validated from, less its ``base`` (its
+    inherited settings are in it already)."""
+    raw = _raw(policy)
+    raw.pop("base", None)
+    return raw
+
+
+def _raw(model: BaseModel) -> dict[str, Any]:
+    """A validated model back as values its validators take again: the fields that were
+    set, as the model writes them (a time window as ``"30s"``), except that objects (classes,
+    functions, models) stay themselves: a class defined in a test has no import path."""
+    written = _written(model.model_dump(exclude_unset=True), model)
+    assert isinstance(written, dict)
+    return written
+
+
+def _written(dumped: Any, value: Any) -> Any:
+    if isinstance(value, BaseModel) and isinstance(dumped, Mapping):
+        return {key: _written(item, getattr(value, key)) for key, item in dumped.items()}
+    if isinstance(value, Mapping) and isinstance(dumped, Mapping):
+        return {key: _written(item, value.get(key)) for key, item in dumped.items()}
+    if isinstance(value, list | tuple) and isinstance(dumped, list | tuple):
+        if len(value) == len(dumped):
+            return [_written(item, obj) for item, obj in zip(dumped, value, strict=True)]
+        return dumped
+    if value is None or isinstance(value, str | int | float):
+        return dumped
+    return value
