@@ -16,6 +16,7 @@ from guardrails import _config
 from guardrails._binding import Binder, is_async
 from guardrails._chain import compile_chain
 from guardrails._errors import PolicyConfigError
+from guardrails._frames import trim_raised
 from guardrails._policy import Policy, Settings, missing_policy_problem
 from guardrails._state import MADE, STATE
 from guardrails._stats import PolicyStats
@@ -212,13 +213,23 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
     if slot.is_async:
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await chain(args, kwargs, None)
+            try:
+                return await chain(args, kwargs, None)
+            except Exception as exc:
+                # Free on success (3.11's zero-cost try). The bare `raise` adds no frame of
+                # its own: the caller sees its frame, then the function's (see _frames).
+                trim_raised(exc)
+                raise
 
         wrapper = async_wrapper
     else:
 
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return chain(args, kwargs, None)
+            try:
+                return chain(args, kwargs, None)
+            except Exception as exc:
+                trim_raised(exc)  # as in async_wrapper
+                raise
 
         wrapper = sync_wrapper
     functools.update_wrapper(wrapper, fn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from guardrails._errors import (
     OutputValidationError,
     RateLimitExceeded,
 )
+from guardrails._frames import for_record
 from guardrails._types import AsyncInner, Block, Context, Duration, ExceptionClasses, Inner
 
 LOGGER = logging.getLogger("guardrails")
@@ -105,11 +107,14 @@ def _exception_text(exc: BaseException) -> str:
 class _Emitter:
     """Builds and emits the per-call record; only reached when someone will see it."""
 
-    __slots__ = ("args_detail", "ctx", "level")
+    __slots__ = ("args_detail", "ctx", "expected", "failure_level", "level", "traceback")
 
     def __init__(self, cfg: LogConfig, ctx: Context) -> None:
         self.ctx = ctx
-        self.level = logging.getLevelName(cfg.level)
+        self.level: int = logging.getLevelName(cfg.level)
+        self.failure_level: int = logging.getLevelName(cfg.failure_level)
+        self.traceback = cfg.traceback
+        self.expected = cfg.expected
         self.args_detail = cfg.args
 
     def call_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -130,6 +135,7 @@ class _Emitter:
         kwargs: dict[str, Any],
         info: list[Any] | None,
         exc: BaseException | None = None,
+        expected: bool = False,
     ) -> None:
         ctx = self.ctx
         attempts, cache_hit = (info[0], info[1]) if info is not None else (1, False)
@@ -142,11 +148,15 @@ class _Emitter:
         if exc is not None and outcome != "cancelled":
             message += ": %s"
             params += (_exception_text(exc),)
+        exc_info: tuple[type[BaseException], BaseException, Any] | None = None
+        if exc is not None and outcome == "failed" and not expected and self.traceback != "none":
+            # The caller's frame and the function's, not the layers' (see _frames).
+            exc_info = (type(exc), exc, for_record(exc, sys._getframe(), self.traceback))
         ctx.logger.log(
             level,
             message,
             *params,
-            exc_info=exc if outcome == "failed" else None,
+            exc_info=exc_info,
             extra={
                 "policy": ctx.policy,
                 "function": ctx.qualname,
@@ -155,6 +165,7 @@ class _Emitter:
                 "attempts": attempts,
                 "cache_hit": cache_hit,
                 "call_args": call_args,
+                "expected": expected,
             },
         )
 
@@ -162,8 +173,11 @@ class _Emitter:
         self, seconds: float, args: tuple[Any, ...], kwargs: dict[str, Any], info: list[Any]
     ) -> None:
         """After the fallback layer answered for a failure (``info[2]``, already counted)."""
-        if self.ctx.logger.isEnabledFor(logging.WARNING):
-            self.emit(logging.WARNING, "fallback", seconds, args, kwargs, info, info[2])
+        exc = info[2]
+        expected = self.is_expected(exc)
+        level = self.level if expected else logging.WARNING
+        if self.ctx.logger.isEnabledFor(level):
+            self.emit(level, "fallback", seconds, args, kwargs, info, exc, expected)
         info[2] = None  # the record is out: hold the answered exception no longer
 
     def failed(
@@ -174,7 +188,11 @@ class _Emitter:
         kwargs: dict[str, Any],
         info: list[Any] | None,
     ) -> None:
-        """After a call raised: record and count it, then log it if anyone will see it."""
+        """After a call raised: record and count it, then log it if anyone will see it.
+
+        An exception of ``log.expected`` is still a failure (counted, and its outcome is
+        unchanged); only its record is quieter: the success level, no traceback.
+        """
         self.ctx.counters.latencies.append(seconds)
         self.ctx.counters.failure()
         if isinstance(exc, _REFUSALS):
@@ -184,9 +202,15 @@ class _Emitter:
         elif isinstance(exc, asyncio.CancelledError):
             level, outcome = self.level, "cancelled"  # control flow (timeouts), not a fault
         else:
-            level, outcome = logging.ERROR, "failed"
+            level, outcome = self.failure_level, "failed"
+        expected = self.is_expected(exc)
+        if expected:
+            level = self.level
         if self.ctx.logger.isEnabledFor(level):
-            self.emit(level, outcome, seconds, args, kwargs, info, exc)
+            self.emit(level, outcome, seconds, args, kwargs, info, exc, expected)
+
+    def is_expected(self, exc: BaseException | None) -> bool:
+        return bool(self.expected) and isinstance(exc, self.expected)
 
 
 def build(
