@@ -17,7 +17,7 @@ from guardrails._binding import Binder, is_async
 from guardrails._chain import compile_chain
 from guardrails._errors import PolicyConfigError
 from guardrails._frames import trim_raised
-from guardrails._policy import Policy, Settings, missing_policy_problem
+from guardrails._policy import ROOT, Policy, Settings, missing_policy_problem, typo_index, typo_of
 from guardrails._state import MADE, STATE
 from guardrails._stats import PolicyStats
 from guardrails._types import Context
@@ -313,14 +313,48 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_resume_collector_in_child)
 
 
-def _install(settings: Settings, *, fresh: bool = False) -> None:
+def unused_policies(settings: Settings, used: set[str]) -> list[tuple[str, str | None]]:
+    """The policies of ``settings`` that no name in ``used`` is, in order, each with the used
+    name it is one typo of (or ``None``)."""
+    unused = [name for name in settings.policies if name not in used]
+    if not unused:
+        return []
+    index = typo_index(used)
+    return [(name, typo_of(name, index)) for name in unused]
+
+
+def _misspelt(settings: Settings, slots: list[Slot]) -> list[tuple[str, str]]:
+    """Strict mode: policies no guarded function uses that are one typo from the policy name
+    of one that is registered (``fetch_featurs`` beside ``fetch_features``). A policy that is
+    merely unused is allowed: its function may be imported after ``configure()``."""
+    if not settings.strict or not slots:
+        return []
+    functions: dict[str, str] = {}
+    for slot in sorted(slots, key=lambda s: s.qualname):
+        functions.setdefault(slot.name, slot.qualname)
+    return [
+        (
+            f"{ROOT}.policies.{name}",
+            f"no guarded function uses policy {name!r} (did you mean {near!r}, the policy of "
+            f"{functions[near]}?); strict is true, so a policy one typo from a guarded "
+            f"function's is refused: fix the name, or set {ROOT}.strict=false",
+        )
+        for name, near in unused_policies(settings, set(functions))
+        if near is not None
+    ]
+
+
+def _install(settings: Settings, *, fresh: bool = False, check_names: bool = True) -> None:
     """Compile every chain for ``settings`` and install them all, or raise and change nothing.
 
     ``fresh``: make new per-policy state objects instead of keeping the ones in force.
+    ``check_names``: refuse (strict mode) a policy name one typo from a guarded function's.
     """
     with STATE.lock:
         compiled: list[tuple[Slot, Any, Store | None]] = []
         problems: list[tuple[str, str]] = []
+        if check_names:
+            problems.extend(_misspelt(settings, list(SLOTS)))
         shared: dict[tuple[str, str], tuple[Any, Any]] = {}
         in_force = STATE.shared
         if fresh:
@@ -362,7 +396,9 @@ def recompile() -> None:
         for slot in list(SLOTS):
             slot.reset()
         if STATE.settings is not None:
-            _install(STATE.settings)
+            # Names were checked when these settings were configured; a function imported
+            # since then must not make a recompile fail.
+            _install(STATE.settings, check_names=False)
 
 
 def current_settings() -> Settings:

@@ -10,7 +10,7 @@ import functools
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,51 @@ def missing_policy_problem(
         f"no policy named {name!r}{who}{hint}; strict is true, so every guarded name needs "
         f"a policy: add one, or set {ROOT}.strict=false to fall back to policy_defaults",
     )
+
+
+#: Names shorter than this are never called typos of each other (``a`` and ``b``).
+_TYPO_MIN = 4
+
+
+def typo_index(names: Iterable[str]) -> dict[str, list[str]]:
+    """An index for ``typo_of``: each name, and each of its one-character deletions, to the
+    names it comes from. Linear in the total length of the names."""
+    index: dict[str, list[str]] = {}
+    for name in names:
+        index.setdefault(name, []).append(name)
+        for i in range(len(name)):
+            index.setdefault(name[:i] + name[i + 1 :], []).append(name)
+    return index
+
+
+def typo_of(name: str, index: Mapping[str, list[str]]) -> str | None:
+    """A name of ``index`` one typo from ``name`` (a character inserted, deleted or replaced,
+    or two neighbours swapped), if any. A difference in digits alone is no typo
+    (``predict_v1`` and ``predict_v2`` are versions), nor are names shorter than four."""
+    if len(name) < _TYPO_MIN:
+        return None
+    variants = [name] + [name[:i] + name[i + 1 :] for i in range(len(name))]
+    for variant in variants:
+        for candidate in sorted(index.get(variant, ())):
+            if candidate != name and len(candidate) >= _TYPO_MIN and _one_typo(name, candidate):
+                return candidate
+    return None
+
+
+def _one_typo(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one edit (or a swap of neighbours) not in digits."""
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            i = diff[0]
+            return not (a[i].isdigit() and b[i].isdigit())
+        i, j = diff[0], diff[-1]
+        return len(diff) == 2 and j == i + 1 and a[i] == b[j] and a[j] == b[i]
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    if len(long) != len(short) + 1:
+        return False
+    i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
+    return short[i:] == long[i + 1 :] and not long[i].isdigit()
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
