@@ -32,6 +32,7 @@ from guardrails._errors import (
 from guardrails._policy import Policy, Settings
 from guardrails._report import report
 from guardrails._stats import PolicyStats
+from guardrails._watch import Watcher, watch
 
 __all__ = [
     "LAYER_NAMES",
@@ -47,6 +48,7 @@ __all__ = [
     "PolicyStats",
     "RateLimitExceeded",
     "Settings",
+    "Watcher",
     "clear_caches",
     "configure",
     "guarded",
@@ -54,4 +56,5 @@ __all__ = [
     "report",
     "reset_stats",
     "stats",
+    "watch",
 ]

@@ -18,6 +18,8 @@ import dataclasses
 import functools
 import os
 import re
+import shlex
+import stat
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,6 +36,8 @@ from guardrails._units import shown
 from guardrails._yaml import MAX_DEPTH
 
 ENV_VAR = "GUARDRAILS_CONFIG"
+#: Hydra override strings for ``$GUARDRAILS_CONFIG``, space-separated (quoted as in a shell).
+OVERRIDES_ENV_VAR = "GUARDRAILS_OVERRIDES"
 _compose_lock = ForkSafeLock()
 #: What replaces a value that came from an interpolation in a problem message.
 REDACTED = "<interpolated value>"
@@ -94,12 +98,114 @@ def load(
         ) from None
 
 
+def env_source() -> tuple[str | None, tuple[str, ...]]:
+    """``($GUARDRAILS_CONFIG or None, $GUARDRAILS_OVERRIDES split as a shell would)``.
+
+    ``PolicyConfigError`` naming the variable when the overrides cannot be split (an
+    unbalanced quote).
+    """
+    path = os.environ.get(ENV_VAR) or None
+    text = os.environ.get(OVERRIDES_ENV_VAR, "")
+    try:
+        overrides = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise PolicyConfigError(
+            [(f"${OVERRIDES_ENV_VAR}", f"cannot split {text!r} into overrides: {exc}")]
+        ) from None
+    return path, overrides
+
+
 def load_lazy_default() -> Settings:
-    """What a guarded call uses when nothing was configured: ``$GUARDRAILS_CONFIG`` or defaults."""
-    path = os.environ.get(ENV_VAR)
-    if path:
-        return load(path)
-    return load(None)
+    """What a guarded call uses when nothing was configured: ``$GUARDRAILS_CONFIG`` with
+    ``$GUARDRAILS_OVERRIDES`` (overrides alone apply to the packaged defaults), or the
+    packaged defaults.
+
+    A bad configuration raises ``PolicyConfigError`` naming the variables, the source and
+    every problem. It is raised again, without reading anything but the files' status, until
+    the variables or the files change: then the next call reads the configuration again, so
+    a fixed file heals a running process and a broken one never costs a parse per call.
+    """
+    try:
+        path, overrides = env_source()
+    except PolicyConfigError as exc:
+        header = _env_header(os.environ.get(ENV_VAR) or None, (), exc)
+        raise PolicyConfigError(exc.problems, header=header) from None
+    source: str | Path | None = path
+    if source is None and overrides:
+        source = packaged_defaults_path()
+    key = (path, overrides, fingerprint(source) if source is not None else ())
+    failed = _lazy_failure[0]
+    if failed is not None and failed[0] == key:
+        # A new exception each time: raising one object again would grow its traceback.
+        raise PolicyConfigError(failed[1], header=failed[2]) from None
+    try:
+        settings = load(source, overrides=overrides)
+    except PolicyConfigError as exc:
+        header = _env_header(path, overrides, exc)
+        _lazy_failure[0] = (key, exc.problems, header)
+        raise PolicyConfigError(exc.problems, header=header) from None
+    _lazy_failure[0] = None
+    return settings
+
+
+#: The last failed lazy load: ``(what it read, its problems, the header)``.
+_lazy_failure: list[tuple[Any, tuple[Problem, ...], str] | None] = [None]
+
+
+def _env_header(path: str | None, overrides: Sequence[str], exc: PolicyConfigError) -> str:
+    n = len(exc.problems)
+    where = f"${ENV_VAR}={path}" if path else f"the packaged defaults (${ENV_VAR} is not set)"
+    if overrides:
+        where += f" with ${OVERRIDES_ENV_VAR}={shlex.join(overrides)}"
+    elif os.environ.get(OVERRIDES_ENV_VAR):
+        where += f" with ${OVERRIDES_ENV_VAR}={os.environ[OVERRIDES_ENV_VAR]}"
+    return (
+        f"invalid guardrails configuration from {where} ({n} problem{'s' if n != 1 else ''}); "
+        "guarded calls fail until it is fixed"
+    )
+
+
+def yaml_files(source: str | os.PathLike[str]) -> list[Path]:
+    """The YAML files a source is read from: the file itself, or every ``*.yaml``/``*.yml``
+    under a directory (hidden files and directories skipped: editors' lock and swap files,
+    Kubernetes' ``..data`` copies), sorted. Symlinks to files are followed; symlinks to
+    directories are not descended (no loops)."""
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        return [root]
+    found: list[Path] = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            Path(directory, f)
+            for f in files
+            if not f.startswith(".") and f.endswith((".yaml", ".yml"))
+        )
+    return sorted(found)
+
+
+#: A file's status as :func:`file_state` sees it.
+FileState = tuple[Any, ...]
+
+
+def file_state(path: Path) -> FileState:
+    """``(inode, size, mtime_ns, ctime_ns)`` of a regular file (symlinks followed);
+    ``("missing",)`` or ``("not a file", mode)`` otherwise."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("missing",)
+    except OSError as exc:
+        return ("unreadable", exc.errno)
+    if not stat.S_ISREG(st.st_mode):
+        return ("not a file", stat.S_IFMT(st.st_mode))
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def fingerprint(source: str | os.PathLike[str]) -> tuple[tuple[str, FileState], ...]:
+    """The status of every YAML file of a source (see :func:`yaml_files`); equal while no
+    file is written, replaced, created or removed."""
+    return tuple((str(p), file_state(p)) for p in yaml_files(source))
 
 
 @functools.cache
@@ -117,6 +223,9 @@ def _read(source: Any, overrides: Sequence[str], config_name: str) -> _Read:
 
     if isinstance(overrides, str):
         raise TypeError("overrides is a sequence of override strings, not one string")
+    bad = [o for o in overrides if not isinstance(o, str)]
+    if bad:
+        raise TypeError(f"overrides are Hydra override strings (key=value), got {bad[0]!r}")
     if source is None:
         _no_overrides(overrides, "the packaged defaults")
         return _Read({}, "packaged defaults")
@@ -135,8 +244,7 @@ def _read(source: Any, overrides: Sequence[str], config_name: str) -> _Read:
         if path.is_dir():
             return compose(path, config_name, overrides)
         if path.is_file():
-            _no_overrides(overrides, "a YAML file")
-            return _from_file(path)
+            return _from_file(path, overrides)
         raise PolicyConfigError(
             [(str(path), "no such file or directory (expected a YAML file or a config directory)")]
         )
@@ -169,7 +277,7 @@ def _yaml_text(path: Path | str, label: str) -> str:
         raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
 
 
-def _from_file(path: Path) -> _Read:
+def _from_file(path: Path, overrides: Sequence[str] = ()) -> _Read:
     from omegaconf import DictConfig, OmegaConf
 
     label = str(path)
@@ -192,16 +300,101 @@ def _from_file(path: Path) -> _Read:
         raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
     assert isinstance(cfg, DictConfig)
     assert node is not None  # the document held a mapping
-    read = _from_config(cfg, label)
-    # The whole file is checked: every key in it is the user's guardrails configuration.
     prefix = () if ROOT in data else (ROOT,)
-    read.problems = _yaml.boolean_problems(node, prefix, label)
+    keys = _apply_file_overrides(cfg, overrides, prefix, label) if overrides else []
+    read = _from_config(cfg, label)
+    # The whole file is checked: every key in it is the user's guardrails configuration
+    # (except what an override replaced).
+    read.problems = [
+        (at, message)
+        for at, message in _yaml.boolean_problems(node, prefix, label)
+        if not any(at == k or at.startswith(k + ".") for k in keys)
+    ]
     # ... and the words that reach the guardrails node through an interpolation are reported
     # there too, where the policy reads them.
     index = {path: (label, scalar) for path, scalar in _yaml.value_scalars(node, ()).items()}
-    read.problems.extend(_interpolated_booleans(cfg, index))
+    relative = [k[len(ROOT) + 1 :] if prefix else k for k in keys]
+    read.problems.extend(_interpolated_booleans(cfg, index, [f"{k}=" for k in relative]))
     read.problems = list(dict.fromkeys(read.problems))
     return read
+
+
+def _apply_file_overrides(
+    cfg: Any, overrides: Sequence[str], prefix: tuple[str, ...], label: str
+) -> list[str]:
+    """Apply Hydra override strings to the config read from one YAML file, as Hydra applies
+    them to a composed config (``key=value`` changes a key that exists, ``+key=value`` adds
+    one, ``++key=value`` sets either way, ``~key`` deletes); returns the keys they set, as
+    paths from the root config (``guardrails.policies...``).
+
+    Keys name the root config, as for a config directory (``guardrails.policies.f...``),
+    whether the file holds that root or only its ``guardrails`` node; in a file holding only
+    the node, keys without the ``guardrails.`` prefix are read from the node too.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    header = f"cannot apply the overrides to {label}"
+    parser = OverridesParser.create()
+    parsed = []
+    problems: list[Problem] = []
+    for text in overrides:
+        try:
+            parsed.append(parser.parse_override(text))
+        except HydraException as exc:
+            problems.append(
+                (label, f"cannot parse the override {text!r}: {' '.join(str(exc).split())}")
+            )
+    if problems:
+        raise PolicyConfigError(problems, header=header)
+    keys: list[str] = []
+    OmegaConf.set_struct(cfg, True)
+    try:
+        for override in parsed:
+            line = override.input_line
+            key = override.key_or_group
+            if prefix and (key == ROOT or key.startswith(ROOT + ".")):
+                key = override.key_or_group = key[len(ROOT) + 1 :]
+            at = ".".join((*prefix, key)) if key else ROOT
+            problem = _override_problem(override, cfg, key)
+            if problem is None:
+                try:
+                    ConfigLoaderImpl._apply_overrides_to_config([override], cfg)
+                except (HydraException, OmegaConfBaseException) as exc:
+                    problem = f"{line!r}: " + " ".join(str(exc).split())
+            if problem is None:
+                keys.append(at)
+            else:
+                problems.append((at, problem))
+    finally:
+        OmegaConf.set_struct(cfg, False)
+    if problems:
+        raise PolicyConfigError(problems, header=header)
+    return keys
+
+
+def _override_problem(override: Any, cfg: Any, key: str) -> str | None:
+    """What is wrong with an override of one file's config, before Hydra applies it."""
+    from omegaconf import OmegaConf
+
+    line = override.input_line
+    if override.is_sweep_override():
+        return f"{line!r} is a sweep; one configuration takes one value per key"
+    if override.package is not None:
+        return f"{line!r} selects a config group, and a single YAML file has none"
+    if not key:
+        return f"{line!r} replaces the whole '{ROOT}' node; name keys under it"
+    if override.is_add() or override.is_force_add() or override.is_delete():
+        return None
+    if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+        return f"{line!r}: there is no such key to change; write '+{line}' to add it"
+    return None
+
+
+_ABSENT = object()
 
 
 def _from_config(cfg: Any, label: str) -> _Read:

@@ -17,6 +17,7 @@ def test_public_names() -> None:
         "PolicyStats",
         "RateLimitExceeded",
         "Settings",
+        "Watcher",
         "clear_caches",
         "configure",
         "guarded",
@@ -24,6 +25,7 @@ def test_public_names() -> None:
         "report",
         "reset_stats",
         "stats",
+        "watch",
     }
     for name in guardrails.__all__:
         assert getattr(guardrails, name) is not None
