@@ -1,8 +1,9 @@
 """The layer table: which layers exist, their order, and how a chain is compiled from a policy.
 
 This table is the one place the order lives. Outermost first; ``log`` (which also keeps
-the counters) always wraps the rest. A layer whose block is absent or disabled is not in
-the chain at all, so it costs nothing.
+the counters) always wraps the rest, and a policy with ``log.trace: true`` gets a span step
+right inside it while a tracer is registered. A layer whose block is absent or disabled is
+not in the chain at all, so it costs nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from guardrails._policy import Policy
+from guardrails._state import STATE
 from guardrails._types import AsyncInner, Block, Context, Inner
 from guardrails.layers import breaker as _breaker
 from guardrails.layers import bulkhead as _bulkhead
@@ -108,6 +110,11 @@ def compile_chain(policy: Policy, ctx: Context) -> Any:
             needs_info = needs_info or layer.informs_log
             inner = built
     log_cfg = active_block(policy, "log")
+    spans = STATE.spans
+    if spans is not None and isinstance(log_cfg, _log.LogConfig) and log_cfg.trace:
+        # A span per call, just inside `log` (see guardrails.metrics.otel); not a row of
+        # ORDER: it is part of the log block, and only there while a tracer is registered.
+        inner = (spans[1] if ctx.is_async else spans[0])(log_cfg, inner, ctx)
     if ctx.is_async:
         return _log.build_async(log_cfg, inner, ctx, needs_info=needs_info)  # type: ignore[arg-type]
     direct = fn if inner is terminal else None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from guardrails._clock import Clock, SystemClock
@@ -33,6 +35,10 @@ class State:
         #: Per-policy layer state (breakers, buckets, bulkheads, budgets) in force:
         #: ``(policy, kind) -> (settings, object)``; see ``Context.shared``.
         self.shared: dict[tuple[str, str], tuple[Any, Any]] = {}
+        #: The span step of a registered tracer (``guardrails.metrics.otel``): builders
+        #: ``(build, build_async)`` taking ``(log_config, inner, ctx)``, put in the chain
+        #: of each policy with ``log.trace: true``. ``None``: no tracer, no span step.
+        self.spans: tuple[Callable[..., Any], Callable[..., Any]] | None = None
 
     def counters_for(self, name: str) -> PolicyCounters:
         with self.lock:
@@ -43,6 +49,14 @@ class State:
 
 
 STATE = State()
+
+#: The traced call running in this context: ``(ctx, add_event)``, set by the span step for
+#: the duration of the call (``ctx`` is the compiled chain's ``Context``, so a nested
+#: guarded call's layers do not write into an outer call's span). ``retry`` adds an event
+#: per retry through it.
+CURRENT_SPAN: ContextVar[tuple[Any, Callable[[str, dict[str, Any]], None]] | None] = ContextVar(
+    "guardrails_span", default=None
+)
 
 
 #: Every per-policy state object ``Context.shared`` made and still alive: the ones in force,

@@ -1,16 +1,67 @@
-"""Per-policy statistics: lock-free counters on the call path, snapshots on demand."""
+"""Per-policy statistics: lock-free counters on the call path, snapshots on demand.
+
+Every counter is an ``itertools.count`` that only goes up: ``reset_stats()`` moves a
+baseline that ``stats()`` subtracts, so the raw totals (what the metrics exporters read,
+see ``PolicyCounters.totals``) never go down. Each finished call bumps exactly one of the
+outcome counters (``success``, ``slow_success``, ``fallback``, and ``failure``, which files a
+failure under one of ``refused``, ``failed`` or ``cancelled``), so the outcomes of calls add
+up to the calls at any instant, without a lock.
+"""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
+import sys
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from guardrails._errors import (
+    BulkheadFull,
+    CircuitOpenError,
+    InputValidationError,
+    MemoryBudgetExceeded,
+    OutputValidationError,
+    RateLimitExceeded,
+)
+
 #: How many recent latencies each policy keeps for its percentiles.
 LATENCY_WINDOW = 10_000
+
+#: The latency histogram's default bucket bounds in seconds (1 ms .. 60 s), for ML calls:
+#: feature lookups in milliseconds, model calls in tens to hundreds, batch jobs in seconds.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+#: The failures that are refusals: the call was turned away (bad input or output, over
+#: the memory budget, the rate limit, the bulkhead, an open breaker), not a fault of its own.
+REFUSALS: tuple[type[BaseException], ...] = (
+    InputValidationError,
+    OutputValidationError,
+    MemoryBudgetExceeded,
+    RateLimitExceeded,
+    BulkheadFull,
+    CircuitOpenError,
+)
 
 
 def count_of(counter: itertools.count[int]) -> int:
@@ -38,25 +89,125 @@ COUNTERS: tuple[tuple[str, str], ...] = (
     ("injected", "inject"),
 )
 
+#: The raw counters behind them: ``failures`` is ``refused + failed + cancelled`` (kept
+#: apart so that an exporter reads each kind of failure from one counter), and a slow
+#: success is counted either by ``success`` and ``slow_call`` together, or by
+#: ``slow_success`` alone (one increment: see ``PolicyCounters.totals``).
+_RAW: tuple[str, ...] = (
+    "success",
+    "slow_success",
+    "refused",
+    "failed",
+    "cancelled",
+    *(method for _, method in COUNTERS if method not in ("success", "failure")),
+)
+_AT = {name: i for i, name in enumerate(_RAW)}
+
+
+class Histogram:
+    """Call durations in buckets, lock-free: one ``itertools.count`` per bucket (not
+    cumulative; ``read()`` adds them up) and the sum of durations kept per thread (a
+    float ``+=`` shared by threads could lose an update; each thread adds to its own)."""
+
+    __slots__ = ("_counts", "bounds", "bumps", "sums")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds: tuple[float, ...] = tuple(bounds)
+        # One more bucket than bounds: the last one is +Inf.
+        self._counts = tuple(itertools.count() for _ in range(len(self.bounds) + 1))
+        self.bumps: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self._counts)
+        self.sums: dict[int, float] = {}
+
+    def observe(self, seconds: float) -> None:
+        self.bumps[bisect.bisect_left(self.bounds, seconds)]()
+        me = threading.get_ident()
+        sums = self.sums
+        sums[me] = sums.get(me, 0.0) + seconds
+
+    def read(self) -> tuple[list[int], float]:
+        """The cumulative count at or below each bound (the last one: +Inf, every
+        observation) and the sum of the observations, in seconds."""
+        total = 0
+        cumulative = []
+        for counter in self._counts:
+            total += count_of(counter)
+            cumulative.append(total)
+        return cumulative, math.fsum(self.sums.copy().values())
+
+
+class _Export:
+    """What the metrics exporters add to each call's duration (see ``recorder``)."""
+
+    def __init__(self) -> None:
+        #: The bucket bounds of a histogram kept per policy; ``None``: no histogram.
+        self.buckets: tuple[float, ...] | None = None
+        #: Other receivers of each duration, by owner: ``factory(policy)`` is called when
+        #: a chain is compiled and returns the function to call, or ``None``.
+        self.sinks: dict[str, Callable[[str], Callable[[float], Any] | None]] = {}
+
+
+EXPORT = _Export()
+
+
+def export_histogram(buckets: Iterable[float] | None) -> None:
+    """Keep a duration histogram per policy with these bucket bounds (``None``: stop).
+
+    Chains compiled before pick it up when recompiled (``guardrails._core.recompile``).
+    """
+    EXPORT.buckets = None if buckets is None else histogram_bounds(buckets)
+
+
+def histogram_bounds(buckets: Iterable[float]) -> tuple[float, ...]:
+    """``buckets`` as bucket bounds, or ``ValueError`` saying what is expected."""
+    try:
+        bounds = tuple(float(b) for b in buckets)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"histogram buckets must be numbers of seconds, like (0.01, 0.1, 1), got {buckets!r}"
+        ) from None
+    if not bounds or any(not math.isfinite(b) or b <= 0 for b in bounds):
+        raise ValueError(
+            f"histogram buckets must be finite positive seconds, like (0.01, 0.1, 1), got {bounds}"
+        )
+    if list(bounds) != sorted(set(bounds)):
+        raise ValueError(f"histogram buckets must be strictly increasing, got {bounds}")
+    return bounds
+
+
+class _Window(deque[float]):
+    """The recent latencies of a policy. While an exporter takes each duration, its
+    ``append`` (set on the instance) also hands the duration on; the log layer's failure
+    path appends here directly."""
+
+
+_append = deque.append
+
 
 class PolicyCounters:
     """The live counters of one policy name, shared by every function that uses it.
 
     Each increment method (``success()``, ``timeout()``, ...) is ``next`` of an
-    ``itertools.count``: atomic in CPython, no lock.
+    ``itertools.count``: atomic in CPython, no lock. ``failure()`` (called while the
+    failure is being handled, or given it) files it as a refusal, a cancellation or a
+    failure.
     """
 
     __slots__ = (
         "_base",
         "_counts",
-        *(method for _, method in COUNTERS),
+        *(name for name in _RAW if name != "failed"),
+        "failure",
+        "histogram",
         "latencies",
         "max_rss_growth",
         "name",
+        "ok_seen",
     )
 
     success: Callable[[], int]
-    failure: Callable[[], int]
+    slow_success: Callable[[], int]
+    refused: Callable[[], int]
+    cancelled: Callable[[], int]
     retry: Callable[[], int]
     cache_hit: Callable[[], int]
     cache_miss: Callable[[], int]
@@ -74,19 +225,95 @@ class PolicyCounters:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._counts = tuple(itertools.count() for _ in COUNTERS)
-        for (_, method), counter in zip(COUNTERS, self._counts, strict=True):
-            setattr(self, method, counter.__next__)
-        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._counts = tuple(itertools.count() for _ in _RAW)
+        for method, counter in zip(_RAW, self._counts, strict=True):
+            if method != "failed":
+                setattr(self, method, counter.__next__)
+        self.failure = _failure(
+            self._counts[_AT["refused"]].__next__,
+            self._counts[_AT["cancelled"]].__next__,
+            self._counts[_AT["failed"]].__next__,
+        )
+        self.latencies: deque[float] = _Window(maxlen=LATENCY_WINDOW)
+        self.histogram: Histogram | None = None
         self.max_rss_growth = 0
-        self._base: tuple[int, ...] = (0,) * len(COUNTERS)
+        self._base: tuple[int, ...] = (0,) * len(_RAW)
+        #: The most ``ok`` calls an exporter was told of (see ``totals``).
+        self.ok_seen = 0
 
     def recorder(self) -> Callable[[float], Any]:
-        """What a compiled log layer calls with each call's duration in seconds."""
-        return self.latencies.append
+        """What a compiled log layer calls with each call's duration in seconds.
+
+        Without exporters: the latency window's own ``append``. With a histogram exported
+        (``export_histogram``) or duration sinks: a function that also bumps the bucket
+        and calls the sinks; the window's ``append`` becomes that function too, so the
+        log layer's failure path (which appends directly) is counted as well.
+        """
+        window = self.latencies
+        append: Callable[[float], None] = _append.__get__(window)
+        buckets = EXPORT.buckets
+        sinks = tuple(
+            sink for make in list(EXPORT.sinks.values()) if (sink := make(self.name)) is not None
+        )
+        if buckets is None and not sinks:
+            vars(window).pop("append", None)
+            return append
+        record: Callable[[float], Any]
+        if buckets is None:
+
+            def record(seconds: float) -> None:
+                for sink in sinks:
+                    sink(seconds)
+                append(seconds)
+
+        else:
+            hist = self.histogram
+            if hist is None or hist.bounds != buckets:
+                hist = self.histogram = Histogram(buckets)
+            find, bounds, bumps, sums = bisect.bisect_left, hist.bounds, hist.bumps, hist.sums
+            me = threading.get_ident
+            if not sinks:
+
+                def record(seconds: float) -> None:
+                    bumps[find(bounds, seconds)]()
+                    k = me()
+                    sums[k] = sums.get(k, 0.0) + seconds
+                    append(seconds)
+
+            else:
+
+                def record(seconds: float) -> None:
+                    bumps[find(bounds, seconds)]()
+                    k = me()
+                    sums[k] = sums.get(k, 0.0) + seconds
+                    for sink in sinks:
+                        sink(seconds)
+                    append(seconds)
+
+        vars(window)["append"] = record
+        return record
 
     def _raw(self) -> tuple[int, ...]:
         return tuple(count_of(c) for c in self._counts)
+
+    def totals(self) -> dict[str, int]:
+        """The raw totals since the counters were made, which never go down (``reset()``
+        does not touch them): what a metrics exporter reads. Keys: the raw counter names
+        (``success`` ... ``inject``), plus ``ok`` (fast successes) and ``slow_total``.
+
+        ``ok`` is ``success - slow_call`` when a log layer counts a slow success with
+        both; read between the two increments it would be one too high and then drop, so
+        it is reported as at least its last reported value (a counter never goes down).
+        """
+        raw = dict(zip(_RAW, self._raw(), strict=True))
+        ok = raw["success"] - raw["slow_call"]
+        if ok < self.ok_seen:
+            ok = self.ok_seen
+        else:
+            self.ok_seen = ok
+        raw["ok"] = ok
+        raw["slow_total"] = raw["slow_call"] + raw["slow_success"]
+        return raw
 
     def reset(self) -> None:
         """Zero the statistics. Compiled chains hold the counters' ``__next__``, so the
@@ -96,10 +323,13 @@ class PolicyCounters:
         self.max_rss_growth = 0
 
     def snapshot(self, breaker_state: str | None = None) -> PolicyStats:
-        counts = {
-            field: now - then
-            for (field, _), now, then in zip(COUNTERS, self._raw(), self._base, strict=True)
+        raw = {
+            name: now - then for name, now, then in zip(_RAW, self._raw(), self._base, strict=True)
         }
+        counts = {field: raw.get(method, 0) for field, method in COUNTERS}
+        counts["successes"] = raw["success"] + raw["slow_success"]
+        counts["slow"] = raw["slow_call"] + raw["slow_success"]
+        counts["failures"] = raw["refused"] + raw["failed"] + raw["cancelled"]
         lat = sorted(self.latencies)
         return PolicyStats(
             calls=counts["successes"] + counts["failures"] + counts["fallbacks"],
@@ -111,6 +341,22 @@ class PolicyCounters:
             max_rss_growth_bytes=self.max_rss_growth,
             breaker_state=breaker_state,
         )
+
+
+def _failure(
+    refused: Callable[[], int], cancelled: Callable[[], int], failed: Callable[[], int]
+) -> Callable[..., int]:
+    def failure(exc: BaseException | None = None) -> int:
+        """Count a failed call: ``exc``, or else the exception being handled."""
+        if exc is None:
+            exc = sys.exception()
+        if isinstance(exc, REFUSALS):
+            return refused()
+        if exc is not None and not isinstance(exc, Exception):
+            return cancelled()  # asyncio cancellation, KeyboardInterrupt: control flow
+        return failed()
+
+    return failure
 
 
 def _percentile(sorted_seconds: list[float], pct: float) -> float | None:

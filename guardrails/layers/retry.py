@@ -35,6 +35,7 @@ from pydantic import BeforeValidator, Field, StrictBool, StrictInt, field_valida
 
 from guardrails._errors import CircuitOpenError
 from guardrails._imports import qualified_name
+from guardrails._state import CURRENT_SPAN
 from guardrails._stats import count_of as _count_of
 from guardrails._types import (
     CALLER_GONE,
@@ -498,8 +499,20 @@ class _Plan:
                         extra={"policy": self.ctx.policy, "function": self.ctx.qualname},
                     )
                 return None
+        failed_attempt = call.attempt_number
         call.prepare_for_next_attempt()
-        return float(cast(tenacity.DoSleep, do))
+        wait = float(cast(tenacity.DoSleep, do))
+        span = CURRENT_SPAN.get()
+        if span is not None and span[0] is self.ctx:  # this call is traced: say so in its span
+            span[1](
+                "retry",
+                {
+                    "guardrails.attempt": failed_attempt,
+                    "exception.type": qualified_name(type(exc)),
+                    "guardrails.wait_s": wait,
+                },
+            )
+        return wait
 
     def give_up(
         self, exc: BaseException, attempts: int, reason: str, *, always: bool = False
