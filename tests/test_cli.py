@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "guardrails"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GUARDRAILS_")}
     return subprocess.run(
-        [str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, check=False, timeout=120
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+        env={**clean, **env},
     )
 
 
@@ -56,8 +65,10 @@ def test_packaged_defaults_and_yaml_files(tmp_path: Path) -> None:
     path = tmp_path / "g.yaml"
     path.write_text("policies: {f: {cache: {ttl: 1h}}}\n")
     out = run("show", str(path))
-    assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["f"]["cache"]["ttl"] == 3600
-    assert run("check", str(path), "x=1").returncode == 2
+    assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["f"]["cache"]["ttl"] == "1h"
+    bad = run("check", str(path), "x=1")
+    assert bad.returncode == 1
+    assert "guardrails.x: " in bad.stderr
 
 
 def test_check_finds_what_would_otherwise_fail_on_a_call(tmp_path: Path) -> None:
@@ -98,11 +109,14 @@ def test_show_an_unknown_policy_when_strict_fails_like_check(tmp_path: Path) -> 
     assert out.stderr.startswith("invalid guardrails configuration (1 problem):\n")
     assert "guardrails.policies.fetc: no policy named 'fetc'" in out.stderr
     assert "(did you mean 'fetch'?)" in out.stderr
-    # Not strict, an unknown name shows policy_defaults, as `policy()` returns them.
+    # Not strict either: an unknown name is most likely a typo, not a wish to see the defaults.
     path.write_text("strict: false\npolicies: {fetch: {cache: {ttl: 1h}}}\n")
-    out = run("show", str(path), "--policy", "nope")
-    assert out.returncode == 0, out.stderr
-    assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["nope"]["log"]["level"] == "INFO"
+    out = run("show", str(path), "--policy", "fetc", "--policy", "nope")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert "(2 problems)" in out.stderr
+    assert "guardrails.policies.fetc: no policy named 'fetc' (did you mean 'fetch'?)" in out.stderr
+    assert "a function guarded with 'nope' runs policy_defaults" in out.stderr
 
 
 def test_a_chaos_drill_is_checked_and_shown_as_one(tmp_path: Path) -> None:
@@ -126,7 +140,47 @@ def test_a_chaos_drill_is_checked_and_shown_as_one(tmp_path: Path) -> None:
     assert "allow_chaos" not in run("show", "conf").stdout
 
 
-def test_show_names_guardrails_errors_by_their_public_path() -> None:
-    shown = yaml.safe_load(run("show", "conf", "--policy", "fetch_features").stdout)
-    catch = shown["guardrails"]["policies"]["fetch_features"]["fallback"]["catch"]
-    assert catch == ["guardrails:CircuitOpenError"]  # not guardrails._errors:...
+def test_show_prints_values_as_written() -> None:
+    shown = yaml.safe_load(run("show", "conf", "guardrails=production").stdout)["guardrails"]
+    fetch, predict = shown["policies"]["fetch_features"], shown["policies"]["predict"]
+    # As in production.yaml, not guardrails._errors:CircuitOpenError nor 20220850995 bytes.
+    assert fetch["fallback"]["catch"] == ["guardrails.CircuitOpenError"]
+    assert predict["memory"] == {"enabled": True, "max_rss": "80%", "soft_rss": "60%"}
+    assert predict["log"]["slow"] == "200ms"  # inherited from fetch_features, as written there
+    assert shown["policy_defaults"]["log"]["slow"] == "1s"
+    assert fetch["breaker"]["failure_rate"] == "80%"
+    assert fetch["breaker"]["slow_rate"] == 1.0  # a built-in default, never written
+    assert fetch["retry"]["wait"]["retry_after"] is False
+
+
+def test_show_format_json() -> None:
+    out = run("show", "conf", "guardrails=production", "--policy", "predict", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] is True
+    assert data["source"] == "conf/config.yaml"
+    assert data["overrides"] == ["guardrails=production"]
+    assert data["guardrails"]["strict"] is True
+    assert list(data["guardrails"]["policies"]) == ["predict"]
+    assert data["guardrails"]["policies"]["predict"]["memory"]["max_rss"] == "80%"
+    bad = run("show", "conf", "--policy", "predic", "--format", "json")
+    assert bad.returncode == 1
+    refused = json.loads(bad.stdout)
+    assert refused["ok"] is False
+    assert refused["problems"][0]["key"] == "guardrails.policies.predic"
+    assert "did you mean 'predict'" in refused["problems"][0]["message"]
+
+
+def test_show_hides_interpolated_values(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("policies:\n  f: {fallback: {value: '${oc.env:SERVICE_TOKEN}'}}\n")
+    out = run("show", str(path), SERVICE_TOKEN="s3cr3t-t0ken-value")
+    assert out.returncode == 0, out.stderr
+    assert "s3cr3t" not in out.stdout
+    assert yaml.safe_load(out.stdout)["guardrails"]["policies"]["f"]["fallback"]["value"] == (
+        "<interpolated value>"
+    )
+    explained = run("explain", "f", str(path), SERVICE_TOKEN="s3cr3t-t0ken-value")
+    assert explained.returncode == 0, explained.stderr
+    assert "s3cr3t" not in explained.stdout
+    assert "<interpolated value>" in explained.stdout
