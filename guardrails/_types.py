@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
+import re
+import types
+import typing
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeAlias, Union
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    InstanceOf,
     PlainSerializer,
     StrictBool,
     model_validator,
@@ -86,6 +91,219 @@ def _import_type(value: object) -> Any:
     if not isinstance(obj, type):
         raise ValueError(f"{value!r} names {obj!r}, which is not a class")
     return obj
+
+
+# --- type expressions (validate.output) ----------------------------------------------------
+
+#: The one ``InstanceOf`` marker every parsed ``InstanceOf[X]`` carries: pydantic's marker is
+#: compared by value but hashed by identity, and types are the keys of the adapter cache.
+INSTANCE_OF: Any = typing.cast(Any, InstanceOf)()
+#: The longest type expression read, and its deepest nesting.
+MAX_TYPE_TEXT = 1000
+MAX_TYPE_DEPTH = 16
+#: Names a type expression may use without an import path (besides builtins).
+_TYPE_NAMES: dict[str, Any] = {
+    "None": type(None),
+    "Any": Any,
+    "Optional": Optional,
+    "Union": Union,
+    "Literal": Literal,
+    "InstanceOf": InstanceOf,
+}
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<ellipsis>\.\.\.)
+      | (?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?)
+      | (?P<str>'[^'\\]*'|"[^"\\]*")
+      | (?P<int>-?[0-9]+)
+      | (?P<punct>[\[\],|])
+    )""",
+    re.VERBOSE,
+)
+
+
+class _TypeParser:
+    """A recursive-descent reader of type expressions written in YAML.
+
+    Grammar: ``union := primary ('|' primary)*``, ``primary := NAME ['[' args ']']``,
+    ``args := arg (',' arg)* [',']`` where an argument is a union or ``...``; inside
+    ``Literal[...]`` the arguments are quoted strings, integers, ``True``, ``False`` and
+    ``None``. Names are builtins, ``Any``/``Optional``/``Union``/``Literal``/``InstanceOf``,
+    ``None``, or import paths. Nothing is evaluated: names are imported with the import-path
+    rules, and ``X[...]`` is Python's subscription of what ``X`` names.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, str, int]] = []
+        pos = 0
+        while pos < len(text):
+            if text[pos:].strip() == "":
+                break
+            match = _TOKEN.match(text, pos)
+            if match is None or match.end() == pos:
+                self.fail(
+                    f"unexpected {text[pos:].lstrip()[:1]!r}", len(text) - len(text[pos:].lstrip())
+                )
+            kind = match.lastgroup
+            assert kind is not None
+            self.tokens.append((kind, match.group(kind), match.start(kind)))
+            pos = match.end()
+        self.i = 0
+
+    def fail(self, what: str, at: int | None = None) -> typing.NoReturn:
+        where = f" at position {at + 1}" if at is not None else " at the end"
+        raise ValueError(f"cannot read {self.text!r} as a type: {what}{where}")
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, value: str | None = None) -> tuple[str, str, int]:
+        token = self.peek()
+        if token is None:
+            self.fail(f"expected {value!r}" if value else "expected a type")
+        if value is not None and token[1] != value:
+            self.fail(f"expected {value!r}, found {token[1]!r}", token[2])
+        self.i += 1
+        return token
+
+    def parse(self) -> Any:
+        if not self.tokens:
+            raise ValueError("expected a type, got an empty string")
+        result = self.union(0)
+        token = self.peek()
+        if token is not None:
+            self.fail(f"unexpected {token[1]!r}", token[2])
+        return result
+
+    def union(self, depth: int) -> Any:
+        items = [self.primary(depth)]
+        while (token := self.peek()) is not None and token[1] == "|":
+            self.take("|")
+            items.append(self.primary(depth))
+        if len(items) == 1:
+            return items[0]
+        return self.subscript(Union, tuple(items), "|".join(map(type_text, items)), None)
+
+    def primary(self, depth: int) -> Any:
+        if depth > MAX_TYPE_DEPTH:
+            token = self.peek()
+            self.fail(
+                f"nested more than {MAX_TYPE_DEPTH} levels deep",
+                token[2] if token is not None else None,
+            )
+        kind, word, at = self.take()
+        if kind != "name":
+            self.fail(f"expected a type name, found {word!r}", at)
+        origin = self.name(word, at)
+        token = self.peek()
+        if token is None or token[1] != "[":
+            if origin in (Optional, Union, Literal, InstanceOf):
+                self.fail(f"{word} takes parameters, like {word}[int]", at)
+            if not _is_type(origin):
+                self.fail(f"{word!r} names {origin!r}, which is not a type", at)
+            return origin
+        self.take("[")
+        args: list[Any] = []
+        literal = origin is Literal
+        while True:
+            token = self.peek()
+            if token is not None and token[1] == "]":
+                break
+            args.append(self.literal() if literal else self.argument(depth + 1))
+            token = self.peek()
+            if token is not None and token[1] == ",":
+                self.take(",")
+                continue
+            break
+        self.take("]")
+        if not args:
+            self.fail(f"{word}[] needs parameters", at)
+        return self.subscript(origin, tuple(args), word, at)
+
+    def argument(self, depth: int) -> Any:
+        token = self.peek()
+        if token is not None and token[0] == "ellipsis":
+            self.take()
+            return Ellipsis
+        return self.union(depth)
+
+    def literal(self) -> Any:
+        kind, word, at = self.take()
+        if kind == "str":
+            return word[1:-1]
+        if kind == "int":
+            return int(word)
+        if kind == "name" and word in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[word]
+        self.fail(
+            f"a Literal takes quoted strings, integers, True, False or None, not {word!r}", at
+        )
+
+    def name(self, word: str, at: int) -> Any:
+        if word in _TYPE_NAMES:
+            return _TYPE_NAMES[word]
+        try:
+            return resolve(word)
+        except ValueError as exc:
+            self.fail(str(exc), at)
+
+    def subscript(self, origin: Any, args: tuple[Any, ...], word: str, at: int | None) -> Any:
+        if origin is InstanceOf:
+            if len(args) != 1 or not isinstance(args[0], type):
+                self.fail("InstanceOf takes one class, like InstanceOf[numpy.ndarray]", at)
+            return Annotated[args[0], INSTANCE_OF]
+        try:
+            return origin[args if len(args) > 1 else args[0]]
+        except Exception as exc:  # a class that takes no parameters, or not these
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.fail(f"{word}[...] is not a type ({reason})", at)
+
+
+def _is_type(obj: Any) -> bool:
+    return isinstance(obj, type) or obj is Any or typing.get_origin(obj) is not None
+
+
+def parse_type(value: object) -> Any:
+    """A type from a YAML type expression (``list[list[float]]``, ``dict[str, float]``,
+    ``int | None``, ``Literal['a', 'b']``, ``package.module:Model``), or a type given as one."""
+    if not isinstance(value, str):
+        if _is_type(value):
+            return value
+        raise ValueError(
+            f"expected a type like 'list[float]' or an import path like "
+            f"'package.module:Name', got {shown(value)}"
+        )
+    if len(value) > MAX_TYPE_TEXT:
+        raise ValueError(f"a type expression is at most {MAX_TYPE_TEXT} characters long")
+    if not any(c in value for c in "[]|,") and value.strip() not in _TYPE_NAMES:
+        return _import_type(value)  # a plain name: the import-path rules and their messages
+    return _TypeParser(value).parse()
+
+
+def type_text(tp: Any) -> str:
+    """A type written as :func:`parse_type` reads it back (``list[list[float]]``,
+    ``int | None``, ``numpy:ndarray``)."""
+    if tp is type(None) or tp is None:
+        return "None"
+    if tp is Any:
+        return "Any"
+    if tp is Ellipsis:
+        return "..."
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Annotated and len(args) == 2 and args[1] == INSTANCE_OF:
+        return f"InstanceOf[{type_text(args[0])}]"
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_text(a) for a in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is not None and args:
+        return f"{type_text(origin)}[{', '.join(type_text(a) for a in args)}]"
+    name = str(getattr(tp, "__name__", ""))
+    if isinstance(tp, type) and getattr(builtins, name, None) is tp:
+        return name
+    return qualified_name(tp)
 
 
 def _import_model(value: object) -> Any:
@@ -174,8 +392,11 @@ Duration = Annotated[float, BeforeValidator(_seconds)]
 Size = Annotated[int, BeforeValidator(_bytes)]
 #: Bytes, or a percentage of the effective memory limit (``"80%"``).
 MemorySize = Annotated[int, BeforeValidator(_memory_bytes)]
-#: A class named by import path, for ``validate.output``.
-ImportedType = Annotated[Any, BeforeValidator(_import_type), _as_path]
+#: A type for ``validate.output``: a class by import path, or a type expression
+#: (``list[list[float]]``, ``dict[str, float]``, ``int | None``); shown as written back.
+ImportedType = Annotated[
+    Any, BeforeValidator(parse_type), PlainSerializer(type_text, return_type=str)
+]
 #: A pydantic model named by import path, for ``validate.input``.
 ImportedModel = Annotated[Any, BeforeValidator(_import_model), _as_path]
 #: A callable named by import path (``package.module:function``).

@@ -13,6 +13,7 @@ import math
 import numbers
 import operator
 import sys
+import typing
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Annotated, Any, NamedTuple
@@ -22,8 +23,15 @@ from pydantic import Field, PlainValidator, StrictBool, StrictInt, TypeAdapter, 
 
 from guardrails._errors import InputValidationError, OutputValidationError
 from guardrails._forksafe import ForkSafeLock
-from guardrails._imports import qualified_name
-from guardrails._types import AsyncInner, Context, ImportedModel, ImportedType, Inner, Section
+from guardrails._types import (
+    AsyncInner,
+    Context,
+    ImportedModel,
+    ImportedType,
+    Inner,
+    Section,
+    type_text,
+)
 from guardrails._types import Block as _Block
 from guardrails._units import shown
 
@@ -112,13 +120,35 @@ def output_adapter(output: Any) -> TypeAdapter[Any]:
         adapter = TypeAdapter(output)
     except Exception as exc:  # PydanticSchemaGenerationError, or a type's own schema hook
         reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+        unknown = [type_text(c) for c in _classes_in(output) if not _validatable(c)]
+        hint = (
+            f"; or write InstanceOf[{unknown[0]}] to check only that it is one" if unknown else ""
+        )
         raise ValueError(
-            f"pydantic cannot validate a return value as {qualified_name(output)} "
+            f"pydantic cannot validate a return value as {type_text(output)} "
             f"({type(exc).__name__}: {reason}); name a pydantic model or a type pydantic "
-            "can validate"
+            f"can validate{hint}"
         ) from None
     with _adapters_lock:
         return _adapters.setdefault(output, adapter)
+
+
+def _classes_in(tp: Any) -> list[type]:
+    """The classes a type expression is made of (``list[numpy.ndarray]``: list, ndarray)."""
+    if isinstance(tp, type):
+        return [tp]
+    found: list[type] = []
+    for arg in typing.get_args(tp):
+        found.extend(c for c in _classes_in(arg) if c not in found)
+    return found
+
+
+def _validatable(cls: type) -> bool:
+    try:
+        TypeAdapter(cls)
+    except Exception:  # the same failures as output_adapter's
+        return False
+    return True
 
 
 def _numpy() -> Any:
