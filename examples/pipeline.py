@@ -14,6 +14,10 @@ message and counted, never crash the job. Every policy lives in conf/guardrails/
     python examples/pipeline.py job.outage.start=0 job.outage.end=0      # no outage
     python examples/pipeline.py +guardrails.allow_chaos=true \
         +guardrails.policies.fetch_features.chaos.error_rate=0.3         # a chaos drill
+    python examples/pipeline.py -m job.seed=1,2     # a multirun: each job as if alone
+
+guardrails.hydra.GuardrailsCallback (conf/config.yaml) configures each job from its config and
+writes the job's statistics to guardrails_stats.json in its output directory.
 """
 
 from __future__ import annotations
@@ -153,7 +157,8 @@ def score(cfg: DictConfig) -> Outcome:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    guardrails.configure(cfg)
+    # No configure() call: GuardrailsCallback (hydra.callbacks in conf/config.yaml) configured
+    # this job from its config, and writes guardrails_stats.json when it ends.
     outcome = score(cfg)
     accuracy = outcome.correct / outcome.scored if outcome.scored else float("nan")
     fetch = guardrails.stats().get("fetch_features")

@@ -25,6 +25,7 @@ import pytest
 from guardrails._stats import PolicyStats
 from guardrails.hydra import GuardrailsCallback, JobConfigurationError, write_stats
 
+ROOT = Path(__file__).resolve().parents[1]
 FIELDS = set(PolicyStats.__dataclass_fields__)
 #: Fields that depend on time, not on what the job did.
 TIMED = {"p50_ms", "p95_ms", "p99_ms"}
@@ -445,3 +446,28 @@ def test_import_guardrails_imports_neither_the_callback_nor_hydra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_example_needs_no_configure_call_and_writes_the_table_as_json(tmp_path: Path) -> None:
+    from tests.test_examples import NO_OUTAGE, SUMMARY, col, example, tables
+
+    output = example(
+        tmp_path,
+        *NO_OUTAGE,
+        "guardrails.policies.fetch_features.retry.max_attempts=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert "guardrails.configure(" not in (ROOT / "examples" / "pipeline.py").read_text()
+    match = SUMMARY.search(output)
+    assert match, output
+    (table,) = tables(output)
+    found = stats_of(tmp_path / "run")
+    assert set(found) == {"fetch_features", "predict"}
+    for name, row in table.items():
+        for column, field in (("calls", "calls"), ("ok", "successes"), ("failed", "failures")):
+            assert found[name][field] == col(row, column), (name, field)
+        assert found[name]["cache_hits"] == col(row, "hits")
+    # The override from the command line is in force: one attempt, so failures and no retry.
+    assert found["fetch_features"]["retries"] == 0
+    assert found["fetch_features"]["failures"] == int(match["unavailable"]) > 0
+    assert found["predict"]["rejected"] == int(match["rejected"]) > 0
