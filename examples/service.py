@@ -1,0 +1,381 @@
+"""An inference service with guardrails: the example's wine classifier behind FastAPI.
+
+    python examples/service.py --port 8000                      # conf/service.yaml
+    python examples/service.py --port 8000 guardrails=production \\
+        guardrails.policies.fetch_features.retry.max_attempts=2  # Hydra overrides
+    GUARDRAILS_CONFIG=conf uvicorn examples.service:app --port 8000
+
+Endpoints:
+
+- ``POST /predict`` with ``{"request_id": "req-1", "features": [13 numbers]}`` or
+  ``{"request_id": "req-1", "entity_id": 12}`` (the features then come from the feature
+  store). The model call is guarded by the ``predict`` policy (input checks, memory budget,
+  bulkhead); the store lookup by ``fetch_features`` (retry, timeout, breaker, fallback,
+  cache). Answers 200 ``{"request_id", "label", "probabilities", "degraded"}``
+  (``degraded``: the store's breaker was open and the features are the population's
+  average), 422 when the request fails the policy's checks (the failing fields in
+  ``detail``, as FastAPI lists them), 404 for an unknown entity, 503 with ``Retry-After``
+  when the store or the model refuses or is unavailable (breaker open with no fallback,
+  rate limit, bulkhead full, memory budget, the store failing after its retries).
+- ``GET /healthz``: the breaker of every policy that has one, and the config watcher's
+  reloads; 503 while a breaker is open (half-open is 200: it needs traffic to close).
+- ``GET /metrics``: Prometheus text (``guardrails.metrics.prometheus`` plus the process).
+- ``POST /admin/store`` ``{"down": true}``: simulate a feature-store outage; only with
+  ``--admin`` (or ``SERVICE_ADMIN=1``), else 404.
+
+The config is composed with Hydra from ``--config-dir`` (default ``$GUARDRAILS_CONFIG``, else
+the repository's ``conf/``) and ``--config-name`` (``service``), with the overrides given
+as arguments (default: ``$GUARDRAILS_OVERRIDES``, space-separated), and watched: an edit
+that validates is in force within about a second, without a restart; a bad one is logged
+and the config in force stays. A bad config at startup stops the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shlex
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Run as a script, Python puts examples/ on the path; the policies name `examples.*`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import prometheus_client
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, model_validator
+
+import guardrails
+import guardrails.metrics.prometheus
+from examples.model import DEGRADED, FeatureStore, train
+from guardrails import (
+    BulkheadFull,
+    CallTimeout,
+    CircuitOpenError,
+    GuardrailsError,
+    InputValidationError,
+    MemoryBudgetExceeded,
+    RateLimitExceeded,
+    guarded,
+)
+
+log = logging.getLogger("service")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the service runs with: its config, and the simulated model and store."""
+
+    config: Path = ROOT / "conf"
+    config_name: str = "service"
+    overrides: tuple[str, ...] = ()
+    watch_interval: float = 1.0
+    dataset: str = "wine"
+    seed: int = 7
+    store_failure_rate: float = 0.25
+    store_latency: float = 0.002
+    admin: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    fd: int | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(
+        prog="examples/service.py",
+        description="The example model behind FastAPI, guarded by the policies in conf/.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--fd", type=int, default=None, help="serve on this listening socket")
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=Path(env.get("GUARDRAILS_CONFIG") or ROOT / "conf"),
+        help="Hydra config directory, or a YAML file (default: $GUARDRAILS_CONFIG, else conf/)",
+    )
+    p.add_argument("--config-name", default=env.get("SERVICE_CONFIG_NAME", "service"))
+    p.add_argument(
+        "--watch-interval",
+        type=float,
+        default=float(env.get("SERVICE_WATCH_INTERVAL", "1.0")),
+        help="seconds between checks of the config files for changes",
+    )
+    p.add_argument("--dataset", default=env.get("SERVICE_DATASET", "wine"))
+    p.add_argument("--seed", type=int, default=int(env.get("SERVICE_SEED", "7")))
+    p.add_argument(
+        "--store-failure-rate",
+        type=float,
+        default=float(env.get("SERVICE_STORE_FAILURE_RATE", "0.25")),
+        help="share of feature-store reads that fail transiently",
+    )
+    p.add_argument(
+        "--store-latency",
+        type=float,
+        default=float(env.get("SERVICE_STORE_LATENCY", "0.002")),
+        help="seconds each feature-store read takes",
+    )
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        default=env.get("SERVICE_ADMIN", "") not in ("", "0"),
+        help="enable POST /admin/store (simulated outages)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides (default: $GUARDRAILS_OVERRIDES, space-separated)",
+    )
+    return p
+
+
+def options(argv: Sequence[str] = ()) -> Options:
+    """Options from the command line, with defaults from the environment."""
+    args = parser().parse_args(list(argv))
+    overrides = args.overrides or shlex.split(os.environ.get("GUARDRAILS_OVERRIDES", ""))
+    return Options(
+        config=args.config_dir,
+        config_name=args.config_name,
+        overrides=tuple(overrides),
+        watch_interval=args.watch_interval,
+        dataset=args.dataset,
+        seed=args.seed,
+        store_failure_rate=args.store_failure_rate,
+        store_latency=args.store_latency,
+        admin=args.admin,
+        host=args.host,
+        port=args.port,
+        fd=args.fd,
+    )
+
+
+# --- the guarded calls -----------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """What the guarded functions use; set up when the app starts."""
+
+    options: Options = field(default_factory=Options)
+    model: Any = None
+    store: FeatureStore | None = None
+    watcher: guardrails.Watcher | None = None
+
+
+SERVICE = Service()
+
+
+@guarded("fetch_features")
+async def fetch_features(entity_id: int) -> np.ndarray:
+    """One entity's feature row from the feature store."""
+    assert SERVICE.store is not None, "the service has not started"
+    return await SERVICE.store.read_async(entity_id, SERVICE.options.store_latency)
+
+
+@guarded("predict")
+async def predict(request_id: str, features: np.ndarray) -> np.ndarray:
+    """Class probabilities for a (1, n_features) row; the model runs in a worker thread so
+    the event loop keeps serving."""
+    result: np.ndarray = await asyncio.to_thread(SERVICE.model.predict_proba, features)
+    return result
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+class PredictBody(BaseModel):
+    """A request: an id and either the features or the entity whose features to look up.
+
+    Only the JSON shape is checked here; the values are the ``predict`` policy's business
+    (``validate`` in conf/guardrails/*.yaml), so a policy edit changes what is accepted.
+    """
+
+    request_id: str
+    features: list[float] | None = None
+    entity_id: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictBody:
+        if (self.features is None) == (self.entity_id is None):
+            raise ValueError("give exactly one of features or entity_id")
+        return self
+
+
+class StoreBody(BaseModel):
+    down: bool
+
+
+class StoreUnavailable(Exception):
+    """The feature store failed after the policy's retries (not a guardrails refusal)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"feature store unavailable: {cause}")
+        self.policy = "fetch_features"
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    opts: Options = app.state.options or options()
+    SERVICE.options = opts
+    trained = train(opts.dataset, opts.seed)
+    SERVICE.model = trained.model
+    SERVICE.store = FeatureStore(trained.x_live, opts.store_failure_rate, opts.seed)
+    guardrails.metrics.prometheus.register()
+    # Configures now (a bad config raises: the service does not start), then reloads on
+    # every change to the config's YAML files.
+    SERVICE.watcher = guardrails.watch(
+        opts.config,
+        overrides=opts.overrides,
+        interval=opts.watch_interval,
+        config_name=opts.config_name,
+    )
+    log.info(
+        "serving %s (%d live entities) with the policies of %s",
+        opts.dataset,
+        len(trained.x_live),
+        opts.config,
+    )
+    try:
+        yield
+    finally:
+        SERVICE.watcher.stop()
+        SERVICE.watcher = None
+
+
+def create_app(opts: Options | None = None) -> FastAPI:
+    """The FastAPI app; ``opts`` default to the environment's (read when it starts)."""
+    app = FastAPI(title="guardrails example: wine classifier", lifespan=lifespan)
+    app.state.options = opts
+
+    @app.post("/predict")
+    async def predict_endpoint(body: PredictBody) -> dict[str, Any]:
+        DEGRADED.set(False)
+        if body.features is not None:
+            row = np.asarray(body.features, dtype=np.float64).reshape(1, -1)
+        else:
+            assert body.entity_id is not None and SERVICE.store is not None
+            if body.entity_id >= len(SERVICE.store.rows):
+                raise HTTPException(404, f"unknown entity {body.entity_id}")
+            try:
+                row = (await fetch_features(body.entity_id)).reshape(1, -1)
+            except (ConnectionError, CallTimeout) as exc:
+                raise StoreUnavailable(exc) from exc
+        proba = await predict(body.request_id, row)
+        return {
+            "request_id": body.request_id,
+            "label": int(proba[0].argmax()),
+            "probabilities": [float(p) for p in proba[0]],
+            "degraded": DEGRADED.get(),
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        breakers = {
+            name: s.breaker_state
+            for name, s in guardrails.stats().items()
+            if s.breaker_state is not None
+        }
+        is_open = sorted(name for name, state in breakers.items() if state == "open")
+        watcher = SERVICE.watcher
+        assert watcher is not None, "the service has not started"
+        body: dict[str, Any] = {
+            "status": "unavailable" if is_open else "ok",
+            "open_breakers": is_open,
+            "breakers": breakers,
+            "config": {  # did my edit apply? (the last failed reload's problems, if any)
+                "source": str(watcher.source),
+                "reloads": watcher.reloads,
+                "failed_reloads": watcher.failures,
+                "last_error": None if watcher.last_error is None else str(watcher.last_error),
+            },
+        }
+        return JSONResponse(body, status_code=503 if is_open else 200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(
+            prometheus_client.generate_latest(prometheus_client.REGISTRY),
+            media_type=prometheus_client.CONTENT_TYPE_LATEST,
+        )
+
+    @app.post("/admin/store")
+    async def admin_store(body: StoreBody) -> JSONResponse:
+        if not SERVICE.options.admin or SERVICE.store is None:
+            raise HTTPException(404, "Not Found")
+        SERVICE.store.down = body.down
+        log.warning("feature store %s (simulated)", "DOWN" if body.down else "back up")
+        return JSONResponse({"down": SERVICE.store.down})
+
+    @app.exception_handler(InputValidationError)
+    async def rejected(request: Request, exc: InputValidationError) -> JSONResponse:
+        detail = [
+            {"loc": ["body", name] if name else ["body"], "msg": msg, "type": "guardrails"}
+            for name, msg in exc.errors
+        ]
+        return JSONResponse({"detail": detail, "policy": exc.policy}, status_code=422)
+
+    @app.exception_handler(GuardrailsError)
+    async def refused(request: Request, exc: GuardrailsError) -> JSONResponse:
+        if isinstance(exc, CircuitOpenError | RateLimitExceeded):
+            retry_after = exc.retry_after
+        elif isinstance(exc, BulkheadFull | MemoryBudgetExceeded | CallTimeout):
+            retry_after = 1.0
+        else:
+            # OutputValidationError, a PolicyConfigError: our bug, not the client's. The
+            # guarded call has logged it; the client learns no internals.
+            return JSONResponse(
+                {"detail": "internal error", "error": type(exc).__name__}, status_code=500
+            )
+        return _unavailable(getattr(exc, "policy", None), type(exc).__name__, exc, retry_after)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return _unavailable(exc.policy, type(exc.__cause__).__name__, exc, 1.0)
+
+    return app
+
+
+def _unavailable(
+    policy: str | None, error: str, exc: Exception, retry_after: float
+) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(exc), "policy": policy, "error": error},
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+app = create_app()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    opts = options(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = uvicorn.Config(
+        create_app(opts), host=opts.host, port=opts.port, log_level="info", access_log=False
+    )
+    # A listening socket handed over by a supervisor (or a test): any address family.
+    sockets = None if opts.fd is None else [socket.socket(fileno=opts.fd)]
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+"""The inference service (examples/service.py) as an operator runs it: a real uvicorn
+process on loopback, driven over HTTP with httpx, its config a temporary copy of conf/."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn import datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = ROOT / "examples" / "service.py"
+#: Generous bounds on a loaded machine; each wait ends as soon as its condition holds.
+STARTUP = 90.0
+DEADLINE = 30.0
+#: Rows of the dataset the service's model is trained on (wine: 13 features).
+ROWS: np.ndarray = datasets.load_wine(return_X_y=True)[0]
+LIVE_ENTITIES = 72  # the held-out 40% of wine's 178 rows
+
+
+class Running:
+    """One service process; ``client()`` talks to it over loopback TCP or a Unix socket."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, conf: Path, **where: Any):
+        self.proc = proc
+        self.log = log
+        self.conf = conf
+        self.base_url: str = where.get("base_url", "http://service")
+        self.uds: str | None = where.get("uds")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        transport = httpx.HTTPTransport(uds=self.uds) if self.uds else None
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.base_url, transport=transport, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(uds=self.uds) if self.uds else None
+        kwargs.setdefault("timeout", 30)
+        return httpx.AsyncClient(base_url=self.base_url, transport=transport, **kwargs)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP
+        with self.client(timeout=5) as http:
+            while True:
+                try:
+                    if self.listening() and http.get("/healthz").status_code in (200, 503):
+                        return
+                except httpx.TransportError:
+                    pass
+                # Bounded wait on the process itself: an exit ends the wait at once.
+                try:
+                    code = self.proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+                else:
+                    pytest.fail(f"the service exited with {code} at startup:\n{self.output()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the service was not ready in {STARTUP} s:\n{self.output()}")
+
+    def listening(self) -> bool:
+        """Whether the Unix socket takes connections (httpx leaks a socket it failed to
+        connect over a Unix socket, so it is not sent to find out)."""
+        if self.uds is None:
+            return True
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.uds)
+            except OSError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        """SIGTERM, as a supervisor stops it: uvicorn shuts down gracefully (the lifespan
+        stops the config watcher) and exits by the signal it caught."""
+        assert self.proc.poll() is None, f"the service died:\n{self.output()}"
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the service ignored SIGTERM for {DEADLINE} s:\n{self.output()}")
+        assert code in (0, -signal.SIGTERM), self.output()
+        assert "Application shutdown complete." in self.output()
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GUARDRAILS_CONFIG", "GUARDRAILS_OVERRIDES") and not k.startswith("SERVICE_")
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Start the service on a temporary copy of conf/: ``serve(*arguments, env=..., how=...)``.
+
+    ``how="script"`` runs ``python examples/service.py --fd N`` on a loopback socket the test
+    bound to port 0 (no race for a free port); ``how="uvicorn"`` runs ``python -m uvicorn
+    examples.service:app --uds PATH`` configured from the environment. Every process is
+    killed when the test ends, whatever happened.
+    """
+    started: list[Running] = []
+
+    def start(*arguments: str, env: dict[str, str] | None = None, how: str = "script") -> Running:
+        conf = tmp_path / f"conf{len(started)}"
+        shutil.copytree(ROOT / "conf", conf)
+        log = tmp_path / f"service{len(started)}.log"
+        environment = _environment(**(env or {}))
+        with log.open("wb") as out:
+            if how == "script":
+                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(128)
+                port = listener.getsockname()[1]
+                try:
+                    proc = subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(SERVICE),
+                            "--fd",
+                            str(listener.fileno()),
+                            "--config-dir",
+                            str(conf),
+                            "--watch-interval",
+                            "0.1",
+                            *arguments,
+                        ],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        pass_fds=(listener.fileno(),),
+                        cwd=tmp_path,
+                        env=environment,
+                    )
+                finally:
+                    listener.close()  # the child holds its own copy
+                running = Running(proc, log, conf, base_url=f"http://127.0.0.1:{port}")
+            else:
+                uds = str(tmp_path / f"s{len(started)}.sock")
+                environment.setdefault("GUARDRAILS_CONFIG", str(conf))
+                environment.setdefault("SERVICE_WATCH_INTERVAL", "0.1")
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "examples.service:app", "--uds", uds],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    env=environment,
+                )
+                running = Running(proc, log, conf, uds=uds)
+        started.append(running)
+        running.wait_ready()
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+def valid(i: int) -> dict[str, Any]:
+    return {"request_id": f"req-{i}", "features": ROWS[i % len(ROWS)].tolist()}
+
+
+def metrics(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics``: (name, sorted labels) -> value."""
+    response = http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        value
+        for (sample, found), value in samples.items()
+        if sample == name and labels.items() <= dict(found).items()
+    )
+
+
+def poll(condition: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
+    """Call ``condition`` until it returns something truthy; fail after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > end:
+            pytest.fail(f"{what}: not seen within {deadline} s")
+
+
+# --- the burst -------------------------------------------------------------------------------
+
+BURST = 2_000
+CONCURRENCY = 32
+JSON = {"content-type": "application/json"}
+
+
+def burst_requests(seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, body): valid rows, entity lookups, rows the policy rejects, and bodies the
+    HTTP schema rejects before any guarded call."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i in range(BURST):
+        draw = rng.random()
+        body = valid(i)
+        if draw < 0.55:
+            out.append(("valid", body))
+        elif draw < 0.80:
+            entity = int(rng.integers(LIVE_ENTITIES))
+            out.append(("entity", {"request_id": f"req-{i}", "entity_id": entity}))
+        elif draw < 0.85:
+            out.append(("narrow", {**body, "features": body["features"][:-1]}))
+        elif draw < 0.90:
+            features = list(body["features"])
+            features[int(rng.integers(13))] = math.nan  # JSON NaN, as Python clients send it
+            out.append(("nan", {**body, "features": features}))
+        elif draw < 0.95:
+            out.append(("bad_id", {**body, "request_id": f"request {i}"}))
+        else:
+            out.append(("schema", {"request_id": f"req-{i}"}))  # neither features nor entity
+    return out
+
+
+async def send_all(
+    running: Running, requests: list[tuple[str, dict[str, Any]]]
+) -> list[tuple[str, httpx.Response]]:
+    gate = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+
+    async with running.async_client(limits=limits) as http:
+
+        async def one(kind: str, body: dict[str, Any]) -> tuple[str, httpx.Response]:
+            async with gate:
+                # json.dumps writes NaN as JSON's common extension does (as `json=` would).
+                content = json.dumps(body)
+                return kind, await http.post("/predict", content=content, headers=JSON)
+
+        return await asyncio.gather(*(one(kind, body) for kind, body in requests))
+
+
+def test_a_burst_gets_only_documented_answers_and_the_metrics_add_up(
+    serve: Callable[..., Running],
+) -> None:
+    running = serve()
+    with running.client() as http:
+        before = metrics(http)
+    answered = asyncio.run(send_all(running, burst_requests(seed=8)))
+    assert len(answered) == BURST
+
+    reached_predict: Counter[str] = Counter()  # the predict policy's calls, by how they ended
+    fetches = 0
+    by_kind: Counter[tuple[str, int]] = Counter()
+    for kind, response in answered:
+        status = response.status_code
+        by_kind[kind, status] += 1
+        assert status in (200, 422, 503), (kind, status, response.text)
+        body = response.json()
+        if kind == "entity":
+            fetches += 1
+        if status == 200:
+            assert kind in ("valid", "entity"), (kind, body)
+            assert len(body["probabilities"]) == 3 and body["degraded"] is False
+            assert body["label"] == int(np.argmax(body["probabilities"]))
+            reached_predict["ok"] += 1
+        elif status == 422:
+            assert isinstance(body["detail"], list) and body["detail"], body
+            if kind == "schema":  # FastAPI's own check: no guarded call was made
+                assert "policy" not in body
+                continue
+            assert body["policy"] == "predict"
+            fields = {tuple(error["loc"]) for error in body["detail"]}
+            expected = ("body", "request_id") if kind == "bad_id" else ("body", "features")
+            assert fields == {expected}, body
+            message = body["detail"][0]["msg"]
+            if kind == "narrow":
+                assert message == "expected shape [-1, 13], got [1, 12]"
+            if kind == "nan":
+                assert "finite" in message
+            reached_predict["rejected"] += 1
+        else:
+            # Only a dependency may be unavailable: the store (after its retries) or the
+            # model's bulkhead; never a refusal without a time to retry after.
+            assert int(response.headers["Retry-After"]) >= 1
+            assert body["policy"] in ("predict", "fetch_features"), body
+            if body["policy"] == "predict":
+                assert kind in ("valid", "entity")
+                reached_predict["refused"] += 1
+            else:
+                assert kind == "entity" and body["error"] == "ConnectionError", body
+
+    # Every malformed row reached the guarded call and was refused there; every valid
+    # row was answered.
+    for kind in ("narrow", "nan", "bad_id"):
+        assert by_kind[kind, 422] > 0 and by_kind[kind, 200] == by_kind[kind, 503] == 0
+    assert by_kind["schema", 422] > 0
+    assert by_kind["valid", 200] + by_kind["valid", 503] == sum(
+        n for (kind, _), n in by_kind.items() if kind == "valid"
+    )
+    assert by_kind["valid", 200] > 0 and by_kind["entity", 200] > 0
+
+    with running.client() as http:
+        after = metrics(http)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    reached = sum(reached_predict.values())
+    assert delta("guardrails_calls_total", policy="predict") == reached
+    ok = delta("guardrails_calls_total", policy="predict", outcome="ok")
+    slow = delta("guardrails_calls_total", policy="predict", outcome="slow")
+    assert ok + slow == reached_predict["ok"]
+    assert (
+        delta("guardrails_rejections_total", policy="predict", reason="input")
+        == (reached_predict["rejected"])
+    )
+    assert delta("guardrails_calls_total", policy="fetch_features") == fetches
+    # Entities repeat: the store lookups hit the cache.
+    assert delta("guardrails_cache_requests_total", policy="fetch_features", result="hit") > 0
+    running.stop()
+
+
+# --- live reload -----------------------------------------------------------------------------
+
+
+def test_a_policy_edit_changes_behaviour_without_a_restart(
+    serve: Callable[..., Running],
+) -> None:
+    running = serve()
+    negative = valid(3)
+    negative["features"][4] = -1.0  # magnesium below zero: no bound in the policy yet
+    policy_file = running.conf / "guardrails" / "default.yaml"
+    original = policy_file.read_text()
+    bound = "finite: true}"
+    assert original.count(bound) == 1
+
+    def config(http: httpx.Client) -> dict[str, Any]:
+        body: dict[str, Any] = http.get("/healthz").json()["config"]
+        return body
+
+    with running.client() as http:
+        assert http.post("/predict", json=negative).status_code == 200
+        assert config(http)["reloads"] == 0
+
+        # Tighten the bound: within the watch interval, the running service refuses the row.
+        policy_file.write_text(original.replace(bound, "finite: true, min: 0}"))
+        refused = poll(
+            lambda: (r := http.post("/predict", json=negative)).status_code == 422 and r,
+            "the tightened bound in force",
+        )
+        assert refused.json()["detail"][0]["loc"] == ["body", "features"]
+        assert refused.json()["detail"][0]["msg"] == "expected values >= 0, found -1"
+        assert config(http)["reloads"] >= 1
+        assert http.post("/predict", json=valid(3)).status_code == 200
+
+        # A bad edit is logged and counted; the config in force stays.
+        policy_file.write_text(original.replace("max_attempts: 5", "max_attempts: -3"))
+        error = poll(lambda: config(http)["last_error"], "the failed reload counted")
+        assert "max_attempts" in error, error
+        assert config(http)["failed_reloads"] >= 1
+        assert http.post("/predict", json=negative).status_code == 422
+
+        # An editor that truncates the file before writing it: the empty file is refused
+        # (it would drop every policy), the config in force stays.
+        failed = config(http)["failed_reloads"]
+        policy_file.write_text("")
+        poll(lambda: config(http)["failed_reloads"] > failed, "the empty file refused")
+        assert http.post("/predict", json=negative).status_code == 422
+
+        # Put it back: the original policy is in force again.
+        policy_file.write_text(original)
+        poll(
+            lambda: http.post("/predict", json=negative).status_code == 200,
+            "the original policy back in force",
+        )
+    running.stop()
+    assert "max_attempts" in running.output()  # the failed reload was logged
+
+
+# --- an outage -------------------------------------------------------------------------------
+
+
+def healthz(http: httpx.Client) -> tuple[int, dict[str, Any]]:
+    response = http.get("/healthz")
+    return response.status_code, response.json()
+
+
+def test_an_outage_opens_the_breaker_the_fallback_answers_and_healthz_says_so(
+    serve: Callable[..., Running],
+) -> None:
+    running = serve(
+        "--admin",
+        "--store-failure-rate",
+        "0",
+        "guardrails.policies.fetch_features.breaker.open_for=1s",
+    )
+    # A failed read is never cached: every lookup reaches the store (or the breaker).
+    entities = itertools.cycle(range(LIVE_ENTITIES))
+
+    def lookup(http: httpx.Client) -> httpx.Response:
+        return http.post("/predict", json={"request_id": "req-1", "entity_id": next(entities)})
+
+    with running.client() as http:
+        status, body = healthz(http)
+        assert status == 200
+        assert body == {
+            "status": "ok",
+            "open_breakers": [],
+            "breakers": {"fetch_features": "closed"},
+            "config": {
+                "source": str(running.conf),
+                "reloads": 0,
+                "failed_reloads": 0,
+                "last_error": None,
+            },
+        }
+        assert http.post("/admin/store", json={"down": True}).json() == {"down": True}
+
+        answers: list[httpx.Response] = []
+        seen_open: list[dict[str, Any]] = []
+
+        def open_and_degraded() -> bool:
+            answers.append(lookup(http))
+            status, body = healthz(http)
+            if status == 503:
+                seen_open.append(body)
+            degraded = [r for r in answers if r.status_code == 200 and r.json()["degraded"]]
+            return bool(seen_open and degraded)
+
+        poll(open_and_degraded, "the breaker open on /healthz and a degraded answer")
+        assert seen_open[0]["status"] == "unavailable"
+        assert seen_open[0]["open_breakers"] == ["fetch_features"]
+        assert seen_open[0]["breakers"] == {"fetch_features": "open"}
+        # Until it opened, the store's failures after their retries were 503s; once open,
+        # the fallback answers, marked degraded: never an answer from the store.
+        for r in answers:
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                assert r.json()["error"] == "ConnectionError"
+                assert r.headers["Retry-After"] == "1"
+            else:
+                assert r.json()["degraded"] is True
+
+        # The store comes back: after open_for, trial calls close the breaker.
+        assert http.post("/admin/store", json={"down": False}).json() == {"down": False}
+
+        def closed() -> bool:
+            lookup(http)
+            status, body = healthz(http)
+            return status == 200 and body["breakers"] == {"fetch_features": "closed"}
+
+        poll(closed, "the breaker closed again")
+        fresh = lookup(http)
+        assert fresh.status_code == 200 and fresh.json()["degraded"] is False
+    running.stop()
+
+
+def test_without_a_fallback_an_open_breaker_is_a_503_with_retry_after(
+    serve: Callable[..., Running],
+) -> None:
+    """Run as `uvicorn examples.service:app`, configured from the environment only."""
+    overrides = [
+        "~guardrails.policies.fetch_features.fallback",
+        "guardrails.policies.fetch_features.breaker.open_for=30s",
+        "guardrails.policies.fetch_features.retry.max_attempts=1",
+    ]
+    running = serve(
+        how="uvicorn",
+        env={
+            "GUARDRAILS_OVERRIDES": shlex.join(overrides),
+            "SERVICE_ADMIN": "1",
+            "SERVICE_STORE_FAILURE_RATE": "0",
+        },
+    )
+    with running.client() as http:
+        http.post("/admin/store", json={"down": True})
+        entity = iter(range(LIVE_ENTITIES))
+
+        def refused() -> httpx.Response | None:
+            r = http.post("/predict", json={"request_id": "req-1", "entity_id": next(entity)})
+            assert r.status_code == 503, r.text
+            return r if r.json()["error"] == "CircuitOpenError" else None
+
+        response = poll(refused, "CircuitOpenError")
+        assert response.json()["policy"] == "fetch_features"
+        assert 1 <= int(response.headers["Retry-After"]) <= 30
+        assert healthz(http)[0] == 503
+    running.stop()
+
+
+# --- the edges -------------------------------------------------------------------------------
+
+
+def test_unknown_entities_schema_errors_and_the_admin_switch(
+    serve: Callable[..., Running],
+) -> None:
+    running = serve()
+    with running.client() as http:
+        unknown = http.post("/predict", json={"request_id": "req-1", "entity_id": LIVE_ENTITIES})
+        assert unknown.status_code == 404 and unknown.json() == {
+            "detail": f"unknown entity {LIVE_ENTITIES}"
+        }
+        negative = http.post("/predict", json={"request_id": "req-1", "entity_id": -1})
+        assert negative.status_code == 422 and "policy" not in negative.json()
+        both = http.post("/predict", json={**valid(1), "entity_id": 1})
+        assert both.status_code == 422
+        assert http.post("/admin/store", json={"down": True}).status_code == 404
+        assert healthz(http)[0] == 200
+
+
+def test_a_bad_config_stops_the_service_at_startup_naming_the_key(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SERVICE),
+            "--port",
+            "0",
+            "guardrails.policies.predict.bulkhead.max_concurrent=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_environment(),
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "policies.predict.bulkhead.max_concurrent" in out.stderr + out.stdout
