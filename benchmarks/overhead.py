@@ -34,10 +34,12 @@ import numpy as np
 import psutil
 import pydantic
 import tenacity
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from rich.console import Console
 from rich.table import Table
 
 import guardrails
+import guardrails.metrics.prometheus
 import guardrails.testing
 from guardrails import guarded
 from guardrails._keys import key_of
@@ -179,6 +181,31 @@ def fallback_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except Exception:
             return 0
+
+    return wrapper
+
+
+def prometheus_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What one writes by hand for the same metrics: a call counter by outcome and a latency
+    histogram, labels bound once up front (prometheus_client's fastest use)."""
+    registry = CollectorRegistry()
+    calls = Counter("bench_calls", "calls", ["policy", "outcome"], registry=registry)
+    ok, failed = calls.labels("p", "ok"), calls.labels("p", "failed")
+    seconds = Histogram("bench_seconds", "latency", ["policy"], registry=registry).labels("p")
+    perf_counter = time.perf_counter
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception:
+            seconds.observe(perf_counter() - t0)
+            failed.inc()
+            raise
+        seconds.observe(perf_counter() - t0)
+        ok.inc()
+        return result
 
     return wrapper
 
@@ -448,23 +475,57 @@ def overhead_rows(n: int, repeats: int, only: str = "") -> list[Row]:
     for case, counterpart, mine, theirs, target, is_async in cases:
         if only not in case:
             continue
-        # A sync timeout hands each call to a thread (tens of µs): fewer calls, same repeats.
-        calls = n // 10 if "timeout" in case and not is_async else n
-        timer = async_per_call_ns if is_async else per_call_ns
-        # warm: compile the chain, fill the caches
-        if is_async:
-            asyncio.run(mine(1)), asyncio.run(theirs(1))
-        else:
-            mine(1), theirs(1)
-        ours_ns, theirs_ns = best_of(
-            [
-                lambda m=mine, tm=timer, c=calls: tm(m, c),
-                lambda t=theirs, tm=timer, c=calls: tm(t, c),
-            ],
-            repeats,
-        )
-        rows.append(Row(case, counterpart, ours_ns, theirs_ns, target))
+        rows.append(_timed_row(case, counterpart, mine, theirs, target, is_async, n, repeats))
+    case = "log on, Prometheus export registered (histogram active)"
+    if only in case:
+        # Export is process-wide (every chain with log on feeds the histogram): on for this
+        # row only, off again before any other row is timed.
+        exported = CollectorRegistry()
+        guardrails.metrics.prometheus.register(exported)
+        try:
+            rows.append(
+                _timed_row(
+                    case,
+                    "prometheus_client Counter.inc() + Histogram.observe() wrapper",
+                    ours("log_only"),
+                    prometheus_wrapper(work),
+                    0.5,
+                    False,
+                    n,
+                    repeats,
+                )
+            )
+        finally:
+            guardrails.metrics.prometheus.unregister(exported)
     return rows
+
+
+def _timed_row(
+    case: str,
+    counterpart: str,
+    mine: Callable[..., Any],
+    theirs: Callable[..., Any],
+    target: float,
+    is_async: bool,
+    n: int,
+    repeats: int,
+) -> Row:
+    # A sync timeout hands each call to a thread (tens of µs): fewer calls, same repeats.
+    calls = n // 10 if "timeout" in case and not is_async else n
+    timer = async_per_call_ns if is_async else per_call_ns
+    # warm: compile the chain, fill the caches
+    if is_async:
+        asyncio.run(mine(1)), asyncio.run(theirs(1))
+    else:
+        mine(1), theirs(1)
+    ours_ns, theirs_ns = best_of(
+        [
+            lambda m=mine, tm=timer, c=calls: tm(m, c),
+            lambda t=theirs, tm=timer, c=calls: tm(t, c),
+        ],
+        repeats,
+    )
+    return Row(case, counterpart, ours_ns, theirs_ns, target)
 
 
 async def _async_work(x: int) -> int:

@@ -28,6 +28,7 @@ from guardrails._errors import (
     OutputValidationError,
     RateLimitExceeded,
 )
+from guardrails._forksafe import ForkSafeLock
 
 #: How many recent latencies each policy keeps for its percentiles.
 LATENCY_WINDOW = 10_000
@@ -106,23 +107,35 @@ _AT = {name: i for i, name in enumerate(_RAW)}
 
 class Histogram:
     """Call durations in buckets, lock-free: one ``itertools.count`` per bucket (not
-    cumulative; ``read()`` adds them up) and the sum of durations kept per thread (a
-    float ``+=`` shared by threads could lose an update; each thread adds to its own)."""
+    cumulative; ``read()`` adds them up), and the sum of durations kept per thread, in a
+    one-item list only that thread adds to (a float ``+=`` shared by threads could lose an
+    update). The sums of threads that ended are folded into one total when read."""
 
-    __slots__ = ("_counts", "bounds", "bumps", "sums")
+    __slots__ = ("_cells", "_counts", "_fold", "_retired", "bounds", "bumps", "local")
 
     def __init__(self, bounds: Iterable[float]) -> None:
         self.bounds: tuple[float, ...] = tuple(bounds)
         # One more bucket than bounds: the last one is +Inf.
         self._counts = tuple(itertools.count() for _ in range(len(self.bounds) + 1))
         self.bumps: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self._counts)
-        self.sums: dict[int, float] = {}
+        #: ``local.cell``: this thread's sum (see ``add_thread``).
+        self.local = threading.local()
+        self._cells: list[tuple[threading.Thread, list[float]]] = []
+        self._retired = 0.0
+        self._fold = ForkSafeLock()
+
+    def add_thread(self, seconds: float) -> None:
+        """The first duration a thread records: its sum starts."""
+        cell = [seconds]
+        self.local.cell = cell
+        self._cells.append((threading.current_thread(), cell))
 
     def observe(self, seconds: float) -> None:
         self.bumps[bisect.bisect_left(self.bounds, seconds)]()
-        me = threading.get_ident()
-        sums = self.sums
-        sums[me] = sums.get(me, 0.0) + seconds
+        try:
+            self.local.cell[0] += seconds
+        except AttributeError:
+            self.add_thread(seconds)
 
     def read(self) -> tuple[list[int], float]:
         """The cumulative count at or below each bound (the last one: +Inf, every
@@ -132,7 +145,17 @@ class Histogram:
         for counter in self._counts:
             total += count_of(counter)
             cumulative.append(total)
-        return cumulative, math.fsum(self.sums.copy().values())
+        with self._fold:
+            parts = [self._retired]
+            for entry in list(self._cells):
+                thread, cell = entry
+                if thread.is_alive():
+                    parts.append(cell[0])
+                else:  # it will add no more: fold it, so threads come and go in bounded memory
+                    self._retired += cell[0]
+                    parts[0] += cell[0]
+                    self._cells.remove(entry)
+        return cumulative, math.fsum(parts)
 
 
 class _Export:
@@ -270,22 +293,26 @@ class PolicyCounters:
             hist = self.histogram
             if hist is None or hist.bounds != buckets:
                 hist = self.histogram = Histogram(buckets)
-            find, bounds, bumps, sums = bisect.bisect_left, hist.bounds, hist.bumps, hist.sums
-            me = threading.get_ident
+            find, bounds, bumps = bisect.bisect_left, hist.bounds, hist.bumps
+            local, add_thread = hist.local, hist.add_thread
             if not sinks:
 
                 def record(seconds: float) -> None:
                     bumps[find(bounds, seconds)]()
-                    k = me()
-                    sums[k] = sums.get(k, 0.0) + seconds
+                    try:
+                        local.cell[0] += seconds
+                    except AttributeError:
+                        add_thread(seconds)
                     append(seconds)
 
             else:
 
                 def record(seconds: float) -> None:
                     bumps[find(bounds, seconds)]()
-                    k = me()
-                    sums[k] = sums.get(k, 0.0) + seconds
+                    try:
+                        local.cell[0] += seconds
+                    except AttributeError:
+                        add_thread(seconds)
                     for sink in sinks:
                         sink(seconds)
                     append(seconds)

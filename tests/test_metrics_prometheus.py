@@ -387,3 +387,29 @@ def test_a_scrape_does_not_wait_for_a_configure_in_progress(registry: CollectorR
         t.join(60)
         assert not t.is_alive()
     assert got == [1]
+
+
+def test_the_histogram_sum_is_exact_across_threads_that_come_and_go() -> None:
+    from guardrails._stats import Histogram
+
+    hist = Histogram((0.1, 1.0))
+    start = threading.Barrier(8)
+
+    def observe() -> None:
+        start.wait()
+        for _ in range(5000):
+            hist.observe(0.5)  # exactly representable: the exact sum is known
+        hist.observe(2.0)
+
+    for _ in range(3):  # three generations of threads, each ending before the next
+        pool = [threading.Thread(target=observe) for _ in range(8)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(60)
+        assert not any(t.is_alive() for t in pool)
+    counts, total = hist.read()
+    assert counts == [0, 3 * 8 * 5000, 3 * 8 * 5001]
+    assert total == 3 * 8 * (5000 * 0.5 + 2.0)
+    assert hist._cells == []  # the ended threads' sums were folded, not kept one by one
+    assert hist.read() == (counts, total)  # and still counted
