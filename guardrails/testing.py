@@ -105,8 +105,10 @@ class PolicyOverrides:
                 f"{{'fetch': {{'retry': {{'max_attempts': 3}}}}}}; got {type(policies).__name__}"
             )
         with STATE.lock:
-            base = STATE.settings or _config.load_lazy_default()
-            settings = _overlaid(base, policies, strict, allow_chaos)
+            base = STATE.settings
+        # Validated outside the lock, as configure() does (it may import the user's modules).
+        settings = _overlaid(base or _config.load_lazy_default(), policies, strict, allow_chaos)
+        with STATE.lock:
             names = set(map(str, policies))
             fresh = names - self._named
             dropped = {key: found for key, found in STATE.shared.items() if key[0] in fresh}
@@ -226,15 +228,20 @@ def _overlaid(
             # resolved already: a later change of that base does not reach this policy).
             policy = policy.model_copy(update={"base": inherited[name]})
         merged[name] = policy
+    source, _, earlier = base.source.partition(_SET_BY_TEST)
+    named_here = sorted(named | set(earlier.rstrip(")").split(", ")) - {""})
     return dataclasses.replace(
         base,
         strict=strict,
         allow_chaos=allow_chaos,
         policies=types.MappingProxyType(merged),
-        source=f"{base.source}, with policies set by a test ({', '.join(sorted(named))})"
-        if named
-        else base.source,
+        source=f"{source}{_SET_BY_TEST}{', '.join(named_here)})" if named_here else source,
     )
+
+
+#: How the settings' ``source`` says which policies a test set: ``conf/config.yaml, with
+#: policies set by a test (fetch, predict)``.
+_SET_BY_TEST = ", with policies set by a test ("
 
 
 def _raw_policy(policy: BaseModel) -> dict[str, Any]:

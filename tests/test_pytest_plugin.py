@@ -381,6 +381,8 @@ def test_the_fixture_returns_the_settings_and_can_be_called_again(
     # A second call merges over the first and keeps what an unchanged cache holds, as a
     # configure() would: a policy starts fresh only the first time a test names it.
     second = guardrails_policies({"alpha": {"retry": {"max_attempts": 4}}, "gamma": {}})
+    assert first.source == "mapping, with policies set by a test (alpha)"
+    assert second.source == "mapping, with policies set by a test (alpha, gamma)"
     assert second.policies["alpha"].cache == first.policies["alpha"].cache
     assert second.policies["alpha"].retry is not None
     assert second.policies["alpha"].retry.max_attempts == 4
@@ -524,7 +526,7 @@ def test_an_empty_override_of_any_policy_changes_nothing() -> None:
         "policies": {
             "every": {
                 "log": {"expected": [Defined], "failure_level": "WARNING", "traceback": "none"},
-                "validate": {"output": "int", "args": {"x": {"min": 0, "max": 10}}},
+                "validate": {"output": "list[list[float]]", "args": {"x": {"min": 0}}},
                 "cache": {"ttl": "30s", "maxsize": 5, "key": ["x"]},
                 "memory": {"max_rss": "95%", "soft_rss": "50%"},
                 "retry": {
@@ -543,6 +545,7 @@ def test_an_empty_override_of_any_policy_changes_nothing() -> None:
                 "chaos": {"error_rate": "10%", "latency": "200ms", "latency_rate": 0.5, "seed": 7},
             },
             "counted": {"breaker": {"window": 20, "min_calls": 10}, "fallback": {"value": None}},
+            "typed": {"validate": {"input": "examples.schemas:PredictRequest", "output": "int"}},
             "derived": {"base": "counted", "cache": None, "retry": {"enabled": False}},
         },
     }
