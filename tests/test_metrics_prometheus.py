@@ -413,3 +413,66 @@ def test_the_histogram_sum_is_exact_across_threads_that_come_and_go() -> None:
     assert total == 3 * 8 * (5000 * 0.5 + 2.0)
     assert hist._cells == []  # the ended threads' sums were folded, not kept one by one
     assert hist.read() == (counts, total)  # and still counted
+
+
+def test_registering_and_unregistering_under_load_keeps_every_count() -> None:
+    configure({"policies": {"l": {"log": {}}}})
+
+    @guarded("l")
+    def work(n: int) -> int:
+        if n % 5 == 0:
+            raise KeyError(n)
+        return n
+
+    stop = threading.Event()
+    made = [0] * 4
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                work(n)
+            except KeyError:
+                pass
+            except BaseException as exc:  # anything else is a bug
+                errors.append(exc)
+            made[i] += 1
+
+    pool = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in pool:
+        t.start()
+    fresh = CollectorRegistry()
+    try:
+        for _ in range(20):  # each recompiles every chain while the calls go on
+            prometheus.register(fresh)
+            prometheus.unregister(fresh)
+    finally:
+        stop.set()
+        for t in pool:
+            t.join(60)
+    assert not any(t.is_alive() for t in pool) and errors == []
+    prometheus.register(fresh)
+    try:
+        calls = by(scrape(fresh)["guardrails_calls_total"], policy="l")
+    finally:
+        prometheus.unregister(fresh)
+    assert sum(calls.values()) == sum(made)
+    assert calls["ok"] + calls["failed"] == sum(made)
+
+
+def test_registering_does_not_fail_for_a_function_without_a_policy_under_strict() -> None:
+    configure({"strict": True, "policies": {"s": {}}})
+    good = guarded("s")(lambda: 1)
+    good()
+    orphan = guarded("nobody")(lambda: 1)  # decorated after configure(): fails on its call
+    fresh = CollectorRegistry()
+    prometheus.register(fresh)
+    try:
+        assert good() == 1
+        with pytest.raises(guardrails.PolicyConfigError, match="nobody"):
+            orphan()
+        assert by(scrape(fresh)["guardrails_call_duration_seconds_count"], policy="s") == {"": 1}
+    finally:
+        prometheus.unregister(fresh)

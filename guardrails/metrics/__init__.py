@@ -11,6 +11,7 @@ zeroed by ``reset_stats()`` or a new Hydra job, so exported counters never go do
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 
@@ -134,3 +135,16 @@ def config_reloads() -> tuple[int, int] | None:
         return None
     reloads, failures = counts()
     return int(reloads), int(failures)
+
+
+def recompile_chains() -> None:
+    """Rebuild every chain, so calls pick up an exporter's hooks (the histogram, the span
+    step). A guarded function whose policy is missing under ``strict`` cannot be compiled:
+    its chain stays unbuilt and its next call raises the ``PolicyConfigError`` naming it,
+    as it would have anyway; registering an exporter does not fail for it."""
+    from guardrails._core import recompile
+    from guardrails._errors import PolicyConfigError
+
+    # Every chain is then unbuilt: each is compiled (or raises) on its next call.
+    with contextlib.suppress(PolicyConfigError):
+        recompile()

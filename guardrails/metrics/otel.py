@@ -47,6 +47,7 @@ from guardrails.metrics import (
     config_reloads,
     process_rss_bytes,
     read,
+    recompile_chains,
 )
 
 __all__ = ["register", "unregister"]
@@ -207,7 +208,7 @@ def register(
             _stats.EXPORT.sinks.pop(registration.key, None)
         _TRACER[0] = tracers.get_tracer("guardrails", _VERSION)
         STATE.spans = (_build, _build_async)
-        _recompile()
+        recompile_chains()
 
 
 def unregister(meter_provider: MeterProvider | None = None) -> None:
@@ -222,13 +223,7 @@ def unregister(meter_provider: MeterProvider | None = None) -> None:
             _stats.EXPORT.sinks.pop(found[1].key, None)
         _TRACER[0] = None
         STATE.spans = None
-        _recompile()
-
-
-def _recompile() -> None:
-    from guardrails._core import recompile
-
-    recompile()
+        recompile_chains()
 
 
 # --- the span step ----------------------------------------------------------------------

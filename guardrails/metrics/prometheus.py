@@ -38,7 +38,13 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from guardrails import _stats
-from guardrails.metrics import BREAKER_STATES, config_reloads, process_rss_bytes, read
+from guardrails.metrics import (
+    BREAKER_STATES,
+    config_reloads,
+    process_rss_bytes,
+    read,
+    recompile_chains,
+)
 
 #: How prometheus_client writes a bucket bound in ``le`` (the function is untyped there).
 _le: Callable[[float], str] = floatToGoString
@@ -193,6 +199,4 @@ def _histogram(bounds: tuple[float, ...] | None) -> None:
     if _stats.EXPORT.buckets == bounds:
         return
     _stats.export_histogram(bounds)
-    from guardrails._core import recompile
-
-    recompile()
+    recompile_chains()
