@@ -256,10 +256,15 @@ def burst_requests(seed: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def send_all(
-    running: Running, requests: list[tuple[str, dict[str, Any]]]
+    running: Running,
+    requests: list[tuple[str, dict[str, Any]]],
+    midway: Callable[[], object] = lambda: None,
 ) -> list[tuple[str, httpx.Response]]:
+    """Send every request, ``CONCURRENCY`` at a time; ``midway()`` runs once a quarter of
+    them are answered, while the others are in flight."""
     gate = asyncio.Semaphore(CONCURRENCY)
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    answered = itertools.count(1)
 
     async with running.async_client(limits=limits) as http:
 
@@ -267,7 +272,10 @@ async def send_all(
             async with gate:
                 # json.dumps writes NaN as JSON's common extension does (as `json=` would).
                 content = json.dumps(body)
-                return kind, await http.post("/predict", content=content, headers=JSON)
+                response = await http.post("/predict", content=content, headers=JSON)
+            if next(answered) == len(requests) // 4:
+                midway()
+            return kind, response
 
         return await asyncio.gather(*(one(kind, body) for kind, body in requests))
 
@@ -278,7 +286,14 @@ def test_a_burst_gets_only_documented_answers_and_the_metrics_add_up(
     running = serve()
     with running.client() as http:
         before = metrics(http)
-    answered = asyncio.run(send_all(running, burst_requests(seed=8)))
+    # Midway, an operator turns the feature cache off: the reload happens under load.
+    policy_file = running.conf / "guardrails" / "default.yaml"
+    cached = "cache: {ttl: 5m, maxsize: 10000, key: [entity_id]}"
+    edited = policy_file.read_text().replace(cached, "cache: {enabled: false}")
+    assert cached not in edited
+    answered = asyncio.run(
+        send_all(running, burst_requests(seed=8), midway=lambda: policy_file.write_text(edited))
+    )
     assert len(answered) == BURST
 
     reached_predict: Counter[str] = Counter()  # the predict policy's calls, by how they ended
@@ -348,8 +363,19 @@ def test_a_burst_gets_only_documented_answers_and_the_metrics_add_up(
         == (reached_predict["rejected"])
     )
     assert delta("guardrails_calls_total", policy="fetch_features") == fetches
-    # Entities repeat: the store lookups hit the cache.
+    # Entities repeat: the store lookups hit the cache (until it was turned off).
     assert delta("guardrails_cache_requests_total", policy="fetch_features", result="hit") > 0
+    with running.client() as http:
+        config = poll(
+            lambda: (c := http.get("/healthz").json()["config"])["reloads"] and c,
+            "the reload",
+        )
+        assert config["failed_reloads"] == 0
+        hits = total(metrics(http), "guardrails_cache_requests_total", result="hit")
+        for _ in range(3):  # the same entity: with the cache on, these would be hits
+            lookup = http.post("/predict", json={"request_id": "req-1", "entity_id": 5})
+            assert lookup.status_code in (200, 503), lookup.text
+        assert total(metrics(http), "guardrails_cache_requests_total", result="hit") == hits
     running.stop()
 
 
