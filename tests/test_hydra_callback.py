@@ -471,3 +471,29 @@ def test_the_example_needs_no_configure_call_and_writes_the_table_as_json(tmp_pa
     assert found["fetch_features"]["retries"] == 0
     assert found["fetch_features"]["failures"] == int(match["unavailable"]) > 0
     assert found["predict"]["rejected"] == int(match["rejected"]) > 0
+
+
+def test_a_config_without_a_guardrails_node_stops_the_job_and_changes_nothing(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    from omegaconf import OmegaConf
+
+    import guardrails
+    from guardrails import PolicyConfigError
+
+    guardrails.configure({"policies": {"p": {"retry": {"max_attempts": 4}}}})
+    callback = GuardrailsCallback()
+    with pytest.raises(JobConfigurationError, match="has no 'guardrails' node") as caught:
+        callback.on_job_start(OmegaConf.create({"job": {"seed": 1}}), task_function=print)
+    assert isinstance(caught.value.__cause__, PolicyConfigError)
+    assert "the job did not run" in str(caught.value.code)
+    assert [r.levelname for r in logs.records if "stops before" in r.getMessage()] == ["ERROR"]
+    retry = guardrails.policy("p").retry
+    assert retry is not None and retry.max_attempts == 4  # the good config stays in force
+
+
+def test_statistics_go_where_the_directory_went_missing(tmp_path: Path) -> None:
+    fields: dict[str, Any] = {**dict.fromkeys(FIELDS, 1), "breaker_state": "open"}
+    target = tmp_path / "gone" / "deeper" / "guardrails_stats.json"
+    write_stats(target, {"p": PolicyStats(**fields)})
+    assert json.loads(target.read_text()) == {"p": fields}
