@@ -12,8 +12,9 @@ from the traceback of its record, so both read: the caller's frame, then the fun
 - A frame is ours when its code lives in the guardrails package or in tenacity; a frame of
   asyncio, ``concurrent.futures``, ``threading`` or ``contextlib`` is dropped when ours
   called it (a layer's plumbing), kept when the function did (the function's own work).
-- An exception that is not a :class:`GuardrailsError` but was raised by our code (a wrong
-  argument list, a bug) keeps the frame that raised it, one line saying where.
+- An exception raised by guardrails itself (``CircuitOpenError``, ``CallTimeout``, a
+  refusal, a cache waiter's copy of the leader's error) shows the caller's line alone: its
+  message says what happened.
 - ``GUARDRAILS_FULL_TRACEBACKS=1`` in the environment turns all of it off (read at each
   failure, so a debugging session can set it at any time): every frame, raised and logged.
 """
@@ -24,8 +25,6 @@ import contextlib
 import os
 import sys
 from types import FrameType, TracebackType
-
-from guardrails._errors import GuardrailsError
 
 ENV_VAR = "GUARDRAILS_FULL_TRACEBACKS"
 
@@ -76,9 +75,9 @@ def _kind(frame: FrameType) -> int:
     return found
 
 
-def trimmed(tb: TracebackType | None, *, keep_raise_site: bool = True) -> TracebackType | None:
+def trimmed(tb: TracebackType | None) -> TracebackType | None:
     """``tb`` without our frames (and the plumbing ours called); ``tb`` itself when nothing
-    is dropped. ``keep_raise_site``: if the innermost frame would be dropped, keep it."""
+    is dropped."""
     nodes: list[TracebackType] = []
     while tb is not None:
         nodes.append(tb)
@@ -95,8 +94,6 @@ def trimmed(tb: TracebackType | None, *, keep_raise_site: bool = True) -> Traceb
         else:
             called_by_ours = False
             keep.append(True)
-    if nodes and keep_raise_site and not keep[-1]:
-        keep[-1] = True
     if all(keep):
         return nodes[0] if nodes else None
     last_dropped = max(i for i, kept in enumerate(keep) if not kept)
@@ -112,8 +109,13 @@ def trimmed(tb: TracebackType | None, *, keep_raise_site: bool = True) -> Traceb
 def _trim_one(exc: BaseException) -> None:
     tb = exc.__traceback__
     if tb is not None:
-        new = trimmed(tb, keep_raise_site=not isinstance(exc, GuardrailsError))
-        if new is not tb:
+        new = trimmed(tb)
+        # Only over the traceback it was made from. A chained exception may be propagating
+        # in another thread at the same time (a cache waiter's cause is the leader's own
+        # failure), gaining that thread's frames: a trim of an older traceback would drop
+        # them. No thread switch can fall between this test and the store (no eval-breaker
+        # check there), and the exception's own thread trims it again on its way out.
+        if new is not tb and exc.__traceback__ is tb:
             exc.__traceback__ = new
 
 
@@ -166,7 +168,7 @@ def for_record(exc: BaseException, here: FrameType | None, mode: str) -> Traceba
     tb = exc.__traceback__
     if not full:
         trim_chain(exc, itself=False)
-        tb = trimmed(tb, keep_raise_site=not isinstance(exc, GuardrailsError))
+        tb = trimmed(tb)
     caller = caller_of(here)
     if caller is not None and caller.f_lineno is not None:
         tb = TracebackType(tb, caller, caller.f_lasti, caller.f_lineno)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -483,3 +485,218 @@ def test_without_a_handler_of_the_application_nothing_is_printed(tmp_path: Any) 
     )
     assert out.stdout == "done\n"
     assert out.stderr == ""  # not logging's last-resort handler: a library never prints
+
+
+# --- How failures are logged: failure_level, traceback, expected --------------------------
+
+
+def _frames_of(record: logging.LogRecord) -> list[tuple[str, str]]:
+    assert record.exc_info is not None
+    return [(f.filename, f.name) for f in traceback.extract_tb(record.exc_info[2])]
+
+
+def _guardrails_files(frames: list[tuple[str, str]]) -> list[str]:
+    package = str(Path(guardrails.__file__).resolve().parent)
+    return [f for f, _ in frames if str(Path(f).resolve()).startswith(package)]
+
+
+@pytest.mark.parametrize("failure_level", ["DEBUG", "INFO", "WARNING", "CRITICAL"])
+def test_failure_level_is_the_level_of_failed_records(
+    kind: str, failure_level: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind, level="INFO", failure_level=failure_level)
+    f = guard(kind, fails_if)
+    with pytest.raises(KeyError):
+        f(True)
+    (record,) = ours(logs)
+    assert (record.levelname, record.outcome) == (failure_level, "failed")  # type: ignore[attr-defined]
+    assert record.exc_info is not None and record.expected is False  # type: ignore[attr-defined]
+
+
+def test_failure_level_leaves_refusals_and_successes_alone(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    policy: dict[str, Any] = {
+        "log": {"level": "DEBUG", "failure_level": "CRITICAL"},
+        "validate": {"args": {"n": {"min": 0}}},
+    }
+    if kind == "sync-chained":
+        policy["retry"] = NOOP_RETRY
+    # Its own policy name: a function of an earlier test guarded by "l" may still be alive
+    # (held by a traceback), and validate checks its parameters against every function.
+    configure({"policies": {"v": policy}})
+    f = guard(kind, lambda n: n, "v")
+    f(1)
+    with pytest.raises(guardrails.InputValidationError):
+        f(-1)
+    assert [(r.levelname, r.outcome) for r in ours(logs)] == [  # type: ignore[attr-defined]
+        ("DEBUG", "ok"),
+        ("WARNING", "rejected"),
+    ]
+
+
+def test_a_failure_below_the_loggers_level_is_not_logged(
+    kind: str, logs: pytest.LogCaptureFixture, logger_level: Callable[[int], None]
+) -> None:
+    log_policy(kind, level="INFO", failure_level="INFO")
+    logger_level(logging.WARNING)
+    with pytest.raises(KeyError):
+        guard(kind, fails_if)(True)
+    assert ours(logs) == []
+    assert guardrails.stats()["l"].failures == 1
+
+
+def test_traceback_short_shows_the_caller_and_the_function(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    log_policy(kind)  # short is the default
+    f = guard(kind, fails_if)
+
+    def caller() -> int:
+        return int(f(True))
+
+    with pytest.raises(KeyError):
+        caller()
+    (record,) = ours(logs)
+    frames = _frames_of(record)
+    assert _guardrails_files(frames) == []
+    if kind == "async":  # the twin's runner (tests/twins.py) calls the function
+        assert [name for _, name in frames][-2:] == ["native", "fails_if"]
+    else:
+        assert [name for _, name in frames] == ["caller", "fails_if"]
+
+
+def test_traceback_full_shows_every_frame(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind, traceback="full")
+    f = guard(kind, fails_if)
+    with pytest.raises(KeyError) as caught:
+        f(True)
+    (record,) = ours(logs)
+    frames = _frames_of(record)
+    assert _guardrails_files(frames) != []  # the log layer's own frame at least
+    assert frames[-1][1] == "fails_if"
+    # The exception the caller got is trimmed all the same.
+    shown = traceback.extract_tb(caught.value.__traceback__)
+    assert _guardrails_files([(s.filename, s.name) for s in shown]) == []
+
+
+def test_traceback_none_logs_the_message_alone(kind: str, logs: pytest.LogCaptureFixture) -> None:
+    log_policy(kind, traceback="none")
+    with pytest.raises(KeyError):
+        guard(kind, fails_if)(True)
+    (record,) = ours(logs)
+    assert (record.levelname, record.outcome, record.exc_info) == ("ERROR", "failed", None)  # type: ignore[attr-defined]
+    assert record.getMessage().endswith("KeyError: 'asked to'")
+    assert "Traceback" not in logs.text
+
+
+class _Gone(LookupError):
+    pass
+
+
+def test_expected_exceptions_log_at_the_success_level_without_traceback(
+    kind: str, logs: pytest.LogCaptureFixture
+) -> None:
+    # LookupError names a base class: its subclasses (KeyError, _Gone) match.
+    log_policy(kind, level="INFO", expected=["LookupError"])
+    errors: list[Exception] = [KeyError("k"), _Gone("g"), ValueError("v")]
+
+    def f() -> None:
+        raise errors.pop(0)
+
+    g = guard(kind, f)
+    for _ in range(3):
+        with pytest.raises(Exception):  # noqa: B017 - three kinds, checked below
+            g()
+    key, gone, value = ours(logs)
+    for record in (key, gone):
+        assert (record.levelname, record.outcome, record.exc_info) == ("INFO", "failed", None)  # type: ignore[attr-defined]
+        assert record.expected is True  # type: ignore[attr-defined]
+    assert gone.getMessage().endswith("_Gone: g")
+    # Not expected: the failure level, with its traceback.
+    assert (value.levelname, value.expected) == ("ERROR", False)  # type: ignore[attr-defined]
+    assert value.exc_info is not None
+    # Still failures for the statistics.
+    s = guardrails.stats()["l"]
+    assert (s.calls, s.successes, s.failures) == (3, 0, 3)
+
+
+def test_expected_refusals_and_fallbacks_are_quiet_too(logs: pytest.LogCaptureFixture) -> None:
+    configure(
+        {
+            "policies": {
+                "l": {
+                    "log": {
+                        "level": "DEBUG",
+                        "expected": ["guardrails.InputValidationError", "ConnectionError"],
+                    },
+                    "validate": {"args": {"x": {"min": 0}}},
+                    "fallback": {"value": -1, "catch": ["ConnectionError", "TimeoutError"]},
+                }
+            }
+        }
+    )
+
+    @guarded("l")
+    def f(x: int) -> int:
+        raise ConnectionError("down") if x == 1 else TimeoutError("slow")
+
+    with pytest.raises(guardrails.InputValidationError):
+        f(-1)
+    assert f(1) == -1 and f(2) == -1
+    rejected, expected_fallback, fallback = ours(logs)
+    assert (rejected.levelname, rejected.outcome) == ("DEBUG", "rejected")  # type: ignore[attr-defined]
+    assert (expected_fallback.levelname, expected_fallback.outcome) == ("DEBUG", "fallback")  # type: ignore[attr-defined]
+    assert expected_fallback.expected is True  # type: ignore[attr-defined]
+    assert (fallback.levelname, fallback.expected) == ("WARNING", False)  # type: ignore[attr-defined]
+
+
+def test_expected_does_not_hide_a_cancellation(logs: pytest.LogCaptureFixture) -> None:
+    # A cancellation is logged as it always is (the policy level, outcome cancelled).
+    configure({"policies": {"l": {"log": {"level": "INFO", "expected": ["KeyError"]}}}})
+    started = asyncio.Event()
+
+    @guarded("l")
+    async def waits() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        task = asyncio.create_task(waits())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    (record,) = ours(logs)
+    assert (record.levelname, record.outcome, record.expected) == ("INFO", "cancelled", False)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("log", "key", "says"),
+    [
+        ({"traceback": "long"}, "log.traceback", "'full', 'short' or 'none'"),
+        ({"traceback": None}, "log.traceback", "'full', 'short' or 'none'"),
+        ({"failure_level": "LOUD"}, "log.failure_level", "expected a log level name"),
+        ({"expected": ["NoSuchError"]}, "log.expected", "not a builtin name"),
+        ({"expected": ["builtins:len"]}, "log.expected", ""),
+    ],
+)
+def test_failure_settings_are_checked(log: dict[str, Any], key: str, says: str) -> None:
+    with pytest.raises(guardrails.PolicyConfigError) as refused:
+        configure({"policies": {"l": {"log": log}}})
+    (problem,) = refused.value.problems
+    assert problem[0] == f"guardrails.policies.l.{key}" and says in problem[1]
+
+
+def test_failure_settings_from_yaml(tmp_path: Path, logs: pytest.LogCaptureFixture) -> None:
+    # `none` is a string in YAML (null is `null` or `~`), and levels may be lower case.
+    path = tmp_path / "guardrails.yaml"
+    path.write_text(
+        "policies:\n  l:\n    log: {failure_level: warning, traceback: none, expected: [OSError]}\n"
+    )
+    configure(str(path))
+    block = guardrails.policy("l").log
+    assert block is not None
+    assert (block.failure_level, block.traceback, block.expected) == ("WARNING", "none", (OSError,))
