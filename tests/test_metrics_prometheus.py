@@ -476,3 +476,20 @@ def test_registering_does_not_fail_for_a_function_without_a_policy_under_strict(
         assert by(scrape(fresh)["guardrails_call_duration_seconds_count"], policy="s") == {"": 1}
     finally:
         prometheus.unregister(fresh)
+
+
+def test_ok_never_goes_down_when_read_between_a_slow_calls_two_increments() -> None:
+    from guardrails._stats import PolicyCounters
+
+    c = PolicyCounters("x")
+    c.success()  # the log layer counts a slow success with success() then slow_call()
+    assert (c.totals()["ok"], c.totals()["slow_total"]) == (1, 0)  # read in between
+    c.slow_call()
+    assert (c.totals()["ok"], c.totals()["slow_total"]) == (1, 1)  # held, not 0
+    c.success()  # the next fast call: ok is exact again
+    assert (c.totals()["ok"], c.totals()["slow_total"]) == (1, 1)
+    c.success()
+    assert c.totals()["ok"] == 2
+    c.slow_success()  # one increment for a slow success: no window at all
+    assert (c.totals()["ok"], c.totals()["slow_total"]) == (2, 2)
+    assert c.snapshot().successes == 4 and c.snapshot().slow == 2
