@@ -117,7 +117,12 @@ def parser() -> argparse.ArgumentParser:
         default=float(env.get("SERVICE_WATCH_INTERVAL", "1.0")),
         help="seconds between checks of the config files for changes",
     )
-    p.add_argument("--dataset", default=env.get("SERVICE_DATASET", "wine"))
+    p.add_argument(
+        "--dataset",
+        choices=["wine", "breast_cancer"],
+        default=env.get("SERVICE_DATASET", "wine"),
+        help="breast_cancer has 30 features: override predict's validate.args.features.shape",
+    )
     p.add_argument("--seed", type=int, default=int(env.get("SERVICE_SEED", "7")))
     p.add_argument(
         "--store-failure-rate",
