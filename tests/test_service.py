@@ -391,7 +391,7 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
     policy_file = running.conf / "guardrails" / "default.yaml"
     original = policy_file.read_text()
     bound = "finite: true}"
-    assert original.count(bound) == 1
+    assert original.count(bound) == 1 and original.count("max_attempts: 5") == 1
 
     def config(http: httpx.Client) -> dict[str, Any]:
         body: dict[str, Any] = http.get("/healthz").json()["config"]
