@@ -80,6 +80,8 @@ class Watcher:
         self.settings: Settings | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Set by the thread as it ends (on a stop, or on an error that is not an Exception).
+        self._ended = False
         self._pid = os.getpid()
         #: path -> (status, digest) of the files as last looked at.
         self._seen: dict[str, tuple[tuple[Any, ...], Any]] = {}
@@ -102,8 +104,7 @@ class Watcher:
 
     def _active(self) -> bool:
         """Started or starting, and not stopped (a thread that ended on its own is not)."""
-        thread = self._thread
-        return not self._stopping.is_set() and (thread is None or thread.is_alive())
+        return not self._stopping.is_set() and not self._ended
 
     def stop(self) -> None:
         """Stop watching and join the thread; idempotent. From the watcher's own thread (an
@@ -152,18 +153,44 @@ class Watcher:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            try:
-                self._poll()
-            except Exception:  # a bug here must not end the watching silently
-                LOGGER.exception("guardrails: watching %s failed; still watching", self.source)
-            self._looks += 1
+        try:
+            while not self._stopping.wait(self.interval):
+                try:
+                    self._poll()
+                except Exception:  # a bug here must not end the watching silently
+                    LOGGER.exception("guardrails: watching %s failed; still watching", self.source)
+                self._looks += 1
+        finally:
+            self._ended = True
 
     def _poll(self) -> None:
         content = self._look()
         if content == self._content or self._stopping.is_set():
             return
+        before = dict(self._content)
         self._content = content
+        # Hydra composes an empty file as an empty config: a group file caught empty while an
+        # editor saves it would remove its policies. A file that held something and is now
+        # empty is refused (one empty from the start is composed as it is).
+        emptied = [
+            path
+            for path, digest in content
+            if _blank(digest) and path in before and not _blank(before[path])
+        ]
+        if emptied and self.source.is_dir():
+            self._failed(
+                PolicyConfigError(
+                    [
+                        (
+                            path,
+                            "the file became empty (an editor saving it?); write `{}` in it "
+                            "to mean an empty config",
+                        )
+                        for path in emptied
+                    ]
+                )
+            )
+            return
         try:
             settings = configure(
                 self.source, overrides=self.overrides, config_name=self.config_name
@@ -228,11 +255,18 @@ class Watcher:
 
 
 def _digest(path: Path, state: tuple[Any, ...]) -> Any:
+    """``(hash of the bytes, whether they hold no YAML)``, or a status when unreadable."""
     try:
         with open(path, "rb") as f:
-            return hashlib.blake2b(f.read(_MAX_HASHED + 1), digest_size=16).digest()
+            data = f.read(_MAX_HASHED + 1)
     except OSError as exc:
         return ("unreadable", exc.errno, state)
+    blank = all(not line.strip() or line.lstrip().startswith(b"#") for line in data.splitlines())
+    return (hashlib.blake2b(data, digest_size=16).digest(), blank)
+
+
+def _blank(digest: Any) -> bool:
+    return isinstance(digest, tuple) and len(digest) == 2 and digest[1] is True
 
 
 def watch(

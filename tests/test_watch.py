@@ -90,7 +90,7 @@ def test_an_edit_is_in_force_within_seconds_with_the_default_interval(
     w = start(running, conf_file)
     assert attempts() == 2  # configured at start
     assert w.running and len(watch_threads()) == 1
-    conf_file.write_text(retry_yaml(3))
+    replace_atomically(conf_file, retry_yaml(3))  # (write_text may be seen half done: empty)
     wait_for(lambda: attempts() == 3, "the edit to be applied")
     assert (w.reloads, w.failures, w.last_error) == (1, 0, None)
     assert w.settings is not None and w.settings.policies["p"].retry.max_attempts == 3  # type: ignore[union-attr]
@@ -144,7 +144,7 @@ def test_a_bad_edit_is_logged_with_every_problem_and_the_last_good_config_stays(
     if edit is None:
         conf_file.unlink()
     else:
-        conf_file.write_text(edit)
+        replace_atomically(conf_file, edit)
     wait_for(lambda: w.failures == 1, f"the failed reload ({name})")
     assert attempts() == 2 and f() == "ran"
     assert isinstance(w.last_error, PolicyConfigError)
@@ -157,7 +157,7 @@ def test_a_bad_edit_is_logged_with_every_problem_and_the_last_good_config_stays(
     assert reload_counts()[1] == before_totals[1] + 1
     looks_after(w)
     assert w.failures == 1  # a bad file that stays bad is not tried again and again
-    conf_file.write_text(retry_yaml(5))
+    replace_atomically(conf_file, retry_yaml(5))
     wait_for(lambda: attempts() == 5, "the next good edit")
     assert (w.reloads, w.failures, w.last_error) == (1, 1, None)
     assert reload_counts() == (before_totals[0] + 1, before_totals[1] + 1)
@@ -175,7 +175,7 @@ def test_an_unchanged_file_is_never_reloaded(conf_file: Path, running: list[Watc
     looks_after(w)
     os.utime(conf_file)  # touched
     looks_after(w)
-    conf_file.write_text(text)  # saved with the same bytes
+    _in_place(conf_file, text)  # saved with the same bytes
     looks_after(w)
     replace_atomically(conf_file, text)  # a new inode, the same bytes
     looks_after(w)
@@ -190,7 +190,7 @@ def test_two_edits_of_the_same_size_in_quick_succession_are_both_seen(
     file's status: the watcher reads files that changed recently."""
     w = start(running, conf_file, interval=FAST)
     for n in (3, 4, 5, 6, 7, 8, 9):
-        conf_file.write_text(retry_yaml(n))
+        _in_place(conf_file, retry_yaml(n))  # never empty, never missing
         wait_for(lambda n=n: attempts() == n, f"max_attempts {n}")  # type: ignore[misc]
     assert w.failures == 0
 
@@ -290,7 +290,7 @@ def test_a_config_directory_is_recomposed_with_its_overrides(
     (conf / "guardrails" / "notes.txt").write_text("not config")
     looks_after(w)
     assert w.reloads == 1
-    (conf / "guardrails" / "other.yaml").write_text("policies: {}\n")
+    replace_atomically(conf / "guardrails" / "other.yaml", "policies: {}\n")
     wait_for(lambda: w.reloads == 2, "the new file")
     # Emacs' lock files and hidden directories are not config.
     (conf / ".#config.yaml").symlink_to("nobody@host.1234")
@@ -300,6 +300,52 @@ def test_a_config_directory_is_recomposed_with_its_overrides(
     assert (w.reloads, w.failures) == (2, 0)
 
 
+def test_a_group_file_caught_empty_while_saved_does_not_remove_its_policies(
+    tmp_path: Path, running: list[Watcher], logs: pytest.LogCaptureFixture
+) -> None:
+    """Hydra composes an empty file as an empty config: without the check, a look during a
+    truncate-then-write save would install a configuration with no policies."""
+    conf = _conf_dir(tmp_path, ttl=10)
+    (conf / "guardrails" / "spare.yaml").write_text("")  # empty from the start: fine
+    w = start(running, conf, interval=FAST)
+    group = conf / "guardrails" / "default.yaml"
+    replace_atomically(group, "# being saved\n\n")
+    wait_for(lambda: w.failures == 1, "the refused empty file")
+    assert policy("p").cache.ttl == 10  # type: ignore[union-attr]
+    assert "became empty" in str(w.last_error) and str(group) in str(w.last_error)
+    assert any("became empty" in r.message for r in logs.records if r.levelno == logging.ERROR)
+    replace_atomically(group, "policies:\n  p:\n    cache: {ttl: 11}\n")
+    wait_for(lambda: w.reloads == 1, "the saved file")
+    assert policy("p").cache.ttl == 11  # type: ignore[union-attr]
+    replace_atomically(group, "{}\n")  # an empty config, said so: applied
+    wait_for(lambda: w.reloads == 2, "the explicit empty config")
+    assert "p" not in w.settings.policies  # type: ignore[union-attr]
+
+
+def test_two_threads_starting_watchers_at_once_get_one(
+    conf_file: Path, running: list[Watcher]
+) -> None:
+    barrier = threading.Barrier(4)
+    outcomes: list[object] = []
+
+    def starter() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(watch(conf_file, interval=FAST))
+        except RuntimeError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=starter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [o for o in outcomes if isinstance(o, Watcher)]
+    running.extend(started)
+    assert len(started) == 1 and len(outcomes) == 4
+    assert len(watch_threads()) == 1
+
+
 def test_a_fifo_named_like_yaml_in_the_directory_never_hangs_the_watcher(
     tmp_path: Path, running: list[Watcher]
 ) -> None:
@@ -307,7 +353,9 @@ def test_a_fifo_named_like_yaml_in_the_directory_never_hangs_the_watcher(
     os.mkfifo(conf / "guardrails" / "trap.yaml")
     w = start(running, conf, interval=FAST)
     looks_after(w)
-    (conf / "guardrails" / "default.yaml").write_text("policies:\n  p:\n    cache: {ttl: 30}\n")
+    replace_atomically(
+        conf / "guardrails" / "default.yaml", "policies:\n  p:\n    cache: {ttl: 30}\n"
+    )
     wait_for(lambda: policy("p").cache.ttl == 30, "the edit")  # type: ignore[union-attr]
 
 
@@ -350,7 +398,7 @@ def test_stop_from_the_reload_callback_ends_the_thread(conf_file: Path) -> None:
         holder[0].stop()  # on the watcher's own thread: must not join itself
 
     holder.append(watch(conf_file, interval=FAST, on_reload=on_reload))
-    conf_file.write_text(retry_yaml(3))
+    replace_atomically(conf_file, retry_yaml(3))
     wait_for(lambda: watch_threads() == [], "the watching thread to end")
     assert seen == [3] and not holder[0].running
     holder[0].stop()
@@ -363,12 +411,12 @@ def test_a_callback_that_raises_is_logged_and_watching_goes_on(
         raise RuntimeError("callback bug")
 
     w = start(running, conf_file, interval=FAST, on_reload=on_reload)
-    conf_file.write_text(retry_yaml(3))
+    replace_atomically(conf_file, retry_yaml(3))
     wait_for(lambda: w.reloads == 1, "the reload")
     wait_for(lambda: any(r.exc_info for r in logs.records), "the logged error")
     (record,) = [r for r in logs.records if r.exc_info]
     assert "on_reload" in record.message and "callback bug" in str(record.exc_info[1])  # type: ignore[index]
-    conf_file.write_text(retry_yaml(4))
+    replace_atomically(conf_file, retry_yaml(4))
     wait_for(lambda: attempts() == 4, "the next reload")
 
 
