@@ -34,37 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hydra
 import numpy as np
 from omegaconf import DictConfig
-from sklearn import datasets
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 import guardrails
-from examples.fallbacks import remember_population
+from examples.model import FeatureStore, train
 from guardrails import InputValidationError, MemoryBudgetExceeded, guarded
 
 log = logging.getLogger("pipeline")
-
-
-class FeatureStore:
-    """A remote feature store stand-in: real feature rows, seeded transient failures, and
-    an outage while ``down`` is set."""
-
-    def __init__(self, rows: np.ndarray, failure_rate: float, seed: int) -> None:
-        self.rows = rows
-        self.failure_rate = failure_rate
-        self.rng = np.random.default_rng(seed)
-        self.reads = 0
-        self.down = False
-
-    def read(self, entity_id: int) -> np.ndarray:
-        self.reads += 1
-        if self.down:
-            raise ConnectionError("feature store: connection refused (outage)")
-        if self.rng.random() < self.failure_rate:
-            raise ConnectionError(f"feature store: connection reset reading entity {entity_id}")
-        return self.rows[entity_id].copy()
 
 
 @dataclass
@@ -108,19 +83,13 @@ def malformed(row: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def score(cfg: DictConfig) -> Outcome:
-    loader = {"wine": datasets.load_wine, "breast_cancer": datasets.load_breast_cancer}
-    x, y = loader[cfg.job.dataset](return_X_y=True)
-    x_train, x_live, y_train, y_live = train_test_split(
-        x, y, test_size=0.4, random_state=cfg.job.seed, stratify=y
-    )
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    model.fit(x_train, y_train)
-    remember_population(x_train)
-    SERVICES.model = model
+    trained = train(cfg.job.dataset, cfg.job.seed)
+    x_live, y_live = trained.x_live, trained.y_live
+    SERVICES.model = trained.model
     SERVICES.store = FeatureStore(x_live, cfg.job.store_failure_rate, cfg.job.seed)
     log.info(
         "trained on %d rows of %s; scoring %d requests",
-        len(x_train),
+        len(trained.x_train),
         cfg.job.dataset,
         cfg.job.requests,
     )
