@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import pytest
 import tenacity
 
 import guardrails
-from guardrails import configure, guarded
+from guardrails import _config, configure, guarded
 from guardrails._frames import ENV_VAR
 from guardrails.layers import cache as cache_layer
 
@@ -515,3 +516,50 @@ def test_an_uncaught_failure_prints_the_short_traceback(tmp_path: Path) -> None:
     assert out.stderr.rstrip().endswith(
         "KeyError: 'k'\nguardrails: policy 'p' gave up after 2 attempts (retry.max_attempts=2)"
     )
+
+
+# --- The example: handled failures are quiet ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_policy_sets_expect_what_the_example_handles() -> None:
+    for policy_set in ("default", "production"):
+        # Loaded, not installed: strict production would check every guarded function.
+        settings = _config.load(ROOT / "conf", overrides=[f"guardrails={policy_set}"])
+        block = settings.policies["fetch_features"].log
+        assert block is not None
+        assert {ConnectionError, TimeoutError} <= set(block.expected)
+
+
+def test_the_examples_handled_failures_log_no_traceback(tmp_path: Path) -> None:
+    # The app counts a feature store still down after the retries as "unavailable": the
+    # policy sets list ConnectionError and TimeoutError under log.expected, so each such
+    # failure is one line at the policy's level, not an ERROR with a traceback. (The
+    # production set does the same, with 6 patient attempts a failure: not run here.)
+    policy_set = "default"
+    env = {k: v for k, v in os.environ.items() if k != "GUARDRAILS_CONFIG"}
+    env["COLUMNS"] = "500"  # rich wraps lines at the terminal's width
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "pipeline.py"),
+            f"guardrails={policy_set}",
+            "++hydra.job_logging.loggers.guardrails.level=DEBUG",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+    output = out.stdout + out.stderr
+    assert out.returncode == 0, output
+    unavailable = int(re.search(r"(\d+) unavailable after retries", output)[1])  # type: ignore[index]
+    assert unavailable > 0  # the outage's first calls fail after their retries
+    failed = [line for line in output.splitlines() if " failed in " in line]
+    assert len(failed) == unavailable, output
+    assert all(" DEBUG " in line and "fetch_features" in line for line in failed), failed
+    assert "Traceback" not in output and " ERROR " not in output
