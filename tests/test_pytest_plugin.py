@@ -11,6 +11,7 @@ import asyncio
 import os
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -338,23 +339,26 @@ def test_the_fixtures_are_listed_with_their_help(pytester: pytest.Pytester) -> N
 # --- In this process: the fixtures as this suite gets them, and override_policies itself ---
 
 
-@guarded("alpha")
-def alpha(x: int) -> int:
-    ALPHA_CALLS.append(x)
-    if ALPHA_FAILS:
-        ALPHA_FAILS.pop()
-        raise ConnectionError("alpha down")
-    return x * 2
-
-
 ALPHA_CALLS: list[int] = []
 ALPHA_FAILS: list[int] = []
 
 
-@pytest.fixture(autouse=True)
-def _fresh_alpha() -> None:
+@pytest.fixture
+def alpha() -> Callable[[int], int]:
+    """A guarded function for one test (one guarded at module level would stay registered
+    for the whole session, and a strict configuration in another test would refuse it)."""
     ALPHA_CALLS.clear()
     ALPHA_FAILS.clear()
+
+    @guarded("alpha")
+    def alpha(x: int) -> int:
+        ALPHA_CALLS.append(x)
+        if ALPHA_FAILS:
+            ALPHA_FAILS.pop()
+            raise ConnectionError("alpha down")
+        return x * 2
+
+    return alpha
 
 
 BASE = {
@@ -367,7 +371,7 @@ BASE = {
 
 
 def test_the_fixture_returns_the_settings_and_can_be_called_again(
-    guardrails_policies: PolicyOverrides, guardrails_clock: FakeClock
+    guardrails_policies: PolicyOverrides, guardrails_clock: FakeClock, alpha: Callable[[int], int]
 ) -> None:
     before = guardrails.configure(BASE)
     first = guardrails_policies({"alpha": {"cache": {"ttl": "5m"}}})
@@ -392,7 +396,7 @@ def test_the_fixture_returns_the_settings_and_can_be_called_again(
     assert guardrails.stats()["alpha"].calls == 3
 
 
-def test_restore_brings_back_the_same_settings_object() -> None:
+def test_restore_brings_back_the_same_settings_object(alpha: Callable[[int], int]) -> None:
     before = guardrails.configure(BASE)
     assert alpha(2) == 4
     with override_policies() as use:
@@ -407,7 +411,7 @@ def test_restore_brings_back_the_same_settings_object() -> None:
     assert ALPHA_CALLS == [2, 2, 2]
 
 
-def test_a_bad_override_changes_nothing_and_names_each_key() -> None:
+def test_a_bad_override_changes_nothing_and_names_each_key(alpha: Callable[[int], int]) -> None:
     before = guardrails.configure(BASE)
     assert alpha(1) == 2
     with override_policies() as use:
@@ -442,7 +446,7 @@ def test_what_is_not_a_mapping_of_policies_is_refused_by_type() -> None:
             use({"alpha": 3})
 
 
-def test_strict_names_the_function_without_a_policy() -> None:
+def test_strict_names_the_function_without_a_policy(alpha: Callable[[int], int]) -> None:
     guardrails.configure(BASE)
     assert alpha(1) == 2
 
@@ -458,7 +462,9 @@ def test_strict_names_the_function_without_a_policy() -> None:
         assert orphan() == 1
 
 
-def test_restore_to_a_strict_configuration_after_a_test_guarded_a_new_function() -> None:
+def test_restore_to_a_strict_configuration_after_a_test_guarded_a_new_function(
+    alpha: Callable[[int], int],
+) -> None:
     before = guardrails.configure({**BASE, "strict": True})
     with override_policies() as use:
         use({"late": {"cache": {"ttl": "1s"}}})
@@ -476,7 +482,9 @@ def test_restore_to_a_strict_configuration_after_a_test_guarded_a_new_function()
     assert alpha(4) == 8
 
 
-def test_chaos_needs_allow_chaos_and_turning_it_off_refuses_a_drill_in_force() -> None:
+def test_chaos_needs_allow_chaos_and_turning_it_off_refuses_a_drill_in_force(
+    alpha: Callable[[int], int],
+) -> None:
     drill = {"error_rate": 1.0, "error": "ConnectionError", "seed": 1}
     with override_policies() as use:
         with pytest.raises(PolicyConfigError, match=r"policies\.alpha\.chaos: chaos injects"):
@@ -571,7 +579,7 @@ def test_nested_overrides_restore_in_turn() -> None:
 
 
 def test_unconfigured_before_stays_unconfigured_and_the_lazy_source_is_used(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alpha: Callable[[int], int]
 ) -> None:
     path = tmp_path / "policies.yaml"
     path.write_text("policies:\n  alpha:\n    cache: {ttl: 7s}\n")
@@ -588,7 +596,7 @@ def test_unconfigured_before_stays_unconfigured_and_the_lazy_source_is_used(
     assert guardrails.policy("alpha").retry is None
 
 
-def test_restore_without_a_call_touches_nothing() -> None:
+def test_restore_without_a_call_touches_nothing(alpha: Callable[[int], int]) -> None:
     before = guardrails.configure(BASE)
     assert alpha(1) == 2
     with override_policies():
@@ -597,7 +605,9 @@ def test_restore_without_a_call_touches_nothing() -> None:
     assert guardrails.stats()["alpha"].calls == 1
 
 
-def test_calls_from_threads_during_overrides_and_restores_all_succeed() -> None:
+def test_calls_from_threads_during_overrides_and_restores_all_succeed(
+    alpha: Callable[[int], int],
+) -> None:
     """Chains are swapped whole: a call in flight finishes on its chain, none fails."""
     guardrails.configure(BASE)
     stop = threading.Event()
@@ -633,7 +643,7 @@ def test_calls_from_threads_during_overrides_and_restores_all_succeed() -> None:
 
 
 def test_the_fake_clock_fixture_moves_ttls_and_breakers(
-    guardrails_policies: PolicyOverrides, guardrails_clock: FakeClock
+    guardrails_policies: PolicyOverrides, guardrails_clock: FakeClock, alpha: Callable[[int], int]
 ) -> None:
     guardrails_policies(
         {
