@@ -32,6 +32,12 @@ _USER, _OURS, _PLUMBING = 0, 1, 2
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: co_filename -> its kind; filenames are few (one per module), so this stays small.
 _KINDS: dict[str, int] = {}
+#: How far past our last frame a trim looks for more. Below the function's frames lies only
+#: what an earlier raise of the same exception object left (Python keeps a raised instance's
+#: old traceback and adds to it: a module-level constant raised on every call drags every
+#: earlier call's frames along, trimmed when they went by): walking all of it would make each
+#: failure cost as much as all the earlier ones together.
+SCAN_PAST = 100
 
 
 def full_tracebacks() -> bool:
@@ -79,26 +85,29 @@ def trimmed(tb: TracebackType | None) -> TracebackType | None:
     """``tb`` without our frames (and the plumbing ours called); ``tb`` itself when nothing
     is dropped."""
     nodes: list[TracebackType] = []
-    while tb is not None:
-        nodes.append(tb)
-        tb = tb.tb_next
     keep: list[bool] = []
     called_by_ours = False
-    for node in nodes:
-        kind = _kind(node.tb_frame)
+    since_ours = 0
+    while tb is not None and since_ours < SCAN_PAST:
+        nodes.append(tb)
+        kind = _kind(tb.tb_frame)
         if kind == _OURS:
             called_by_ours = True
+            since_ours = 0
             keep.append(False)
-        elif kind == _PLUMBING:
-            keep.append(not called_by_ours)
         else:
-            called_by_ours = False
-            keep.append(True)
+            since_ours += 1
+            if kind == _PLUMBING:
+                keep.append(not called_by_ours)
+            else:
+                called_by_ours = False
+                keep.append(True)
+        tb = tb.tb_next
     if all(keep):
         return nodes[0] if nodes else None
     last_dropped = max(i for i, kept in enumerate(keep) if not kept)
-    # Past the last dropped frame the original chain serves as it is.
-    head = nodes[last_dropped + 1] if last_dropped + 1 < len(nodes) else None
+    # Past the last dropped frame the original chain serves as it is (unread beyond the scan).
+    head = nodes[last_dropped].tb_next
     for i in range(last_dropped - 1, -1, -1):
         if keep[i]:
             node = nodes[i]

@@ -27,7 +27,7 @@ import pytest
 import tenacity
 
 import guardrails
-from guardrails import _config, configure, guarded
+from guardrails import _config, _frames, configure, guarded
 from guardrails._frames import ENV_VAR
 from guardrails.layers import cache as cache_layer
 
@@ -265,6 +265,38 @@ def test_asyncio_frames_the_function_called_are_kept() -> None:
     f_at = names(exc.__traceback__).index("f")
     assert any(path.startswith(ASYNCIO) for path in files[f_at + 1 :])
     assert names(exc.__traceback__)[-1] == "failing"
+
+
+def test_a_constant_exception_raised_on_every_call_costs_the_same_each_time(
+    monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
+    # Python keeps a raised instance's old traceback and adds to it: after n calls a
+    # module-level constant drags n calls' frames along. A trim reads a bounded part of it.
+    use(p={"retry": {"max_attempts": 2, "retry_on": ["KeyError"], "wait": NO_RETRY_WAIT}})
+    always = KeyError("always")
+
+    @guarded("p")
+    def f(x: int) -> None:
+        raise always
+
+    for _ in range(300):
+        raised_by(lambda: call_site(f))
+    read: list[object] = []
+    real = _frames._kind
+
+    def counting(frame: Any) -> int:
+        read.append(frame)
+        return real(frame)
+
+    monkeypatch.setattr(_frames, "_kind", counting)
+    exc = raised_by(lambda: call_site(f))
+    assert exc is always
+    # The log record's trim and the wrapper's: each reads this call's frames and at most
+    # SCAN_PAST more, never the 300 calls' (over 1,000 frames) below.
+    assert 0 < len(read) <= 2 * (_frames.SCAN_PAST + 20)
+    shown = names(exc.__traceback__)
+    assert shown[:4] == ["raised_by", "<lambda>", "call_site", "f"]
+    assert_none_of_ours(exc)
 
 
 # --- guardrails' own errors: the caller's line alone --------------------------------------
