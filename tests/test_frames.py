@@ -21,15 +21,19 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
 import tenacity
+from hypothesis import given
+from hypothesis import strategies as st
 
 import guardrails
 from guardrails import _config, _frames, configure, guarded
 from guardrails._frames import ENV_VAR
 from guardrails.layers import cache as cache_layer
+from guardrails.layers.log import describe_value
 
 OURS = (
     str(Path(guardrails.__file__).resolve().parent),
@@ -595,3 +599,102 @@ def test_the_examples_handled_failures_log_no_traceback(tmp_path: Path) -> None:
     assert len(failed) == unavailable, output
     assert all(" DEBUG " in line and "fetch_features" in line for line in failed), failed
     assert "Traceback" not in output and " ERROR " not in output
+
+
+# --- The trim itself, against a model -----------------------------------------------------
+
+
+class _Grab:
+    """Notes the frame that asks for its repr."""
+
+    def __init__(self, found: dict[str, Any]) -> None:
+        self.found = found
+
+    def __repr__(self) -> str:
+        self.found["O"] = sys._getframe().f_back
+        return "grab"
+
+
+@pytest.fixture(scope="module")
+def sample_frames() -> dict[str, Any]:
+    """One frame of each kind: the user's, guardrails' (the log layer's describe_value
+    asking for a repr) and plumbing (threading's Thread.run, calling a thread's target)."""
+    found: dict[str, Any] = {"U": sys._getframe()}
+    describe_value(_Grab(found), "values")
+    thread = threading.Thread(target=lambda: found.setdefault("P", sys._getframe().f_back))
+    thread.start()
+    thread.join(30)
+    assert [_frames._kind(found[k]) for k in "UOP"] == [0, 1, 2]
+    return found
+
+
+def _model(kinds: list[str]) -> list[int]:
+    """Indices kept: the user's always, ours never, plumbing unless ours called it."""
+    kept, called_by_ours = [], False
+    for i, kind in enumerate(kinds):
+        if kind == "O":
+            called_by_ours = True
+        elif kind == "P":
+            if not called_by_ours:
+                kept.append(i)
+        else:
+            called_by_ours = False
+            kept.append(i)
+    return kept
+
+
+@given(kinds=st.lists(st.sampled_from("UOP"), max_size=60))
+def test_trimmed_agrees_with_the_model_and_changes_no_traceback(
+    sample_frames: dict[str, Any], kinds: list[str]
+) -> None:
+    frames = sample_frames
+    tb = None
+    for lineno, kind in reversed(list(enumerate(kinds, start=1))):
+        tb = TracebackType(tb, frames[kind], 0, lineno)  # line numbers tell the nodes apart
+    before = []
+    node = tb
+    while node is not None:
+        before.append((node, node.tb_next))
+        node = node.tb_next
+    result = _frames.trimmed(tb)
+    got = []
+    node = result
+    while node is not None:
+        got.append(node.tb_lineno - 1)
+        node = node.tb_next
+    assert got == _model(kinds)
+    if got == list(range(len(kinds))):
+        assert result is tb  # nothing dropped: the traceback itself
+    node = tb
+    for original, its_next in before:  # no node of the original was changed
+        assert node is original and node.tb_next is its_next
+        node = node.tb_next
+
+
+def test_many_threads_raising_one_shared_exception() -> None:
+    # Each raise adds to the one object's traceback from its own thread while others trim
+    # it: every caller still gets that exception, and it still prints.
+    use(p={"retry": {"max_attempts": 2, "retry_on": ["KeyError"], "wait": NO_RETRY_WAIT}})
+    shared = KeyError("shared")
+
+    @guarded("p")
+    def f(x: int) -> None:
+        raise shared
+
+    got: list[BaseException] = []
+
+    def worker() -> None:
+        for _ in range(30):
+            got.append(raised_by(lambda: call_site(f)))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(got) == 240 and all(exc is shared for exc in got)
+    # Printed whole (Python keeps every raise's frames on the one object: no cycle, and
+    # none of ours).
+    assert "KeyError: 'shared'" in "".join(traceback.format_exception(shared))
+    assert_none_of_ours(shared)
