@@ -15,6 +15,9 @@ from the traceback of its record, so both read: the caller's frame, then the fun
 - An exception raised by guardrails itself (``CircuitOpenError``, ``CallTimeout``, a
   refusal, a cache waiter's copy of the leader's error) shows the caller's line alone: its
   message says what happened.
+- ``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit`` and ``asyncio.CancelledError``
+  (not ``Exception``) pass the wrappers untouched: a Ctrl-C inside a layer says where.
+- The wrappers re-raise with a bare ``raise``, which adds no frame: theirs goes too.
 - ``GUARDRAILS_FULL_TRACEBACKS=1`` in the environment turns all of it off (read at each
   failure, so a debugging session can set it at any time): every frame, raised and logged.
 """
