@@ -77,7 +77,6 @@ COUNTERS: tuple[tuple[str, str], ...] = (
     ("retries", "retry"),
     ("cache_hits", "cache_hit"),
     ("cache_misses", "cache_miss"),
-    ("slow", "slow_call"),
     ("rejected_input", "reject_input"),
     ("rejected_output", "reject_output"),
     ("rejected_memory", "reject_memory"),
@@ -91,9 +90,9 @@ COUNTERS: tuple[tuple[str, str], ...] = (
 )
 
 #: The raw counters behind them: ``failures`` is ``refused + failed + cancelled`` (kept
-#: apart so that an exporter reads each kind of failure from one counter), and a slow
-#: success is counted either by ``success`` and ``slow_call`` together, or by
-#: ``slow_success`` alone (one increment: see ``PolicyCounters.totals``).
+#: apart so that an exporter reads each kind of failure from one counter), and
+#: ``successes`` is ``success + slow_success`` (a slow success is one increment, so a
+#: scrape never sees it counted as both fast and slow).
 _RAW: tuple[str, ...] = (
     "success",
     "slow_success",
@@ -224,7 +223,6 @@ class PolicyCounters:
         "latencies",
         "max_rss_growth",
         "name",
-        "ok_seen",
     )
 
     success: Callable[[], int]
@@ -234,7 +232,6 @@ class PolicyCounters:
     retry: Callable[[], int]
     cache_hit: Callable[[], int]
     cache_miss: Callable[[], int]
-    slow_call: Callable[[], int]
     reject_input: Callable[[], int]
     reject_output: Callable[[], int]
     reject_memory: Callable[[], int]
@@ -261,8 +258,6 @@ class PolicyCounters:
         self.histogram: Histogram | None = None
         self.max_rss_growth = 0
         self._base: tuple[int, ...] = (0,) * len(_RAW)
-        #: The most ``ok`` calls an exporter was told of (see ``totals``).
-        self.ok_seen = 0
 
     def recorder(self) -> Callable[[float], Any]:
         """What a compiled log layer calls with each call's duration in seconds.
@@ -326,21 +321,9 @@ class PolicyCounters:
     def totals(self) -> dict[str, int]:
         """The raw totals since the counters were made, which never go down (``reset()``
         does not touch them): what a metrics exporter reads. Keys: the raw counter names
-        (``success`` ... ``inject``), plus ``ok`` (fast successes) and ``slow_total``.
-
-        ``ok`` is ``success - slow_call`` when a log layer counts a slow success with
-        both; read between the two increments it would be one too high and then drop, so
-        it is reported as at least its last reported value (a counter never goes down).
+        (``success`` ... ``inject``).
         """
-        raw = dict(zip(_RAW, self._raw(), strict=True))
-        ok = raw["success"] - raw["slow_call"]
-        if ok < self.ok_seen:
-            ok = self.ok_seen
-        else:
-            self.ok_seen = ok
-        raw["ok"] = ok
-        raw["slow_total"] = raw["slow_call"] + raw["slow_success"]
-        return raw
+        return dict(zip(_RAW, self._raw(), strict=True))
 
     def reset(self) -> None:
         """Zero the statistics. Compiled chains hold the counters' ``__next__``, so the
@@ -355,7 +338,7 @@ class PolicyCounters:
         }
         counts = {field: raw.get(method, 0) for field, method in COUNTERS}
         counts["successes"] = raw["success"] + raw["slow_success"]
-        counts["slow"] = raw["slow_call"] + raw["slow_success"]
+        counts["slow"] = raw["slow_success"]
         counts["failures"] = raw["refused"] + raw["failed"] + raw["cancelled"]
         lat = sorted(self.latencies)
         return PolicyStats(

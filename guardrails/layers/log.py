@@ -268,7 +268,7 @@ def build(
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
     record = ctx.counters.recorder()
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
-    fell_back, slow_call = emitter.fell_back, ctx.counters.slow_call
+    fell_back, slow_success = emitter.fell_back, ctx.counters.slow_success
     warning = logging.WARNING
 
     if direct is not None:
@@ -284,13 +284,14 @@ def build(
                 raise
             seconds = perf_counter() - t0
             record(seconds)
-            success()
             if seconds >= slow:
-                slow_call()
+                slow_success()  # one increment: a scrape never sees it half-counted
                 if enabled(warning):
                     emit(warning, "slow", seconds, args, kwargs, None)
-            elif enabled(level):
-                emit(level, "ok", seconds, args, kwargs, None)
+            else:
+                success()
+                if enabled(level):
+                    emit(level, "ok", seconds, args, kwargs, None)
             return result
 
         return log_direct
@@ -307,13 +308,13 @@ def build(
         record(seconds)
         if info is not None and info[2] is not None:
             fell_back(seconds, args, kwargs, info)
+        elif seconds >= slow:
+            slow_success()  # one increment: a scrape never sees it half-counted
+            if enabled(warning):
+                emit(warning, "slow", seconds, args, kwargs, info)
         else:
             success()
-            if seconds >= slow:
-                slow_call()
-                if enabled(warning):
-                    emit(warning, "slow", seconds, args, kwargs, info)
-            elif enabled(level):
+            if enabled(level):
                 emit(level, "ok", seconds, args, kwargs, info)
         return result
 
@@ -344,7 +345,7 @@ def build_async(
     level, slow = emitter.level, cfg.slow if cfg.slow is not None else float("inf")
     record = ctx.counters.recorder()
     enabled, emit, failed = ctx.logger.isEnabledFor, emitter.emit, emitter.failed
-    fell_back, slow_call = emitter.fell_back, ctx.counters.slow_call
+    fell_back, slow_success = emitter.fell_back, ctx.counters.slow_success
     warning = logging.WARNING
 
     async def log(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
@@ -359,13 +360,13 @@ def build_async(
         record(seconds)
         if info is not None and info[2] is not None:
             fell_back(seconds, args, kwargs, info)
+        elif seconds >= slow:
+            slow_success()  # one increment: a scrape never sees it half-counted
+            if enabled(warning):
+                emit(warning, "slow", seconds, args, kwargs, info)
         else:
             success()
-            if seconds >= slow:
-                slow_call()
-                if enabled(warning):
-                    emit(warning, "slow", seconds, args, kwargs, info)
-            elif enabled(level):
+            if enabled(level):
                 emit(level, "ok", seconds, args, kwargs, info)
         return result
 

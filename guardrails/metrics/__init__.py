@@ -87,8 +87,8 @@ def read() -> list[PolicyTotals]:
         raw = c.totals()
         failures = {"rejected": raw["refused"], "failed": raw["failed"]}
         calls = {
-            "ok": raw["ok"],
-            "slow": raw["slow_total"],
+            "ok": raw["success"],
+            "slow": raw["slow_success"],
             **failures,
             "cancelled": raw["cancelled"],
             "fallback": raw["fallback"],
