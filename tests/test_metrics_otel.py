@@ -225,6 +225,10 @@ def test_a_span_per_traced_call_with_retry_events(kind: str, tel: Otel, clock: F
     exc_events = [e for e in failed.events if e.name == "exception"]
     assert exc_events and exc_events[0].attributes is not None
     assert exc_events[0].attributes["exception.type"] == "KeyError"
+    # The stack trace names the function's frame, none of guardrails' or tenacity's.
+    stack = str(exc_events[0].attributes["exception.stacktrace"])
+    assert 'in fetch\n    raise KeyError("missing")' in stack, stack
+    assert "/guardrails/" not in stack and "tenacity" not in stack, stack
 
 
 def test_refusals_and_fallbacks_in_spans(tel: Otel) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import traceback
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
@@ -37,7 +38,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
-from guardrails import _stats
+from guardrails import _frames, _stats
 from guardrails._state import CURRENT_SPAN, STATE
 from guardrails._types import AsyncInner, Context, Inner
 from guardrails.layers.log import LogConfig
@@ -245,17 +246,24 @@ def _adder(span: trace.Span) -> Callable[[str, dict[str, Any]], None]:
     return add_event
 
 
+def _trimmed(exc: BaseException) -> dict[str, str]:
+    """The span's stack trace as a log record shows it: the function's frames, not
+    guardrails' or tenacity's (the SDK would format them all, before the wrapper trims)."""
+    tb = _frames.for_record(exc, None, "short")
+    return {"exception.stacktrace": "".join(traceback.format_exception(type(exc), exc, tb))}
+
+
 def _succeeded(span: trace.Span, seconds: float, slow: float, info: Any) -> None:
     if info is not None and info[2] is not None:
         outcome = "fallback"
-        span.record_exception(info[2])  # the failure the fallback answered
+        span.record_exception(info[2], attributes=_trimmed(info[2]))  # what the fallback answered
     else:
         outcome = "slow" if seconds >= slow else "ok"
     _finish(span, outcome, info)
 
 
 def _failed(span: trace.Span, exc: BaseException, info: Any) -> None:
-    span.record_exception(exc, escaped=True)
+    span.record_exception(exc, attributes=_trimmed(exc), escaped=True)
     if isinstance(exc, _stats.REFUSALS):
         outcome = "rejected"
     elif not isinstance(exc, Exception):
