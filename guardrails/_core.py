@@ -344,11 +344,15 @@ def _misspelt(settings: Settings, slots: list[Slot]) -> list[tuple[str, str]]:
     ]
 
 
-def _install(settings: Settings, *, fresh: bool = False, check_names: bool = True) -> None:
+def _install(
+    settings: Settings, *, fresh: bool = False, check_names: bool = True, partial: bool = False
+) -> None:
     """Compile every chain for ``settings`` and install them all, or raise and change nothing.
 
     ``fresh``: make new per-policy state objects instead of keeping the ones in force.
     ``check_names``: refuse (strict mode) a policy name one typo from a guarded function's.
+    ``partial``: install the chains that compile, and leave each function whose chain does
+    not to compile on its own next call (which raises the problem there); never raise.
     """
     with STATE.lock:
         compiled: list[tuple[Slot, Any, Store | None]] = []
@@ -364,7 +368,10 @@ def _install(settings: Settings, *, fresh: bool = False, check_names: bool = Tru
                 try:
                     chain, store = slot.compile(settings, shared)
                 except PolicyConfigError as exc:
-                    problems.extend(exc.problems)
+                    if partial:
+                        slot.reset()
+                    else:
+                        problems.extend(exc.problems)
                     continue
                 compiled.append((slot, chain, store))
         finally:
@@ -391,14 +398,18 @@ def _in_force(shared: dict[tuple[str, str], tuple[Any, Any]]) -> None:
 
 
 def recompile() -> None:
-    """Rebuild every chain from the settings in force (after the clock changes)."""
+    """Rebuild every chain from the settings in force (after the clock changes, or when a
+    metrics exporter registers). A function whose chain does not compile (strict mode, a
+    function guarded since ``configure()`` with no policy) compiles on its own next call and
+    raises there; the others are rebuilt all the same."""
     with STATE.lock:
-        for slot in list(SLOTS):
-            slot.reset()
-        if STATE.settings is not None:
-            # Names were checked when these settings were configured; a function imported
-            # since then must not make a recompile fail.
-            _install(STATE.settings, check_names=False)
+        if STATE.settings is None:
+            for slot in list(SLOTS):
+                slot.reset()
+            return
+        # Names were checked when these settings were configured; a function imported
+        # since then must not make a recompile fail.
+        _install(STATE.settings, check_names=False, partial=True)
 
 
 def current_settings() -> Settings:

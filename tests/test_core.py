@@ -263,3 +263,20 @@ def test_guarded_above_staticmethod_or_classmethod_says_where_it_goes(kind: Any)
 
     with pytest.raises(TypeError, match=f"below @{kind.__name__}"):
         guarded("p")(kind(f))
+
+
+def test_recompile_rebuilds_what_compiles_and_leaves_a_function_without_policy_to_its_call() -> (
+    None
+):
+    from guardrails import _core
+
+    configure({"strict": True, "policies": {"known": {"cache": {"ttl": 60}}}})
+    calls = []
+    f = guarded("known")(lambda x: calls.append(x) or x)
+    assert f(1) == 1
+    late = guarded("unknown")(lambda: None)  # guarded after configure(), no policy
+    _core.recompile()  # e.g. a metrics exporter registering: must not fail for `late`
+    assert f(1) == 1 and calls == [1]  # rebuilt, its cache kept
+    assert f(1) == 1 and calls == [1]
+    with pytest.raises(guardrails.PolicyConfigError, match="unknown"):
+        late()
