@@ -89,6 +89,10 @@ class Slot:
             shared[key] = found
             return found[1]
 
+        def in_force(kind: str) -> Any:
+            found = STATE.shared.get((name, kind))
+            return found[1] if found is not None else None
+
         ctx = Context(
             policy=self.name,
             function=self.fn,
@@ -100,6 +104,7 @@ class Slot:
             logger=LOGGER,
             store_for=store_for,
             shared=shared_state,
+            in_force=in_force,
         )
         try:
             chain = compile_chain(policy, ctx)
@@ -315,12 +320,25 @@ if hasattr(os, "register_at_fork"):
 
 def unused_policies(settings: Settings, used: set[str]) -> list[tuple[str, str | None]]:
     """The policies of ``settings`` that no name in ``used`` is, in order, each with the used
-    name it is one typo of (or ``None``)."""
+    name it is one typo of (or ``None``). A policy that a used policy inherits from (its
+    ``base``, or a base of that) is used: its settings run in that policy's functions."""
+    used = _with_bases(settings, used)
     unused = [name for name in settings.policies if name not in used]
     if not unused:
         return []
     index = typo_index(used)
     return [(name, typo_of(name, index)) for name in unused]
+
+
+def _with_bases(settings: Settings, used: set[str]) -> set[str]:
+    """``used`` and every policy its policies inherit from."""
+    found = set(used)
+    for name in used:
+        policy = settings.policies.get(name)
+        while policy is not None and policy.base is not None and policy.base not in found:
+            found.add(policy.base)
+            policy = settings.policies.get(policy.base)
+    return found
 
 
 def _misspelt(settings: Settings, slots: list[Slot]) -> list[tuple[str, str]]:

@@ -11,7 +11,6 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from guardrails._clock import Clock, SystemClock
@@ -49,14 +48,6 @@ class State:
 
 
 STATE = State()
-
-#: The traced call running in this context: ``(ctx, add_event)``, set by the span step for
-#: the duration of the call (``ctx`` is the compiled chain's ``Context``, so a nested
-#: guarded call's layers do not write into an outer call's span). ``retry`` adds an event
-#: per retry through it.
-CURRENT_SPAN: ContextVar[tuple[Any, Callable[[str, dict[str, Any]], None]] | None] = ContextVar(
-    "guardrails_span", default=None
-)
 
 
 #: Every per-policy state object ``Context.shared`` made and still alive: the ones in force,

@@ -43,6 +43,14 @@ AsyncInner: TypeAlias = Callable[
 #: one-item list, ``[True]`` once the caller has stopped waiting. ``retry`` stops there.
 CALLER_GONE: ContextVar[list[bool] | None] = ContextVar("guardrails_caller_gone", default=None)
 
+#: The traced call running in this context: ``(ctx, add_event)``, set by the span step for
+#: the duration of the call (``ctx`` is the compiled chain's ``Context``, so a nested
+#: guarded call's layers do not write into an outer call's span). ``retry`` adds an event
+#: per retry through it.
+CURRENT_SPAN: ContextVar[tuple[Any, Callable[[str, dict[str, Any]], None]] | None] = ContextVar(
+    "guardrails_span", default=None
+)
+
 
 class Section(BaseModel):
     """A YAML mapping: frozen, keyword-only, unknown keys rejected, no type coercion surprises."""
@@ -82,6 +90,18 @@ def _memory_bytes(value: object) -> int:
     return parse_size(value, allow_percent=True)
 
 
+def _brief(obj: Any) -> str:
+    """``obj`` for a message: its repr when short, else what it is (``sys:modules`` would
+    put every loaded module into the message)."""
+    try:
+        text = repr(obj)
+    except Exception:  # a repr that fails says nothing about the configuration
+        text = ""
+    if text and len(text) <= 80:
+        return text
+    return f"a {type(obj).__module__}.{type(obj).__qualname__} object".replace("builtins.", "")
+
+
 def _import_type(value: object) -> Any:
     if isinstance(value, type):
         return value
@@ -89,7 +109,7 @@ def _import_type(value: object) -> Any:
         raise ValueError(f"expected an import path like 'package.module:Name', got {shown(value)}")
     obj = resolve(value)
     if not isinstance(obj, type):
-        raise ValueError(f"{value!r} names {obj!r}, which is not a class")
+        raise ValueError(f"{value!r} names {_brief(obj)}, which is not a class")
     return obj
 
 
@@ -201,7 +221,7 @@ class _TypeParser:
             if origin in (Optional, Union, Literal, InstanceOf):
                 self.fail(f"{word} takes parameters, like {word}[int]", at)
             if not _is_type(origin):
-                self.fail(f"{word!r} names {origin!r}, which is not a type", at)
+                self.fail(f"{word!r} names {_brief(origin)}, which is not a type", at)
             return origin
         self.take("[")
         args: list[Any] = []
@@ -253,11 +273,37 @@ class _TypeParser:
             if len(args) != 1 or not isinstance(args[0], type):
                 self.fail("InstanceOf takes one class, like InstanceOf[numpy.ndarray]", at)
             return Annotated[args[0], INSTANCE_OF]
+        if not (_is_type(origin) or isinstance(origin, typing._SpecialForm)):
+            # Only a class or a typing form is subscripted: `module:registry[int]` would
+            # otherwise run a mapping's __getitem__ and take whatever it returns as the type.
+            self.fail(f"{word!r} names {_brief(origin)}, which is not a type", at)
         try:
-            return origin[args if len(args) > 1 else args[0]]
+            found = origin[args if len(args) > 1 else args[0]]
         except Exception as exc:  # a class that takes no parameters, or not these
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.fail(f"{word}[...] is not a type ({reason})", at)
+        if not _is_type(found):
+            self.fail(f"{word}[...] is {_brief(found)}, not a type", at)
+        return _canonical(found)
+
+
+def _canonical(tp: Any) -> Any:
+    """``typing.List[int]`` as ``list[int]`` (``typing.Sequence[int]`` as
+    ``collections.abc.Sequence[int]``): the same check, and the form :func:`type_text` writes
+    and reads back equal (``typing.List[int] != list[int]``, and settings are compared)."""
+    origin = typing.get_origin(tp)
+    if (
+        isinstance(tp, typing._GenericAlias)  # type: ignore[attr-defined]
+        and isinstance(origin, type)
+        and origin.__module__ in ("builtins", "collections.abc", "collections", "re")
+    ):
+        args = typing.get_args(tp)
+        if not any(isinstance(a, list) for a in args):  # Callable[[int], str] stays
+            try:
+                return origin[args if len(args) != 1 else args[0]] if args else tp
+            except TypeError:
+                return tp
+    return tp
 
 
 def _is_type(obj: Any) -> bool:
@@ -297,13 +343,24 @@ def type_text(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " | ".join(type_text(a) for a in args)
     if origin is Literal:
-        return f"Literal[{', '.join(repr(a) for a in args)}]"
+        return f"Literal[{', '.join(_literal_text(a) for a in args)}]"
     if origin is not None and args:
         return f"{type_text(origin)}[{', '.join(type_text(a) for a in args)}]"
     name = str(getattr(tp, "__name__", ""))
     if isinstance(tp, type) and getattr(builtins, name, None) is tp:
         return name
     return qualified_name(tp)
+
+
+def _literal_text(value: Any) -> str:
+    """A ``Literal`` argument as the parser reads it: a string between quotes it does not
+    hold, with no escapes (the parser reads none: ``repr('a\\nb')`` would not read back)."""
+    if isinstance(value, str):
+        if "'" not in value:
+            return f"'{value}'"
+        if '"' not in value:
+            return f'"{value}"'
+    return repr(value)
 
 
 def _import_model(value: object) -> Any:
@@ -335,7 +392,7 @@ def _import_callable(value: object) -> Any:
         )
     obj = resolve(value)
     if not callable(obj):
-        raise ValueError(f"{value!r} names {obj!r}, which is not callable")
+        raise ValueError(f"{value!r} names {_brief(obj)}, which is not callable")
     return obj
 
 
@@ -435,6 +492,9 @@ class Context:
     #: one ``configure()`` gets the same object. An object with ``after_fork_in_child()``
     #: has it called in a forked child.
     shared: Callable[[str, Any, Callable[[], Any]], Any]
+    #: ``in_force(kind)``: the policy's state object of ``kind`` in force now, or ``None``
+    #: (a bulkhead hands its pool of slots on to the one that replaces it).
+    in_force: Callable[[str], Any] = lambda kind: None
 
     def check_parameters(self, names: Iterable[str], key: str) -> None:
         """Raise ``PolicyConfigError`` at ``guardrails.policies.<policy>.<key>`` for names

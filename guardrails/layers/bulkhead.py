@@ -28,7 +28,6 @@ from typing import Any
 from pydantic import Field, StrictInt
 
 from guardrails._errors import BulkheadFull
-from guardrails._state import STATE
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 
@@ -306,8 +305,8 @@ def _bulkhead(cfg: BulkheadConfig, ctx: Context) -> Bulkhead:
     # resized when it comes into force: a new, empty pool would let the attempts still
     # running in the old one run beside a full new one (4 then 3 let 7 run; a configure()
     # flapping between two sizes let ever more run).
-    previous = STATE.shared.get((ctx.policy, "bulkhead"))
-    pool = previous[1].slots if previous is not None else None
+    previous = ctx.in_force("bulkhead")
+    pool = previous.slots if previous is not None else None
 
     def renewed() -> Bulkhead:
         return Bulkhead(capacity, pool)

@@ -35,10 +35,10 @@ from pydantic import BeforeValidator, Field, StrictBool, StrictInt, field_valida
 
 from guardrails._errors import CircuitOpenError
 from guardrails._imports import qualified_name
-from guardrails._state import CURRENT_SPAN
 from guardrails._stats import count_of as _count_of
 from guardrails._types import (
     CALLER_GONE,
+    CURRENT_SPAN,
     AsyncInner,
     Block,
     Context,

@@ -27,6 +27,7 @@ Totals are raw (since the process started): ``reset_stats()`` never makes them g
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -39,8 +40,8 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 
 from guardrails import _frames, _stats
-from guardrails._state import CURRENT_SPAN, STATE
-from guardrails._types import AsyncInner, Context, Inner
+from guardrails._state import STATE
+from guardrails._types import CURRENT_SPAN, AsyncInner, Context, Inner
 from guardrails.layers.log import LogConfig
 from guardrails.metrics import (
     BREAKER_STATES,
@@ -55,6 +56,7 @@ __all__ = ["register", "unregister"]
 
 _VERSION = "0.1.0"
 _LOCK = threading.Lock()
+_LOGGER = logging.getLogger("guardrails")
 
 
 class _Registration:
@@ -246,41 +248,85 @@ def _adder(span: trace.Span) -> Callable[[str, dict[str, Any]], None]:
     return add_event
 
 
-def _trimmed(exc: BaseException) -> dict[str, str]:
-    """The span's stack trace as a log record shows it: the function's frames, not
-    guardrails' or tenacity's (the SDK would format them all, before the wrapper trims)."""
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when its ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<unprintable>"
+
+
+def _exception_event(exc: BaseException, *, escaped: bool) -> dict[str, str]:
+    """The attributes of the ``exception`` event the SDK's ``record_exception`` adds, made
+    without calling ``str()`` on the exception unguarded (an exception whose ``__str__``
+    raises must reach the caller as itself), and with the stack trace as a log record shows
+    it: the function's frames, not guardrails' or tenacity's."""
+    kind = type(exc)
+    module = kind.__module__
     tb = _frames.for_record(exc, None, "short")
-    return {"exception.stacktrace": "".join(traceback.format_exception(type(exc), exc, tb))}
+    try:
+        stacktrace = "".join(traceback.format_exception(kind, exc, tb))
+    except Exception:
+        stacktrace = f"{kind.__qualname__}: <traceback could not be formatted>"
+    return {
+        "exception.type": f"{module}.{kind.__qualname__}"
+        if module and module != "builtins"
+        else kind.__qualname__,
+        "exception.message": _text(exc),
+        "exception.stacktrace": stacktrace,
+        "exception.escaped": str(escaped),
+    }
 
 
 def _succeeded(span: trace.Span, seconds: float, slow: float, info: Any) -> None:
-    if info is not None and info[2] is not None:
-        outcome = "fallback"
-        span.record_exception(info[2], attributes=_trimmed(info[2]))  # what the fallback answered
-    else:
-        outcome = "slow" if seconds >= slow else "ok"
-    _finish(span, outcome, info)
+    try:
+        if info is not None and info[2] is not None:
+            outcome = "fallback"
+            # What the fallback answered.
+            span.add_event("exception", _exception_event(info[2], escaped=False))
+        else:
+            outcome = "slow" if seconds >= slow else "ok"
+        _attributes(span, outcome, info)
+    except Exception:
+        _not_recorded(span)
+    _end(span)
 
 
 def _failed(span: trace.Span, exc: BaseException, info: Any) -> None:
-    span.record_exception(exc, attributes=_trimmed(exc), escaped=True)
-    if isinstance(exc, _stats.REFUSALS):
-        outcome = "rejected"
-    elif not isinstance(exc, Exception):
-        outcome = "cancelled"  # control flow, not a fault: no ERROR status
-    else:
-        outcome = "failed"
-    if outcome != "cancelled":
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-    _finish(span, outcome, info)
+    try:
+        span.add_event("exception", _exception_event(exc, escaped=True))
+        if isinstance(exc, _stats.REFUSALS):
+            outcome = "rejected"
+        elif not isinstance(exc, Exception):
+            outcome = "cancelled"  # control flow, not a fault: no ERROR status
+        else:
+            outcome = "failed"
+        if outcome != "cancelled":
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {_text(exc)}"))
+        _attributes(span, outcome, info)
+    except Exception:
+        _not_recorded(span)
+    _end(span)
 
 
-def _finish(span: trace.Span, outcome: str, info: Any) -> None:
+def _end(span: trace.Span) -> None:
+    try:
+        span.end()  # runs the span processors, which are the application's
+    except Exception:
+        _not_recorded(span)
+
+
+def _attributes(span: trace.Span, outcome: str, info: Any) -> None:
     attempts, cache_hit = (info[0], info[1]) if info is not None else (1, False)
     span.set_attribute("guardrails.outcome", outcome)
     span.set_attribute("guardrails.attempts", attempts)
     span.set_attribute("guardrails.cache_hit", cache_hit)
-    span.end()
+
+
+def _not_recorded(span: trace.Span) -> None:
+    # Tracing never changes a call's outcome: the call's own result or exception goes on
+    # to the caller; what went wrong with its span is logged (not swallowed).
+    _LOGGER.warning("guardrails could not record a call's span %r", span, exc_info=True)
 
 
 def _build(cfg: LogConfig, inner: Inner, ctx: Context) -> Inner:
