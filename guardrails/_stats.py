@@ -104,13 +104,17 @@ _RAW: tuple[str, ...] = (
 _AT = {name: i for i, name in enumerate(_RAW)}
 
 
+#: Threads' sums a histogram keeps before it first folds those of ended threads.
+_TIDY_AT = 64
+
+
 class Histogram:
     """Call durations in buckets, lock-free: one ``itertools.count`` per bucket (not
     cumulative; ``read()`` adds them up), and the sum of durations kept per thread, in a
     one-item list only that thread adds to (a float ``+=`` shared by threads could lose an
     update). The sums of threads that ended are folded into one total when read."""
 
-    __slots__ = ("_cells", "_counts", "_fold", "_retired", "bounds", "bumps", "local")
+    __slots__ = ("_cells", "_counts", "_fold", "_retired", "_tidy_at", "bounds", "bumps", "local")
 
     def __init__(self, bounds: Iterable[float]) -> None:
         self.bounds: tuple[float, ...] = tuple(bounds)
@@ -122,12 +126,35 @@ class Histogram:
         self._cells: list[tuple[threading.Thread, list[float]]] = []
         self._retired = 0.0
         self._fold = ForkSafeLock()
+        #: How many threads' sums are kept before ended threads are folded on a new one.
+        self._tidy_at = _TIDY_AT
 
     def add_thread(self, seconds: float) -> None:
-        """The first duration a thread records: its sum starts."""
+        """The first duration a thread records: its sum starts. Ended threads' sums are
+        folded here too once they pile up, so a thread per call (a threading server, a
+        pool that renews its threads) keeps bounded memory even when nobody reads."""
         cell = [seconds]
         self.local.cell = cell
         self._cells.append((threading.current_thread(), cell))
+        if len(self._cells) >= self._tidy_at:
+            with self._fold:
+                self._fold_ended()
+                # Amortised: at least as many new threads again before the next pass.
+                self._tidy_at = max(_TIDY_AT, 2 * len(self._cells))
+
+    def _fold_ended(self) -> float:
+        """Fold the sums of threads that ended into one total (under ``_fold``); returns
+        the total with the live threads' sums added."""
+        parts = [self._retired]
+        for entry in list(self._cells):
+            thread, cell = entry
+            if thread.is_alive():
+                parts.append(cell[0])
+            else:  # it will add no more: fold it, so threads come and go in bounded memory
+                self._retired += cell[0]
+                parts[0] += cell[0]
+                self._cells.remove(entry)
+        return math.fsum(parts)
 
     def observe(self, seconds: float) -> None:
         self.bumps[bisect.bisect_left(self.bounds, seconds)]()
@@ -145,16 +172,7 @@ class Histogram:
             total += count_of(counter)
             cumulative.append(total)
         with self._fold:
-            parts = [self._retired]
-            for entry in list(self._cells):
-                thread, cell = entry
-                if thread.is_alive():
-                    parts.append(cell[0])
-                else:  # it will add no more: fold it, so threads come and go in bounded memory
-                    self._retired += cell[0]
-                    parts[0] += cell[0]
-                    self._cells.remove(entry)
-        return cumulative, math.fsum(parts)
+            return cumulative, self._fold_ended()
 
 
 class _Export:
