@@ -27,7 +27,7 @@ from typing import Any
 from guardrails import _explain
 from guardrails._config import env_source, packaged_defaults_path
 from guardrails._errors import PolicyConfigError
-from guardrails._policy import ROOT, Settings
+from guardrails._policy import ROOT, Settings, deep_merge
 
 Problem = tuple[str, str]
 
@@ -154,16 +154,33 @@ def _show(raw: _explain.Raw, wanted: list[str] | None, out: _Output) -> int:
         problems = [p for n in unknown for p in _explain.unknown_policy(n, settings).problems]
         return out.failed(problems, None, _Report(), settings)
     secrets = settings.secrets
-    policies = {
-        name: _explain.written(settings.policies[name], _explain.merged(raw, name), secrets)
-        for name in dict.fromkeys(names)
-    }
+    # Complete policies, removed blocks written as null, so that the output configured
+    # again gives the same settings: each is read back over its base as shown.
+    packaged = raw.packaged.get("policy_defaults") or {}
+    defaults = _explain.standalone(
+        settings.policy_defaults, _explain.merged(raw, None), packaged, secrets
+    )
+    read_back: dict[str | None, dict[str, Any]] = {None: deep_merge(packaged, defaults)}
+    bodies: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(names):
+        chain: list[str] = []  # name and the bases not shown yet, most derived first
+        current: str | None = name
+        while current is not None and current not in read_back and current not in chain:
+            chain.append(current)
+            current = settings.policies[current].base
+        for member in reversed(chain):
+            base = settings.policies[member].base
+            under = read_back.get(base, read_back[None])
+            body = _explain.standalone(
+                settings.policies[member], _explain.merged(raw, member), under, secrets
+            )
+            read_back[member] = deep_merge(under, body)
+            bodies[member] = body
+    policies = {name: bodies[name] for name in dict.fromkeys(names)}
     shown: dict[str, Any] = {
         "strict": settings.strict,
         **({"allow_chaos": True} if settings.allow_chaos else {}),
-        "policy_defaults": _explain.written(
-            settings.policy_defaults, _explain.merged(raw, None), secrets
-        ),
+        "policy_defaults": defaults,
         "policies": policies,
     }
     from omegaconf import OmegaConf

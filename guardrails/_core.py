@@ -322,11 +322,11 @@ def unused_policies(settings: Settings, used: set[str]) -> list[tuple[str, str |
     """The policies of ``settings`` that no name in ``used`` is, in order, each with the used
     name it is one typo of (or ``None``). A policy that a used policy inherits from (its
     ``base``, or a base of that) is used: its settings run in that policy's functions."""
-    used = _with_bases(settings, used)
-    unused = [name for name in settings.policies if name not in used]
+    inherited = _with_bases(settings, used)
+    unused = [name for name in settings.policies if name not in inherited]
     if not unused:
         return []
-    index = typo_index(used)
+    index = typo_index(used)  # a typo of a function's policy name, not of a base's
     return [(name, typo_of(name, index)) for name in unused]
 
 

@@ -298,6 +298,34 @@ def written(model: Any, raw: Any, secrets: Sequence[Any] = ()) -> Any:
     return _overlay(dumped, raw, secrets)
 
 
+def standalone(
+    model: Any, raw: Any, under: Mapping[str, Any], secrets: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """What ``guardrails show`` prints for a policy (or ``policy_defaults``): its values as
+    written (see :func:`written`), complete, so that the output configured again gives the
+    same settings. ``under`` is what it is merged over when read back: its base as shown
+    (over the shown ``policy_defaults`` over the packaged ones); the packaged
+    ``policy_defaults`` for ``policy_defaults``.
+
+    A block or setting the policy removed (``cache: null`` under a base that has one) is
+    written ``null`` wherever ``under`` would otherwise bring it back.
+    """
+    shown: dict[str, Any] = written(model, raw, secrets)
+    _write_nulls(shown, model.model_dump(mode="json"), under)
+    return shown
+
+
+def _write_nulls(shown: dict[str, Any], full: Mapping[str, Any], under: Any) -> None:
+    for key, value in full.items():
+        below = under.get(key) if isinstance(under, Mapping) and key != "base" else None
+        if below is None:
+            continue
+        if value is None:
+            shown[key] = None
+        elif isinstance(value, Mapping) and isinstance(shown.get(key), dict):
+            _write_nulls(shown[key], value, below)
+
+
 def _overlay(dumped: Any, raw: Any, secrets: Sequence[Any]) -> Any:
     if isinstance(dumped, dict) and isinstance(raw, Mapping):
         return {k: _overlay(v, raw.get(k, _MISSING), secrets) for k, v in dumped.items()}

@@ -134,7 +134,7 @@ _TOKEN = re.compile(
     r"""\s*(?:
         (?P<ellipsis>\.\.\.)
       | (?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?)
-      | (?P<str>'[^'\\]*'|"[^"\\]*")
+      | (?P<str>'[^']*'|"[^"]*")  # no escapes: a backslash is itself
       | (?P<int>-?[0-9]+)
       | (?P<punct>[\[\],|])
     )""",
@@ -300,7 +300,8 @@ def _canonical(tp: Any) -> Any:
         args = typing.get_args(tp)
         if not any(isinstance(a, list) for a in args):  # Callable[[int], str] stays
             try:
-                return origin[args if len(args) != 1 else args[0]] if args else tp
+                subscripted: Any = origin
+                return subscripted[args if len(args) != 1 else args[0]] if args else tp
             except TypeError:
                 return tp
     return tp
