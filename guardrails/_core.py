@@ -223,7 +223,13 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
             except Exception as exc:
                 # Free on success (3.11's zero-cost try). The bare `raise` adds no frame of
                 # its own: the caller sees its frame, then the function's (see _frames).
-                trim_raised(exc)
+                try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                    trim_raised(exc)
+                except RecursionError:
+                    # At the recursion limit (the function's own RecursionError, or any
+                    # failure deep down) trimming cannot run: the caller gets the function's
+                    # exception as it is, not ours about the trim (an outer wrapper trims it).
+                    pass
                 raise
 
         wrapper = async_wrapper
@@ -233,7 +239,10 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
             try:
                 return chain(args, kwargs, None)
             except Exception as exc:
-                trim_raised(exc)  # as in async_wrapper
+                try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                    trim_raised(exc)  # as in async_wrapper
+                except RecursionError:
+                    pass
                 raise
 
         wrapper = sync_wrapper

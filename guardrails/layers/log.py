@@ -4,6 +4,11 @@ One record per call goes to the stdlib logger ``guardrails`` with structured fie
 ``extra`` (``policy``, ``function``, ``outcome``, ``duration_ms``, ``attempts``,
 ``cache_hit``, ``call_args``). The logger's level is asked at call time, so a level or
 handler set later takes effect at once; a record nobody will see is never formatted.
+
+At the recursion limit (a runaway recursion through a guarded function) counting and logging
+a failure may themselves overflow the stack: the call's own exception is raised all the
+same, not our ``RecursionError`` about the bookkeeping; the failures of the deepest few calls
+then go unlogged, and the very deepest may go uncounted.
 """
 
 from __future__ import annotations
@@ -231,7 +236,10 @@ def build(
                 try:
                     result = fn(*args, **kwargs) if kwargs else fn(*args)
                 except BaseException:
-                    failure()
+                    try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                        failure()
+                    except RecursionError:
+                        pass  # the recursion limit: see the module docstring
                     raise
                 success()
                 return result
@@ -245,7 +253,10 @@ def build(
                 try:
                     result = inner(args, kwargs, info)
                 except BaseException:
-                    failure()
+                    try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                        failure()
+                    except RecursionError:
+                        pass  # the recursion limit: see the module docstring
                     raise
                 if info[2] is None:  # a fallback answer is counted by the fallback layer
                     success()
@@ -257,7 +268,10 @@ def build(
             try:
                 result = inner(args, kwargs, None)
             except BaseException:
-                failure()
+                try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                    failure()
+                except RecursionError:
+                    pass  # the recursion limit: see the module docstring
                 raise
             success()
             return result
@@ -280,7 +294,10 @@ def build(
             try:
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:
-                failed(exc, perf_counter() - t0, args, kwargs, None)
+                try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                    failed(exc, perf_counter() - t0, args, kwargs, None)
+                except RecursionError:
+                    pass  # the recursion limit: see the module docstring
                 raise
             seconds = perf_counter() - t0
             record(seconds)
@@ -302,7 +319,10 @@ def build(
         try:
             result = inner(args, kwargs, info)
         except BaseException as exc:
-            failed(exc, perf_counter() - t0, args, kwargs, info)
+            try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                failed(exc, perf_counter() - t0, args, kwargs, info)
+            except RecursionError:
+                pass  # the recursion limit: see the module docstring
             raise
         seconds = perf_counter() - t0
         record(seconds)
@@ -333,7 +353,10 @@ def build_async(
             try:
                 result = await inner(args, kwargs, info)
             except BaseException:
-                failure()
+                try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                    failure()
+                except RecursionError:
+                    pass  # the recursion limit: see the module docstring
                 raise
             if info is None or info[2] is None:  # the fallback layer counts its answers
                 success()
@@ -354,7 +377,10 @@ def build_async(
         try:
             result = await inner(args, kwargs, info)
         except BaseException as exc:
-            failed(exc, perf_counter() - t0, args, kwargs, info)
+            try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                failed(exc, perf_counter() - t0, args, kwargs, info)
+            except RecursionError:
+                pass  # the recursion limit: see the module docstring
             raise
         seconds = perf_counter() - t0
         record(seconds)
