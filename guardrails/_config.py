@@ -168,13 +168,20 @@ def _env_header(path: str | None, overrides: Sequence[str], exc: PolicyConfigErr
 def yaml_files(source: str | os.PathLike[str]) -> list[Path]:
     """The YAML files a source is read from: the file itself, or every ``*.yaml``/``*.yml``
     under a directory (hidden files and directories skipped: editors' lock and swap files,
-    Kubernetes' ``..data`` copies), sorted. Symlinks to files are followed; symlinks to
-    directories are not descended (no loops)."""
+    Kubernetes' ``..data`` copies), sorted. Symlinks are followed, to directories too (Hydra
+    composes through them: a ConfigMap mounted with a group subdirectory shows it as a symlink
+    into ``..data``), each real directory once (a symlink loop ends there)."""
     root = Path(source).expanduser()
     if not root.is_dir():
         return [root]
     found: list[Path] = []
-    for directory, dirs, files in os.walk(root):
+    visited: set[str] = set()
+    for directory, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
             Path(directory, f)

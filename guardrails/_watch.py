@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from guardrails import _forksafe
 from guardrails._config import file_state, yaml_files
 from guardrails._core import configure
 from guardrails._errors import PolicyConfigError
@@ -108,16 +109,17 @@ class Watcher:
 
     def stop(self) -> None:
         """Stop watching and join the thread; idempotent. From the watcher's own thread (an
-        ``on_reload`` callback, a log handler) it returns at once and the thread ends as soon
-        as the reload in progress returns."""
-        with _lock:
-            if self in _running:
-                _running.remove(self)
+        ``on_reload`` callback, a log handler), or from a thread holding one of guardrails'
+        locks (a signal handler that interrupted ``configure()``), it returns at once and the
+        thread ends as soon as the reload in progress returns: joining there could wait for
+        ever on a reload waiting for that lock."""
         if os.getpid() != self._pid:
-            return  # a forked child: the thread was the parent's
+            return  # a forked child: the thread was the parent's (and _running was cleared)
+        # No lock taken here (a signal handler may run while this thread holds it): watch()
+        # forgets stopped watchers itself.
         self._stopping.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread() and not _holding():
             thread.join()
 
     def __enter__(self) -> Watcher:
@@ -254,6 +256,12 @@ class Watcher:
         return tuple((key, digest) for key, (_, digest) in seen.items())
 
 
+def _holding() -> bool:
+    """Whether this thread holds a lock of guardrails (every one is a ``ForkSafeLock``; each
+    keeps, per thread, the locks its open ``with`` blocks took)."""
+    return any(getattr(lock._entered, "locks", None) for lock in list(_forksafe._ALL))
+
+
 def _digest(path: Path, state: tuple[Any, ...]) -> Any:
     """``(hash of the bytes, whether they hold no YAML)``, or a status when unreadable."""
     try:
@@ -303,8 +311,13 @@ def watch(
         or not isinstance(interval, int | float)
         or not math.isfinite(interval)
         or interval <= 0
+        or interval > threading.TIMEOUT_MAX
     ):
-        raise ValueError(f"interval is a number of seconds above 0, got {interval!r}")
+        # Above TIMEOUT_MAX, the thread's wait would raise OverflowError and end it.
+        raise ValueError(
+            f"interval is a number of seconds above 0 and at most {threading.TIMEOUT_MAX:g}, "
+            f"got {interval!r}"
+        )
     if on_reload is not None and not callable(on_reload):
         raise TypeError(f"on_reload is a function taking the new settings, got {on_reload!r}")
     path = Path(source).expanduser().absolute()  # not resolved: a swapped symlink is followed

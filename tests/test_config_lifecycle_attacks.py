@@ -1,0 +1,210 @@
+"""Attacks on the configuration lifecycle: watch(), $GUARDRAILS_CONFIG and the Hydra callback.
+
+Each test here failed before the fix it came with (or pins an attack that held). Nothing sleeps
+hoping for timing: waits are bounded polls on an observable condition.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from guardrails import policy, watch
+from guardrails._config import fingerprint, yaml_files
+from guardrails._watch import Watcher
+
+FAST = 0.01
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(condition: Callable[[], object], what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def looks_after(watcher: Watcher, n: int = 3) -> None:
+    start = watcher._looks
+    wait_for(lambda: watcher._looks >= start + n, f"{n} looks")
+
+
+def watch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("guardrails-watch")]
+
+
+@pytest.fixture
+def running() -> Iterator[list[Watcher]]:
+    started: list[Watcher] = []
+    yield started
+    for w in started:
+        w.stop()
+    assert watch_threads() == []
+
+
+def ttl() -> float:
+    cache = policy("p").cache
+    assert cache is not None
+    return cache.ttl
+
+
+# --- Kubernetes: a ConfigMap volume with a group subdirectory ----------------------------
+
+
+def _config_map_version(root: Path, name: str, ttl: int) -> None:
+    """One ``..<timestamp>`` directory as the kubelet writes it for a ConfigMap whose items
+    include a path in a subdirectory (``guardrails/default.yaml``)."""
+    version = root / name
+    (version / "guardrails").mkdir(parents=True)
+    (version / "config.yaml").write_text(
+        "defaults:\n  - guardrails: default\n  - _self_\n"
+        "hydra:\n  searchpath: [pkg://guardrails.conf]\n"
+    )
+    (version / "guardrails" / "default.yaml").write_text(
+        f"policies:\n  p:\n    cache: {{ttl: {ttl}}}\n"
+    )
+
+
+def _kubelet_swap(root: Path, name: str) -> None:
+    (root / "..data_tmp").symlink_to(name)
+    os.replace(root / "..data_tmp", root / "..data")
+
+
+def test_a_config_map_with_a_group_subdirectory_is_reloaded_on_its_swap(
+    tmp_path: Path, running: list[Watcher]
+) -> None:
+    """The kubelet shows each top-level entry as a symlink into ``..data``: the group
+    directory ``guardrails`` is a symlink to a directory. Not descending it, the watcher saw
+    only ``config.yaml`` (the same bytes in every version) and never reloaded."""
+    root = tmp_path / "config"
+    root.mkdir()
+    _config_map_version(root, "..2024_01", ttl=10)
+    (root / "..data").symlink_to("..2024_01")
+    (root / "config.yaml").symlink_to("..data/config.yaml")
+    (root / "guardrails").symlink_to("..data/guardrails")
+    w = watch(root, interval=FAST)
+    running.append(w)
+    assert ttl() == 10
+    _config_map_version(root, "..2024_02", ttl=20)
+    _kubelet_swap(root, "..2024_02")
+    wait_for(lambda: ttl() == 20, "the swapped ConfigMap's group file")
+    assert (w.reloads, w.failures) == (1, 0)
+
+
+def test_yaml_files_follow_directory_symlinks_once_and_survive_a_loop(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    (conf / "group").mkdir(parents=True)
+    (conf / "config.yaml").write_text("{}\n")
+    (conf / "group" / "a.yaml").write_text("{}\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "b.yaml").write_text("{}\n")
+    (conf / "linked").symlink_to(shared)
+    (conf / "group" / "loop").symlink_to("..")  # back to conf: a cycle
+    (conf / "again").symlink_to("group")  # the same directory under a second name
+    found = yaml_files(conf)
+    assert sorted(os.path.realpath(p) for p in found) == sorted(
+        os.path.realpath(p)
+        for p in (conf / "config.yaml", conf / "group" / "a.yaml", shared / "b.yaml")
+    )
+    # The env config's fingerprint sees an edit behind the symlink too.
+    before = fingerprint(conf)
+    (shared / "b.yaml").write_text("{x: 1}\n")
+    assert fingerprint(conf) != before
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+
+def test_an_interval_too_long_for_a_thread_wait_is_refused(
+    tmp_path: Path, running: list[Watcher]
+) -> None:
+    """``Event.wait`` raises OverflowError above ``threading.TIMEOUT_MAX``: the thread died
+    at its first wait, leaving a watcher that never looked (and a traceback on stderr)."""
+    path = tmp_path / "g.yaml"
+    path.write_text("policies:\n  p:\n    cache: {ttl: 1}\n")
+    with pytest.raises(ValueError, match="at most"):
+        watch(path, interval=threading.TIMEOUT_MAX * 2)
+    assert watch_threads() == []
+    # The longest interval a wait takes is accepted, and the watcher runs (and stops).
+    w = watch(path, interval=threading.TIMEOUT_MAX)
+    running.append(w)
+    wait_for(lambda: w.running, "the thread")
+
+
+# --- stop() from a signal handler --------------------------------------------------------
+
+_SIGNAL_SCRIPT = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from guardrails import policy, watch
+from guardrails._state import STATE
+
+path = Path(sys.argv[1])
+w = watch(path, interval=0.01)
+signal.signal(signal.SIGUSR1, lambda *_: w.stop())
+
+def waiting_for_the_lock():
+    # Its innermost frame: a guardrails lock's __enter__ (blocked in acquire), called by
+    # configure() of a reload.
+    frame = sys._current_frames().get(w._thread.ident)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "__enter__"
+        and frame.f_code.co_filename.endswith("_forksafe.py")
+        and frame.f_back is not None
+        and frame.f_back.f_code.co_name == "configure"
+    )
+
+# The main thread is inside configure() (holding the state lock) when SIGTERM-like shutdown
+# arrives, while the watcher thread waits for that lock to install a reload.
+with STATE.lock:
+    tmp = path.with_name("tmp.yaml")
+    tmp.write_text("policies:\\n  p:\\n    cache: {ttl: 3}\\n")
+    os.replace(tmp, path)
+    deadline = time.monotonic() + 30
+    while not waiting_for_the_lock():
+        assert time.monotonic() < deadline, "the reload never waited for the lock"
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    print("stop returned", flush=True)
+w._thread.join(30)
+assert not w._thread.is_alive(), "the thread outlived the lock"
+assert not w.running
+print("thread ended", policy("p").cache.ttl, flush=True)
+"""
+
+
+def test_stop_from_a_signal_handler_that_interrupted_configure_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """A handler calling ``stop()`` runs on the main thread, which may hold the state lock
+    (inside ``configure()``): joining a watcher that waits for that lock hung for ever."""
+    path = tmp_path / "g.yaml"
+    path.write_text("policies:\n  p:\n    cache: {ttl: 2}\n")
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(_SIGNAL_SCRIPT))
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=_REPO,
+            env={**os.environ, "PYTHONPATH": str(_REPO)},
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"stop() from the signal handler hung: {exc.stdout!r}") from None
+    assert done.returncode == 0, done.stderr
+    # The reload in progress finished after the lock was released; the thread then ended.
+    assert done.stdout.splitlines() == ["stop returned", "thread ended 3.0"]
