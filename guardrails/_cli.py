@@ -16,10 +16,11 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,16 +198,56 @@ def _import_modules(modules: Sequence[str], report: _Report) -> None:
     fails to import is a problem. What they print goes to stderr, not into the output."""
     for module in dict.fromkeys(modules):
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            with _stdout_to_stderr():
                 importlib.import_module(module)
         except (Exception, SystemExit) as exc:
             frames = [
                 f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")
             ][1:]  # not this module's frame, nor importlib's
+            # The application's line (a @guarded that refuses its function), not ours.
+            frames = [f for f in frames if not _is_ours(f.filename)] or frames
             at = f" (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
             report.problems.append(
                 (f"--import {module}", f"cannot import: {type(exc).__name__}: {exc}{at}")
             )
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _is_ours(filename: str) -> bool:
+    return str(Path(filename).resolve()).startswith(_PACKAGE + os.sep)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """What the imported modules print goes to stderr, the output (JSON) stays clean: at
+    the file descriptor too, for C extensions and ``os.write(1, ...)`` (an ML library's
+    banner), not only ``sys.stdout``."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 or 2 (a closed stdout): sys.stdout alone
+        saved = -1
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved >= 0:
+            _flush_c_stdio()  # printf() output still in the C library's buffer
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to ask (not POSIX)
+        pass
 
 
 def _check_functions(settings: Settings, report: _Report) -> None:
@@ -265,7 +306,7 @@ class _Output:
 
     def write(self, text: str, data: Any) -> None:
         if self.json:
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
+            sys.stdout.write(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
         else:
             sys.stdout.write(text)
 
@@ -306,6 +347,21 @@ class _Output:
             {"ok": True, **_about(settings), **_report_json([], report)},
         )
         return 0
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: a float that is not finite as YAML writes it
+    (``.nan``, ``.inf``, ``-.inf``; ``json.dumps`` would print ``NaN``, which JSON parsers
+    refuse), mapping keys as strings, anything else JSON has no type for as its ``str``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _about(settings: Settings | None) -> dict[str, Any]:

@@ -317,3 +317,76 @@ def test_typing_aliases_read_back_equal(written: str, shown: str) -> None:
     tp = parse_type(written)
     assert type_text(tp) == shown
     assert parse_type(shown) == tp
+
+
+# --- JSON output: strict JSON whatever the configuration or the imported code does ----------
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Path) -> None:
+    # A fallback answer of NaN (a model's "no score") was printed as NaN / Infinity, which
+    # JSON parsers other than Python's (jq, JavaScript, Go) refuse.
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "guardrails:\n"
+        "  policies:\n"
+        "    p: {fallback: {value: .nan, catch: [ValueError]}}\n"
+        "    q: {fallback: {value: {score: .inf, low: -.inf}, catch: [ValueError]}}\n"
+    )
+    explained = strict_json(run("explain", "p", str(path), "--format", "json").stdout)
+    (fallback,) = [layer for layer in explained["layers"] if layer["layer"] == "fallback"]
+    assert {s["key"]: s["value"] for s in fallback["settings"]}["value"] == ".nan"
+    shown = strict_json(run("show", str(path), "--format", "json").stdout)
+    assert shown["guardrails"]["policies"]["q"]["fallback"]["value"] == {
+        "score": ".inf",
+        "low": "-.inf",
+    }
+    assert strict_json(run("check", str(path), "--format", "json").stdout)["ok"] is True
+
+
+NOISY = """
+import ctypes
+import os
+
+print("print at import")
+os.write(1, b"os.write at import\\n")
+ctypes.CDLL(None).printf(b"printf at import\\n")  # a C library's banner, buffered in a pipe
+
+from guardrails import guarded
+
+@guarded("noisy")
+def noisy(x):
+    return x
+"""
+
+
+def test_check_import_keeps_json_clean_of_what_modules_write_to_descriptor_1(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "noisy_r3.py").write_text(NOISY)
+    path = tmp_path / "g.yaml"
+    path.write_text("guardrails: {policies: {noisy: {}}}\n")
+    out = run("check", str(path), "--import", "noisy_r3", "--format", "json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = strict_json(out.stdout)
+    assert data["ok"] is True
+    assert [f["function"] for f in data["functions"]] == ["noisy_r3.noisy"]
+    for line in ("print at import", "os.write at import", "printf at import"):
+        assert line in out.stderr
+
+
+def test_check_import_names_the_application_line_that_failed(tmp_path: Path) -> None:
+    (tmp_path / "gen_r3.py").write_text(
+        "from guardrails import guarded\n\n@guarded('gen')\ndef rows():\n    yield 1\n"
+    )
+    out = run("check", "--import", "gen_r3", "--format", "json", cwd=tmp_path)
+    (problem,) = strict_json(out.stdout)["problems"]
+    assert problem["key"] == "--import gen_r3"
+    assert "cannot guard the generator function rows" in problem["message"]
+    assert f"(at {tmp_path / 'gen_r3.py'}, line 3)" in problem["message"], problem["message"]
