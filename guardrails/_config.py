@@ -28,6 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from guardrails import _yaml
 from guardrails._errors import PolicyConfigError
 from guardrails._forksafe import ForkSafeLock
@@ -284,11 +286,21 @@ def _yaml_text(path: Path | str, label: str) -> str:
         raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
 
 
+def _yaml_document(text: str, label: str) -> tuple[Any, Any]:
+    """``(data, node)`` of one YAML file read as OmegaConf reads it, checked first (see
+    :func:`guardrails._yaml.load`); every refusal of PyYAML's is a ``PolicyConfigError``
+    naming the file, a character YAML forbids (NUL, most control characters) included."""
+    try:
+        return _yaml.load(text, _omegaconf_loader(), label)
+    except yaml.YAMLError as exc:  # the reader refuses such characters before any check
+        raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
+
+
 def _from_file(path: Path, overrides: Sequence[str] = ()) -> _Read:
     from omegaconf import DictConfig, OmegaConf
 
     label = str(path)
-    data, node = _yaml.load(_yaml_text(path, label), _omegaconf_loader(), label)
+    data, node = _yaml_document(_yaml_text(path, label), label)
     if data is None:
         raise PolicyConfigError(
             [
@@ -608,9 +620,9 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> _Re
                 run_mode=RunMode.RUN,
                 from_shell=False,
             )
-        except (HydraException, OmegaConfBaseException) as exc:
+        except (HydraException, OmegaConfBaseException, yaml.YAMLError) as exc:
             raise PolicyConfigError(
-                [(label, " ".join(str(exc).split()))],
+                [(label, _message_of(exc))],
                 header="cannot compose the guardrails configuration with Hydra",
             ) from None
         with open_dict(cfg):
@@ -619,6 +631,21 @@ def compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> _Re
     found = [*_booleans_in(loader), *_interpolated_booleans(cfg, _index_of(loader), overrides)]
     read.problems = list(dict.fromkeys(found))
     return read
+
+
+def _message_of(exc: BaseException) -> str:
+    """An exception's message on one line, with its causes': Hydra raises some (a key OmegaConf
+    refuses in a file) with no message of their own, the reason being the cause's."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(parts) < 8:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if text and text not in parts:
+            parts.append(text)
+        current = current.__cause__ if parts else (current.__cause__ or current.__context__)
+    return ": ".join(parts) or type(exc).__name__
 
 
 def _hydra_job_booleans() -> list[Problem]:
@@ -829,9 +856,11 @@ def _checking_loader(search_path: Any) -> Any:
             if isinstance(source, FileConfigSource):
                 path = _file_of(source.path, config_path, ConfigSource)
                 if path not in documents:
-                    documents[path] = _yaml.compose(
-                        _yaml_text(path, path), _omegaconf_loader(), path
-                    )[1]
+                    # Read whole, as Hydra is about to: what its loader would raise raw (a
+                    # duplicate key, an unknown tag, a scalar document) is a problem here.
+                    data, documents[path] = _yaml_document(_yaml_text(path, path), path)
+                    if data is not None and not isinstance(data, dict | list):
+                        raise PolicyConfigError([(path, "expected a YAML mapping at the top")])
             return super().load_config(config_path)
 
     class CheckingLoader(ConfigLoaderImpl):

@@ -6,6 +6,7 @@ hoping for timing: waits are bounded polls on an observable condition.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from guardrails import policy, watch
+from guardrails import PolicyConfigError, configure, guarded, policy, watch
 from guardrails._config import fingerprint, yaml_files
+from guardrails._state import STATE
 from guardrails._watch import Watcher
 
 FAST = 0.01
@@ -146,7 +148,7 @@ def test_an_interval_too_long_for_a_thread_wait_is_refused(
 _SIGNAL_SCRIPT = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from guardrails import policy, watch
+from guardrails import PolicyConfigError, configure, guarded, policy, watch
 from guardrails._state import STATE
 
 path = Path(sys.argv[1])
@@ -208,3 +210,88 @@ def test_stop_from_a_signal_handler_that_interrupted_configure_does_not_deadlock
     assert done.returncode == 0, done.stderr
     # The reload in progress finished after the lock was released; the thread then ended.
     assert done.stdout.splitlines() == ["stop returned", "thread ended 3.0"]
+
+
+# --- hostile YAML: every refusal is a PolicyConfigError naming the file ------------------
+
+HOSTILE = {
+    "a python tag": "policies: !!python/object/apply:os.system ['echo pwned']\n",
+    "an unknown tag": "policies: !foo {}\n",
+    "a duplicate key": "policies: {}\npolicies: {p: {}}\n",
+    "a list as a key": "policies:\n  ? [a, b]\n  : {}\n",
+    "a NUL character": "policies: {}\n\x00\n",
+    "a control character": "policies: {p: {}}\x07\n",
+    "a scalar document": "42\n",
+}
+
+
+def _group_dir(root: Path, text: str) -> Path:
+    conf = root / "conf"
+    (conf / "guardrails").mkdir(parents=True)
+    (conf / "config.yaml").write_text("defaults:\n  - guardrails: g\n  - _self_\n")
+    (conf / "guardrails" / "g.yaml").write_text(text)
+    return conf
+
+
+@pytest.mark.parametrize("what", sorted(HOSTILE))
+def test_hostile_yaml_in_a_file_or_a_group_file_is_a_policy_config_error(
+    tmp_path: Path, what: str
+) -> None:
+    """A config directory handed these to Hydra's loader unchecked: ``configure()`` raised
+    PyYAML's ConstructorError/ReaderError or Hydra's OSError, naming nothing, and the lazy
+    default re-read the files on every call. A NUL broke the single-file path too."""
+    path = tmp_path / "g.yaml"
+    path.write_text(HOSTILE[what])
+    conf = _group_dir(tmp_path, HOSTILE[what])
+    for source, named in ((path, path), (conf, conf / "guardrails" / "g.yaml")):
+        with pytest.raises(PolicyConfigError) as caught:
+            configure(source)
+        assert [p for p, _ in caught.value.problems] == [str(named)], what
+        assert STATE.settings is None  # nothing was installed
+
+
+def test_a_key_omegaconf_refuses_in_a_group_file_says_why(tmp_path: Path) -> None:
+    """Hydra raises it as a ConfigCompositionException with no message: the problem read
+    ``config.yaml: `` and nothing else."""
+    conf = _group_dir(tmp_path, "policies:\n  null: {}\n")
+    with pytest.raises(PolicyConfigError, match="Incompatible key type 'NoneType'"):
+        configure(conf)
+
+
+def test_a_hostile_env_config_fails_each_call_naming_the_variable_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = _group_dir(tmp_path, HOSTILE["a duplicate key"])
+    monkeypatch.setenv("GUARDRAILS_CONFIG", str(conf))
+    monkeypatch.delenv("GUARDRAILS_OVERRIDES", raising=False)
+
+    @guarded("p")
+    def f() -> int:
+        return 1
+
+    for _ in range(2):
+        with pytest.raises(PolicyConfigError) as caught:
+            f()
+        message = str(caught.value)
+        assert "$GUARDRAILS_CONFIG=" in message and "duplicate key" in message
+        assert str(conf / "guardrails" / "g.yaml") in message
+    (conf / "guardrails" / "g.yaml").write_text("policies: {p: {cache: {ttl: 7}}}\n")
+    assert f() == 1 and ttl() == 7  # fixed on disk: healed without a restart
+
+
+def test_a_watched_group_file_given_a_duplicate_key_keeps_the_config_and_names_the_file(
+    tmp_path: Path, running: list[Watcher], logs: pytest.LogCaptureFixture
+) -> None:
+    conf = _group_dir(tmp_path, "policies: {p: {cache: {ttl: 1}}}\n")
+    w = watch(conf, interval=FAST)
+    running.append(w)
+    group = conf / "guardrails" / "g.yaml"
+    tmp = group.with_name(".tmp")
+    tmp.write_text("policies: {p: {cache: {ttl: 2}}}\npolicies: {}\n")
+    os.replace(tmp, group)
+    wait_for(lambda: w.failures == 1, "the refused edit")
+    assert isinstance(w.last_error, PolicyConfigError)
+    assert w.last_error.problems[0][0] == str(group)
+    assert ttl() == 1
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert errors and all(r.exc_info is None for r in errors)  # every problem, no traceback
