@@ -79,7 +79,9 @@ class PolicyOverrides:
     A policy named here for the first time starts fresh: empty caches, zeroed statistics,
     a closed breaker, a full rate-limit bucket. ``restore()`` reinstalls the previous
     settings (the same object; chains recompiled) and leaves those policies fresh again, so
-    nothing a test did to them reaches the next test.
+    nothing a test did to them reaches the next test. A ``configure()`` the test made itself
+    is undone too (with or without a call here; a default loaded lazily by a call is
+    forgotten, to be loaded again); a test that changed nothing is left alone.
     """
 
     def __init__(self) -> None:
@@ -127,10 +129,11 @@ class PolicyOverrides:
         return settings
 
     def restore(self) -> None:
-        """The configuration in force before the first call is in force again."""
-        if not self._changed:
-            return
+        """The configuration in force when this was made is in force again: after a call,
+        or after a ``configure()`` of the test's own. Otherwise nothing is touched."""
         with STATE.lock:
+            if not self._changed and STATE.settings is self._before:
+                return
             named = self._named
             for key in [key for key in STATE.shared if key[0] in named]:
                 del STATE.shared[key]

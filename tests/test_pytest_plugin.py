@@ -600,9 +600,22 @@ def test_restore_without_a_call_touches_nothing(alpha: Callable[[int], int]) -> 
     before = guardrails.configure(BASE)
     assert alpha(1) == 2
     with override_policies():
-        after = guardrails.configure({})
-    assert current_settings() is after is not before
-    assert guardrails.stats()["alpha"].calls == 1
+        assert alpha(1) == 2
+    assert current_settings() is before
+    assert guardrails.stats()["alpha"].calls == 2  # not zeroed
+    assert alpha(1) == 2
+    assert ALPHA_CALLS == [1]  # nor the cache emptied
+
+
+def test_a_configure_of_the_tests_own_is_undone_without_a_call(
+    alpha: Callable[[int], int],
+) -> None:
+    before = guardrails.configure(BASE)
+    with override_policies():
+        guardrails.configure({"policies": {"alpha": {"retry": {"max_attempts": 6}}}})
+        assert guardrails.policy("alpha").retry.max_attempts == 6  # type: ignore[union-attr]
+    assert current_settings() is before
+    assert guardrails.policy("alpha").retry.max_attempts == 2  # type: ignore[union-attr]
 
 
 def test_calls_from_threads_during_overrides_and_restores_all_succeed(
