@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from guardrails import _explain
 from guardrails._config import env_source, packaged_defaults_path
 from guardrails._errors import PolicyConfigError
@@ -158,9 +160,8 @@ def _show(raw: _explain.Raw, wanted: list[str] | None, out: _Output) -> int:
     # Complete policies, removed blocks written as null, so that the output configured
     # again gives the same settings: each is read back over its base as shown.
     packaged = raw.packaged.get("policy_defaults") or {}
-    defaults = _explain.standalone(
-        settings.policy_defaults, _explain.merged(raw, None), packaged, secrets
-    )
+    merged = _explain.merged_all(raw, names)
+    defaults = _explain.standalone(settings.policy_defaults, merged[None], packaged, secrets)
     read_back: dict[str | None, dict[str, Any]] = {None: deep_merge(packaged, defaults)}
     bodies: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(names):
@@ -172,9 +173,7 @@ def _show(raw: _explain.Raw, wanted: list[str] | None, out: _Output) -> int:
         for member in reversed(chain):
             base = settings.policies[member].base
             under = read_back.get(base, read_back[None])
-            body = _explain.standalone(
-                settings.policies[member], _explain.merged(raw, member), under, secrets
-            )
+            body = _explain.standalone(settings.policies[member], merged[member], under, secrets)
             read_back[member] = deep_merge(under, body)
             bodies[member] = body
     policies = {name: bodies[name] for name in dict.fromkeys(names)}
@@ -184,10 +183,8 @@ def _show(raw: _explain.Raw, wanted: list[str] | None, out: _Output) -> int:
         "policy_defaults": defaults,
         "policies": policies,
     }
-    from omegaconf import OmegaConf
-
     out.write(
-        OmegaConf.to_yaml({ROOT: shown}),
+        yaml.safe_dump({ROOT: shown}, sort_keys=False, allow_unicode=True, width=10**9),
         {"ok": True, "source": settings.source, "overrides": list(raw.overrides), ROOT: shown},
     )
     return 0

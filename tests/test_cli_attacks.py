@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import guardrails
+import guardrails._policy
 from guardrails import PolicyConfigError, configure, guarded
 from guardrails._cli import main
 from guardrails._config import load
@@ -390,3 +391,31 @@ def test_check_import_names_the_application_line_that_failed(tmp_path: Path) -> 
     assert problem["key"] == "--import gen_r3"
     assert "cannot guard the generator function rows" in problem["message"]
     assert f"(at {tmp_path / 'gen_r3.py'}, line 3)" in problem["message"], problem["message"]
+
+
+def test_show_merges_each_policy_once_however_long_the_base_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each shown policy walked its whole base chain again: quadratic (1,500 chained
+    # policies took 12 s). Counted, not timed: top-level merges per policy shown.
+    import guardrails._explain as explain_module
+
+    n = 300
+    policies: dict[str, Any] = {"p0": {"retry": {"max_attempts": 3}}}
+    for i in range(1, n):
+        policies[f"p{i}"] = {"base": f"p{i - 1}", "cache": {"ttl": i}}
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump({"guardrails": {"policies": policies}}))
+    calls = [0]
+    real = guardrails._policy.deep_merge
+
+    def counting(base: Any, over: Any) -> dict[str, Any]:
+        calls[0] += 1
+        return real(base, over)
+
+    monkeypatch.setattr(explain_module, "deep_merge", counting)
+    text = shown_in_process(str(path))
+    assert calls[0] <= 4 * n, calls[0]
+    back = tmp_path / "back.yaml"
+    back.write_text(text)
+    assert_same_settings(load(str(path)), load(str(back)))
