@@ -171,7 +171,9 @@ def caller_of(frame: FrameType | None) -> FrameType | None:
 
 def for_record(exc: BaseException, here: FrameType | None, mode: str) -> TracebackType | None:
     """The traceback a log record shows for ``exc``, caught in the log layer at ``here``:
-    the caller's frame, then the function's (``short``), or every frame (``full``).
+    the caller's frame, then the function's (``short``), or every frame (``full``). The
+    caller's frame is left out when it is the plumbing's (the function ran as a task, or
+    as a thread's or an executor's work): the function's frames alone.
 
     With ``short`` the chained exceptions are trimmed in place (the wrapper would do it on
     the way out anyway); ``exc``'s own traceback is left to the wrapper.
@@ -182,6 +184,9 @@ def for_record(exc: BaseException, here: FrameType | None, mode: str) -> Traceba
         trim_chain(exc, itself=False)
         tb = trimmed(tb)
     caller = caller_of(here)
-    if caller is not None and caller.f_lineno is not None:
+    # A task's step, a thread's or an executor's run called it (asyncio.gather, create_task,
+    # Thread(target=...)): no line of the application's called it, and the caller that
+    # awaits the task sees no such frame either.
+    if caller is not None and caller.f_lineno is not None and _kind(caller) == _USER:
         tb = TracebackType(tb, caller, caller.f_lasti, caller.f_lineno)
     return tb

@@ -4,7 +4,10 @@ function's own exception, with its frames, whatever the failure path runs into."
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +88,76 @@ def test_runaway_recursion_raises_the_functions_own_recursion_error(
     # Every call but the very deepest is counted (counting needs a frame there is no room
     # for at the limit itself).
     assert stats()["rec"].failures in (runs, runs - 1)
+
+
+STDLIB_PLUMBING = (
+    str(Path(asyncio.__file__).resolve().parent) + os.sep,
+    str(Path(concurrent.futures.__file__).resolve().parent) + os.sep,
+    str(Path(threading.__file__).resolve()),
+)
+
+
+def deeper(x: int) -> int:
+    raise KeyError(f"no row {x}")
+
+
+async def afail(x: int) -> int:
+    await asyncio.sleep(0)
+    return deeper(x)
+
+
+def fail(x: int) -> int:
+    return deeper(x)
+
+
+def record_frames(logs: pytest.LogCaptureFixture) -> list[traceback.FrameSummary]:
+    (record,) = [r for r in logs.records if getattr(r, "outcome", None) == "failed"]
+    assert record.exc_info is not None
+    return list(traceback.extract_tb(record.exc_info[2]))
+
+
+@pytest.mark.parametrize("how", ["gather", "create_task", "thread", "executor"])
+def test_a_function_run_as_a_task_or_a_thread_logs_its_own_frames(
+    how: str, logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The record prepended the frame that called the guarded function: for a task that was
+    # asyncio's Handle._run ("self._context.run(self._callback, *self._args)"), for a thread
+    # threading's run, for an executor its _WorkItem.run -- a frame the caller awaiting the
+    # task never sees, the very plumbing the trim removes.
+    configure({"policies": {"p": {"log": {"level": "DEBUG"}}}})
+    caught: list[BaseException] = []
+    if how in ("gather", "create_task"):
+        g = guarded("p")(afail)
+
+        async def main() -> None:
+            try:
+                if how == "gather":
+                    await asyncio.gather(g(1))
+                else:
+                    await asyncio.create_task(g(1))
+            except KeyError as exc:
+                caught.append(exc)
+
+        asyncio.run(main())
+        (exc,) = caught
+        seen = [f.name for f in traceback.extract_tb(exc.__traceback__)]
+        assert seen == ["main", "afail", "deeper"]
+        expected = ["afail", "deeper"]
+    else:
+        f = guarded("p")(fail)
+        if how == "thread":
+            # The guarded function is the thread's target: threading's run calls it.
+            monkeypatch.setattr(threading, "excepthook", lambda args: caught.append(args.exc_value))
+            thread = threading.Thread(target=f, args=(1,))
+            thread.start()
+            thread.join(30)
+            assert not thread.is_alive()
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                caught.append(pool.submit(f, 1).exception(30))  # type: ignore[arg-type]
+        (exc,) = caught
+        assert isinstance(exc, KeyError)
+        expected = ["fail", "deeper"]
+    frames = record_frames(logs)
+    assert [f.name for f in frames] == expected
+    assert not [f for f in frames if str(Path(f.filename).resolve()).startswith(STDLIB_PLUMBING)]
