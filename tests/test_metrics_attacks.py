@@ -4,14 +4,17 @@ memory kept for exporting stays bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import random
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -34,7 +37,8 @@ class Unprintable(Exception):
 
 class Tel:
     def __init__(self) -> None:
-        self.meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        self.reader = InMemoryMetricReader()
+        self.meters = MeterProvider(metric_readers=[self.reader])
         self.exporter = InMemorySpanExporter()
         self.tracers = TracerProvider()
         self.tracers.add_span_processor(SimpleSpanProcessor(self.exporter))
@@ -198,3 +202,126 @@ def test_folding_on_new_threads_while_scrapes_fold_too_loses_nothing() -> None:
     finally:
         stop.set()
         prometheus.unregister(registry)
+
+
+# --- both exporters, every kind of ending -----------------------------------------------
+
+STORM = {
+    "leaf": {
+        "log": {"trace": True},
+        "cache": {"ttl": 60},
+        "retry": {
+            "max_attempts": 3,
+            "wait": {"initial": "1ms", "jitter": 0},
+            "retry_on": ["ConnectionError"],
+        },
+        "timeout": {"attempt": "200ms", "total": "400ms"},
+        "validate": {"args": {"x": {"min": 0}}},
+        "fallback": {"value": -1, "catch": ["KeyError"]},
+    }
+}
+
+
+def test_both_exporters_see_every_call_once_through_cancellations_and_timeouts() -> None:
+    """Async tasks cancelled at random points, timeouts abandoning attempts, refusals,
+    fallbacks, cache hits and waiters, and threads calling alongside: the outcomes add
+    up to the calls made, and both histograms count each call once."""
+    registry = CollectorRegistry()
+    prometheus.register(registry)
+    t = Tel()
+    otel.register(t.meters, t.tracers)
+    try:
+        configure({"policies": STORM})
+
+        async def leaf(x: int) -> int:
+            await asyncio.sleep(0.001 * (x % 3))
+            if x % 7 == 1:
+                raise ConnectionError(x)
+            if x % 7 == 2:
+                raise KeyError(x)
+            if x % 7 == 3:
+                await asyncio.Event().wait()  # only a timeout or a cancel ends it
+            return x
+
+        g = guarded("leaf")(leaf)
+        calls = 600
+
+        async def storm() -> list[Any]:
+            rnd = random.Random(8)
+            tasks = []
+            for i in range(calls):
+                task = asyncio.create_task(g(rnd.randrange(-3, 30)))
+                tasks.append(task)
+                if rnd.random() < 0.3:
+                    asyncio.get_running_loop().call_later(rnd.random() * 0.01, task.cancel)
+                if i % 40 == 0:
+                    await asyncio.sleep(0)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+        threads = [threading.Thread(target=lambda: asyncio.run(storm())) for _ in range(2)]
+        for th in threads:
+            th.start()
+        results = asyncio.run(storm())
+        for th in threads:
+            th.join()
+        assert len(results) == calls
+        (totals,) = guardrails.metrics.read()
+        by_outcome = dict(totals.calls)
+        assert sum(by_outcome.values()) == 3 * calls, by_outcome
+        assert by_outcome["cancelled"] > 0 and by_outcome["fallback"] > 0
+        assert by_outcome["rejected"] > 0 and by_outcome["failed"] > 0
+        assert totals.histogram is not None and totals.histogram.counts[-1] == 3 * calls
+        found = t.reader.get_metrics_data()  # the SDK's histogram, fed by the same recorder
+        assert found is not None
+        (point,) = [
+            p
+            for rm in found.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "guardrails.call.duration"
+            for p in m.data.data_points
+        ]
+        assert isinstance(point, HistogramDataPoint)
+        assert point.count == 3 * calls
+        assert point.sum == pytest.approx(totals.histogram.sum, rel=1e-9)
+        assert len(t.spans()) == 3 * calls  # one span per call, every one ended
+    finally:
+        otel.unregister(t.meters)
+        prometheus.unregister(registry)
+        t.meters.shutdown()
+        t.tracers.shutdown()
+
+
+def test_two_registries_then_one_then_none() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    prometheus.register(first)
+    prometheus.register(second)
+    try:
+        configure({"policies": {"p": {"log": {}}}})
+        f = guarded("p")(lambda: 1)
+        for _ in range(5):
+            f()
+        assert _count(first) == _count(second) == 5
+        prometheus.unregister(first)
+        for _ in range(5):
+            f()
+        assert _count(second) == 10  # still fed for the registry left
+        assert first.get_sample_value("guardrails_calls_total", {"policy": "p"}) is None
+    finally:
+        prometheus.unregister(second)
+    for _ in range(5):
+        f()
+    assert sum(dict(guardrails.metrics.read()[0].calls).values()) == 15
+    prometheus.register(second)  # from where the totals are; the histogram missed 5 calls
+    try:
+        assert (
+            second.get_sample_value("guardrails_calls_total", {"policy": "p", "outcome": "ok"})
+            == 15
+        )
+        assert _count(second) == 10
+    finally:
+        prometheus.unregister(second)
+
+
+def _count(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("guardrails_call_duration_seconds_count", {"policy": "p"})
