@@ -222,7 +222,7 @@ class _TypeParser:
                 self.fail(f"{word} takes parameters, like {word}[int]", at)
             if not _is_type(origin):
                 self.fail(f"{word!r} names {_brief(origin)}, which is not a type", at)
-            return origin
+            return _canonical(origin)
         self.take("[")
         args: list[Any] = []
         literal = origin is Literal
@@ -293,7 +293,7 @@ def _canonical(tp: Any) -> Any:
     and reads back equal (``typing.List[int] != list[int]``, and settings are compared)."""
     origin = typing.get_origin(tp)
     if (
-        isinstance(tp, typing._GenericAlias)  # type: ignore[attr-defined]
+        isinstance(tp, typing._BaseGenericAlias)  # type: ignore[attr-defined]
         and isinstance(origin, type)
         and origin.__module__ in ("builtins", "collections.abc", "collections", "re")
     ):
@@ -301,7 +301,8 @@ def _canonical(tp: Any) -> Any:
         if not any(isinstance(a, list) for a in args):  # Callable[[int], str] stays
             try:
                 subscripted: Any = origin
-                return subscripted[args if len(args) != 1 else args[0]] if args else tp
+                # typing.List alone is list (the parameters pydantic assumes are the same).
+                return subscripted[args if len(args) != 1 else args[0]] if args else origin
             except TypeError:
                 return tp
     return tp
