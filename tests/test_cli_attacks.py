@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import guardrails
@@ -431,6 +431,8 @@ _TYPE_TOKENS = [
 
 @settings(max_examples=400, deadline=None)
 @given(parts=st.lists(st.sampled_from(_TYPE_TOKENS), max_size=12))
+@example(parts=["typing:List", "|", "typing:List"])
+@example(parts=["typing.Dict", "[", "str", ",", "typing:List", "]"])
 def test_any_token_soup_is_read_or_refused_and_what_is_read_reads_back(parts: list[str]) -> None:
     # typing:List|typing:List was read as typing.List and shown as typing:List, which the
     # plain-name rules then refused: show's output did not load back.
