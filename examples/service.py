@@ -13,15 +13,18 @@ Endpoints:
   bulkhead); the store lookup by ``fetch_features`` (retry, timeout, breaker, fallback,
   cache). Answers 200 ``{"request_id", "label", "probabilities", "degraded"}``
   (``degraded``: the store's breaker was open and the features are the population's
-  average), 422 when the request fails the policy's checks (the failing fields in
-  ``detail``, as FastAPI lists them), 404 for an unknown entity, 503 with ``Retry-After``
-  when the store or the model refuses or is unavailable (breaker open with no fallback,
-  rate limit, bulkhead full, memory budget, the store failing after its retries).
+  average), 422 when the request fails the JSON schema or the policy's checks (the
+  failing fields in ``detail``, as FastAPI lists them; a NaN or infinity echoed there is
+  written as text), 400 for a body FastAPI cannot decode at all (bytes that are not
+  text, an integer of more than 4,300 digits), 404 for an unknown entity, 503 with
+  ``Retry-After`` when the store or the model refuses or is unavailable (breaker open
+  with no fallback, rate limit, bulkhead full, memory budget, the store failing after its
+  retries).
 - ``GET /healthz``: the breaker of every policy that has one, and the config watcher's
   reloads; 503 while a breaker is open (half-open is 200: it needs traffic to close).
 - ``GET /metrics``: Prometheus text (``guardrails.metrics.prometheus`` plus the process).
 - ``POST /admin/store`` ``{"down": true}``: simulate a feature-store outage; only with
-  ``--admin`` (or ``SERVICE_ADMIN=1``), else 404.
+  ``--admin`` (or ``SERVICE_ADMIN=1``), else 404 whatever the body.
 
 The config is composed with Hydra from ``--config-dir`` (default ``$GUARDRAILS_CONFIG``, else
 the repository's ``conf/``) and ``--config-name`` (``service``), with the overrides given
@@ -53,8 +56,10 @@ import numpy as np
 import prometheus_client
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import guardrails
 import guardrails.metrics.prometheus
@@ -209,7 +214,11 @@ class PredictBody(BaseModel):
 
     Only the JSON shape is checked here; the values are the ``predict`` policy's business
     (``validate`` in conf/guardrails/*.yaml), so a policy edit changes what is accepted.
+    The shape is strict: ``true`` or ``"1"`` is not a number (lax parsing would read them
+    as 1.0), ``3.0`` is not an entity id.
     """
+
+    model_config = ConfigDict(strict=True)
 
     request_id: str
     features: list[float] | None = None
@@ -223,6 +232,8 @@ class PredictBody(BaseModel):
 
 
 class StoreBody(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     down: bool
 
 
@@ -320,12 +331,27 @@ def create_app(opts: Options | None = None) -> FastAPI:
         )
 
     @app.post("/admin/store")
-    async def admin_store(body: StoreBody) -> JSONResponse:
+    async def admin_store(request: Request) -> JSONResponse:
+        # The switch is checked before the body is read: without --admin every request is
+        # a 404, never a 422 that would say the endpoint exists.
         if not SERVICE.options.admin or SERVICE.store is None:
             raise HTTPException(404, "Not Found")
+        try:
+            body = StoreBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
         SERVICE.store.down = body.down
         log.warning("feature store %s (simulated)", "DOWN" if body.down else "back up")
         return JSONResponse({"down": SERVICE.store.down})
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, except that a NaN or infinite number the client sent (JSON's
+        # common extension, which the parser takes) is echoed as text: strict JSON has no
+        # way to write it, and FastAPI's handler answered a 500 for `{"entity_id": NaN}`.
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(InputValidationError)
     async def rejected(request: Request, exc: InputValidationError) -> JSONResponse:
@@ -354,6 +380,17 @@ def create_app(opts: Options | None = None) -> FastAPI:
         return _unavailable(exc.policy, type(exc.__cause__).__name__, exc, 1.0)
 
     return app
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (decoded JSON) with each NaN or infinite float as text ("nan", "inf")."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
 
 
 def _unavailable(

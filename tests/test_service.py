@@ -387,11 +387,16 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
 ) -> None:
     running = serve()
     negative = valid(3)
-    negative["features"][4] = -1.0  # magnesium below zero: no bound in the policy yet
+    negative["features"][4] = -1.0  # magnesium below zero: within the policy's bounds yet
+    # The bounds are the service's (conf/service.yaml, composed over the group file); the
+    # bad edits go to the group file (conf/guardrails/default.yaml): both are watched.
+    service_file = running.conf / "service.yaml"
+    service_original = service_file.read_text()
+    bound = "min: -1.0e6"
+    assert service_original.count(bound) == 1
     policy_file = running.conf / "guardrails" / "default.yaml"
     original = policy_file.read_text()
-    bound = "finite: true}"
-    assert original.count(bound) == 1 and original.count("max_attempts: 5") == 1
+    assert original.count("max_attempts: 5") == 1
 
     def config(http: httpx.Client) -> dict[str, Any]:
         body: dict[str, Any] = http.get("/healthz").json()["config"]
@@ -402,7 +407,7 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
         assert config(http)["reloads"] == 0
 
         # Tighten the bound: within the watch interval, the running service refuses the row.
-        policy_file.write_text(original.replace(bound, "finite: true, min: 0}"))
+        service_file.write_text(service_original.replace(bound, "min: 0"))
         refused = poll(
             lambda: (r := http.post("/predict", json=negative)).status_code == 422 and r,
             "the tightened bound in force",
@@ -414,9 +419,10 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
 
         # A bad edit is logged and counted; the config in force stays.
         policy_file.write_text(original.replace("max_attempts: 5", "max_attempts: -3"))
-        error = poll(lambda: config(http)["last_error"], "the failed reload counted")
+        # The count is the signal (the watcher sets last_error, logs, then counts).
+        poll(lambda: config(http)["failed_reloads"] >= 1, "the failed reload counted")
+        error = config(http)["last_error"]
         assert "max_attempts" in error, error
-        assert config(http)["failed_reloads"] >= 1
         assert http.post("/predict", json=negative).status_code == 422
 
         # An editor that truncates the file before writing it: the empty file is refused
@@ -426,8 +432,9 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
         poll(lambda: config(http)["failed_reloads"] > failed, "the empty file refused")
         assert http.post("/predict", json=negative).status_code == 422
 
-        # Put it back: the original policy is in force again.
+        # Put them back: the original policy is in force again.
         policy_file.write_text(original)
+        service_file.write_text(service_original)
         poll(
             lambda: http.post("/predict", json=negative).status_code == 200,
             "the original policy back in force",
@@ -585,3 +592,66 @@ def test_a_bad_config_stops_the_service_at_startup_naming_the_key(tmp_path: Path
     )
     assert out.returncode != 0
     assert "policies.predict.bulkhead.max_concurrent" in out.stderr + out.stdout
+
+
+# --- hostile requests --------------------------------------------------------------------------
+
+#: (body as sent, status, what the answer's detail names): each answered as documented.
+HOSTILE: list[tuple[bytes, int, str]] = [
+    # Finite, but the model's scaler overflows on them: the policy's bounds refuse them.
+    (b'{"request_id":"req-1","features":[1e308' + b",1" * 12 + b"]}", 422, "features"),
+    (b'{"request_id":"req-1","features":[-1e308,1e308' + b",1" * 11 + b"]}", 422, "features"),
+    (b'{"request_id":"req-1","features":[NaN' + b",1" * 12 + b"]}", 422, "features"),
+    (b'{"request_id":"req-1","features":[-Infinity' + b",1" * 12 + b"]}", 422, "features"),
+    (b'{"request_id":"req-1","features":[1e400' + b",1" * 12 + b"]}", 422, "features"),
+    # Not numbers: lax parsing would have read them as 1.0 and answered 200.
+    (b'{"request_id":"req-1","features":[true' + b",1" * 12 + b"]}", 422, "features"),
+    (b'{"request_id":"req-1","features":["1"' + b",1" * 12 + b"]}", 422, "features"),
+    (b'{"request_id":"req-1","entity_id":true}', 422, "entity_id"),
+    (b'{"request_id":"req-1","entity_id":3.0}', 422, "entity_id"),
+    (b'{"request_id":"req-1","entity_id":1e400}', 422, "entity_id"),
+    # Echoed back in the 422 (as FastAPI does): strict JSON cannot write NaN or Infinity.
+    (b'{"request_id":NaN,"entity_id":3}', 422, "request_id"),
+    (b'{"request_id":"req-1","features":[[NaN]]}', 422, "features"),
+    (b'{"request_id":"req-1","entity_id":-Infinity}', 422, "entity_id"),
+    (b'{"request_id":"req-1","entity_id":' + b"9" * 4000 + b"}", 404, "unknown entity"),
+    # Past Python's limit on the digits of an int read from text (4,300): FastAPI's 400.
+    (b'{"request_id":"req-1","entity_id":' + b"9" * 5000 + b"}", 400, "parsing the body"),
+    (b'{"request_id":"req-1","features":[]}', 422, "features"),
+    (b'{"request_id":"req-1","features":[[1]]}', 422, "features"),
+    (b'{"request_id":"req-1\\n","entity_id":3}', 422, "request_id"),
+    (b'{"request_id":"req-1","features":[1' + b",1" * 12, 422, "json_invalid"),
+    (b"\xff\xfe\x00", 400, "parsing the body"),  # not text: FastAPI's 400
+    (b"", 422, "missing"),
+    (b"[]", 422, "body"),
+    (b'{"request_id":"req-1","features":[1e-320' + b",1" * 12 + b"]}", 200, "label"),
+    (b'{"request_id":"req-1","features":[1e6' + b",-1e6" * 12 + b"]}", 200, "label"),
+]
+
+
+def test_hostile_bodies_get_documented_answers_never_a_500(serve: Callable[..., Running]) -> None:
+    running = serve()
+    with running.client() as http:
+        for body, status, named in HOSTILE:
+            response = http.post("/predict", content=body, headers=JSON)
+            assert (response.status_code, named) == (status, named), (body[:80], response.text)
+            assert named in response.text, (body[:80], response.text)
+        # Without --admin the switch is a 404 whatever the body: no 422 that tells it exists.
+        for content in (b'{"down": true}', b'{"down": "yes"}', b"{", b""):
+            answer = http.post("/admin/store", content=content, headers=JSON)
+            assert answer.status_code == 404, (content, answer.text)
+        assert healthz(http)[0] == 200
+    assert "Traceback" not in running.output()
+    running.stop()
+
+
+def test_the_admin_switch_reads_its_body_strictly(serve: Callable[..., Running]) -> None:
+    running = serve("--admin")
+    with running.client() as http:
+        for content in (b'{"down": "yes"}', b'{"down": 1}', b"{", b"", b"[]"):
+            answer = http.post("/admin/store", content=content, headers=JSON)
+            assert answer.status_code == 422, (content, answer.text)
+            assert answer.json()["detail"][0]["loc"][0] == "body", answer.text
+        assert http.post("/admin/store", json={"down": True}).json() == {"down": True}
+        assert http.post("/admin/store", json={"down": False}).json() == {"down": False}
+    running.stop()
