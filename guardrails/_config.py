@@ -254,8 +254,12 @@ def _read(source: Any, overrides: Sequence[str], config_name: str) -> _Read:
             return compose(path, config_name, overrides)
         if path.is_file():
             return _from_file(path, overrides)
+        try:
+            what = _not_a_file(path.stat().st_mode)
+        except OSError:
+            what = "no such file or directory"
         raise PolicyConfigError(
-            [(str(path), "no such file or directory (expected a YAML file or a config directory)")]
+            [(str(path), f"{what} (expected a YAML file or a config directory)")]
         )
     raise TypeError(
         "configure() takes None, a DictConfig, a mapping, a YAML file path or a config "
@@ -280,10 +284,27 @@ def _omegaconf_loader() -> type[Any]:
 
 
 def _yaml_text(path: Path | str, label: str) -> str:
+    """The text of a regular file. Opened without blocking and checked once open: a file
+    replaced by a FIFO after its status was looked at would block the read for ever."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise PolicyConfigError([(label, f"cannot read YAML: {_not_a_file(mode)}")])
+            return f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
+
+
+def _not_a_file(mode: int) -> str:
+    kinds = {
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+    }
+    return f"it is {kinds.get(stat.S_IFMT(mode), 'not a regular file')}, not a YAML file"
 
 
 def _yaml_document(text: str, label: str) -> tuple[Any, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -162,6 +163,17 @@ class Watcher:
                 except Exception:  # a bug here must not end the watching silently
                     LOGGER.exception("guardrails: watching %s failed; still watching", self.source)
                 self._looks += 1
+        except BaseException as exc:
+            # sys.exit() in on_reload ends this thread only, and silently (threading ignores
+            # SystemExit): say that the watching ended, and why (logged here, with its
+            # traceback, rather than raised again to threading's hook).
+            LOGGER.error(
+                "guardrails: watching %s ended: %s raised on the watching thread; no more "
+                "reloads (the process goes on)",
+                self.source,
+                type(exc).__name__,
+                exc_info=exc,
+            )
         finally:
             self._ended = True
 
@@ -218,10 +230,8 @@ class Watcher:
                 LOGGER.exception("guardrails: the on_reload callback of watch() raised")
 
     def _failed(self, exc: Exception) -> None:
-        self.failures += 1
+        # Logged, then counted: whoever sees the count (a test, /healthz) finds the record.
         self.last_error = exc
-        with _lock:
-            _totals[1] += 1
         if isinstance(exc, PolicyConfigError):
             LOGGER.error(
                 "guardrails: reloading %s failed; the configuration in force is unchanged\n%s",
@@ -235,6 +245,9 @@ class Watcher:
                 self.source,
                 exc_info=exc,
             )
+        self.failures += 1
+        with _lock:
+            _totals[1] += 1
 
     def _look(self) -> tuple[tuple[str, Any], ...]:
         """What the YAML files of the source hold: per file, a digest of its bytes (or its
@@ -265,7 +278,13 @@ def _holding() -> bool:
 def _digest(path: Path, state: tuple[Any, ...]) -> Any:
     """``(hash of the bytes, whether they hold no YAML)``, or a status when unreadable."""
     try:
-        with open(path, "rb") as f:
+        # Not blocking, and checked once open: the file may have become a FIFO since its
+        # status was taken, and reading that would block the watcher for ever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                return ("not a file", stat.S_IFMT(mode))
             data = f.read(_MAX_HASHED + 1)
     except OSError as exc:
         return ("unreadable", exc.errno, state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -19,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from guardrails import PolicyConfigError, configure, guarded, policy, watch
-from guardrails._config import fingerprint, yaml_files
+from guardrails._config import _yaml_text, file_state, fingerprint, yaml_files
 from guardrails._state import STATE
-from guardrails._watch import Watcher
+from guardrails._watch import Watcher, _digest
 
 FAST = 0.01
 _REPO = Path(__file__).resolve().parents[1]
@@ -295,3 +296,77 @@ def test_a_watched_group_file_given_a_duplicate_key_keeps_the_config_and_names_t
     assert ttl() == 1
     errors = [r for r in logs.records if r.levelno == logging.ERROR]
     assert errors and all(r.exc_info is None for r in errors)  # every problem, no traceback
+
+
+# --- a file that becomes a FIFO between its status and its read ---------------------------
+
+
+def test_a_file_replaced_by_a_fifo_after_its_status_was_taken_never_blocks(
+    tmp_path: Path,
+) -> None:
+    """The watcher stats a file, then reads it: a FIFO put there in between blocked the read
+    (and the watcher, and ``stop()`` joining it) until some writer opened the FIFO. The same
+    for a group file Hydra found as a regular file."""
+    path = tmp_path / "g.yaml"
+    path.write_text("policies: {}\n")
+    state = file_state(path)
+    path.unlink()
+    os.mkfifo(path)
+    result: list[object] = []
+    reader = threading.Thread(
+        target=lambda: result.extend([_digest(path, state), _read_error(path)]), daemon=True
+    )
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():
+        with open(path, "w"):  # the writer that unblocks it, so no thread is left behind
+            pass
+        reader.join(30)
+        raise AssertionError("reading a FIFO blocked")
+    assert result[0] == ("not a file", stat.S_IFIFO)
+    assert result[1] == [(str(path), "cannot read YAML: it is a FIFO, not a YAML file")]
+
+
+def _read_error(path: Path) -> list[tuple[str, str]]:
+    with pytest.raises(PolicyConfigError) as caught:
+        _yaml_text(path, str(path))
+    return list(caught.value.problems)
+
+
+def test_an_env_config_that_is_a_fifo_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "no such file or directory" of a path that exists."""
+    path = tmp_path / "g.yaml"
+    os.mkfifo(path)
+    with pytest.raises(PolicyConfigError, match="it is a FIFO, not a YAML file"):
+        configure(path)
+
+
+# --- the watching thread ending on its own --------------------------------------------------
+
+
+def test_sys_exit_in_on_reload_is_logged_as_the_end_of_watching(
+    tmp_path: Path, running: list[Watcher], logs: pytest.LogCaptureFixture
+) -> None:
+    """``sys.exit()`` in a thread ends the thread alone, and threading says nothing of a
+    SystemExit: the watcher stopped reloading without a word while the process went on."""
+    path = tmp_path / "g.yaml"
+    path.write_text("policies: {p: {cache: {ttl: 1}}}\n")
+
+    def restart(settings: object) -> None:
+        sys.exit(3)  # "restart on a config change", as if this were the main thread
+
+    w = watch(path, interval=FAST, on_reload=restart)
+    running.append(w)
+    tmp = tmp_path / "tmp.yaml"
+    tmp.write_text("policies: {p: {cache: {ttl: 2}}}\n")
+    os.replace(tmp, path)
+    wait_for(lambda: not w.running, "the thread to end")
+    ended = [r for r in logs.records if "ended: SystemExit" in r.getMessage()]
+    assert len(ended) == 1 and ended[0].levelno == logging.ERROR
+    assert ended[0].exc_info is not None and isinstance(ended[0].exc_info[1], SystemExit)
+    # The watcher is not running, so another may start.
+    w2 = watch(path, interval=FAST)
+    running.append(w2)
+    assert w2.running
