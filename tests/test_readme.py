@@ -26,6 +26,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -624,11 +625,24 @@ def python(program: Path, cwd: Path, *args: str, **env: str) -> tuple[int, str]:
 # --- the runners -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("b", claimed_by("test_console_block"), ids=lambda b: f"line{b.line}")
-def test_console_block(b: Block, tmp_path: Path) -> None:
-    cwd = workdir(tmp_path)
-    for command in commands(b):
-        run_command(command, cwd, b.where)
+def test_console_block(tmp_path: Path) -> None:
+    """Every console block claimed here, each in its own directory, each block's commands in
+    order; the blocks run side by side (most of their time is Python and Hydra starting up).
+    A failure names its README line."""
+    todo = claimed_by("test_console_block")
+    assert len(todo) >= 10
+
+    def run(b: Block) -> None:
+        cwd = workdir(tmp_path / f"line{b.line}")
+        for command in commands(b):
+            run_command(command, cwd, b.where)
+
+    for b in todo:
+        (tmp_path / f"line{b.line}").mkdir()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(run, b) for b in todo]
+    problems = [str(f.exception()) for f in futures if f.exception() is not None]
+    assert not problems, "\n\n".join(problems)
 
 
 def test_the_two_commands(tmp_path: Path) -> None:
