@@ -162,7 +162,14 @@ def _log_report(
     status = job_return.status
     outcome = "failed" if status == JobStatus.FAILED else "finished"
     where = f"; written to {written}" if written is not None else ""
-    LOGGER.info("guardrails: the job %s with %d policies in use%s", outcome, len(snapshot), where)
+    n = len(snapshot)
+    LOGGER.info(
+        "guardrails: the job %s with %d polic%s in use%s",
+        outcome,
+        n,
+        "y" if n == 1 else "ies",
+        where,
+    )
     for name, s in snapshot.items():
         LOGGER.info("guardrails: %s", policy_line(name, s))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails import PolicyConfigError, configure, guarded, policy, watch
+from guardrails import PolicyConfigError, configure, guarded, policy, stats, watch
 from guardrails._config import _yaml_text, file_state, fingerprint, yaml_files
 from guardrails._state import STATE
 from guardrails._watch import Watcher, _digest
@@ -149,7 +149,7 @@ def test_an_interval_too_long_for_a_thread_wait_is_refused(
 _SIGNAL_SCRIPT = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from guardrails import PolicyConfigError, configure, guarded, policy, watch
+from guardrails import PolicyConfigError, configure, guarded, policy, stats, watch
 from guardrails._state import STATE
 
 path = Path(sys.argv[1])
@@ -370,3 +370,24 @@ def test_sys_exit_in_on_reload_is_logged_as_the_end_of_watching(
     w2 = watch(path, interval=FAST)
     running.append(w2)
     assert w2.running
+
+
+# --- the Hydra callback's report --------------------------------------------------------------
+
+
+def test_the_job_report_counts_its_policies_in_english(logs: pytest.LogCaptureFixture) -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from guardrails.hydra import _log_report
+
+    configure({"policies": {"p": {}}})
+
+    @guarded("p")
+    def f() -> int:
+        return 1
+
+    f()
+    done = JobReturn()
+    done.status = JobStatus.COMPLETED
+    _log_report(stats(), done, None)
+    assert "the job finished with 1 policy in use" in logs.records[-2].getMessage()
