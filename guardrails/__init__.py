@@ -34,6 +34,22 @@ from guardrails._report import report
 from guardrails._stats import PolicyStats
 from guardrails._watch import Watcher, watch
 
+# Tracebacks, reprs and pickles name each error where users import it from
+# (guardrails.PolicyConfigError, not guardrails._errors.PolicyConfigError).
+for _error in (
+    BulkheadFull,
+    CallTimeout,
+    CircuitOpenError,
+    GuardrailsError,
+    InputValidationError,
+    MemoryBudgetExceeded,
+    OutputValidationError,
+    PolicyConfigError,
+    RateLimitExceeded,
+):
+    _error.__module__ = __name__
+del _error
+
 __all__ = [
     "LAYER_NAMES",
     "BulkheadFull",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class GuardrailsError(Exception):
@@ -16,8 +17,19 @@ class PolicyConfigError(GuardrailsError, ValueError):
         self.problems: tuple[tuple[str, str], ...] = tuple(problems)
         n = len(self.problems)
         head = header or f"invalid guardrails configuration ({n} problem{'s' if n != 1 else ''})"
+        self.header = header
         lines = [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
         super().__init__("\n".join([head + ":", *lines]))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its problems (a worker process hands it back to its parent).
+        return _config_error, (self.problems, self.header)
+
+
+def _config_error(
+    problems: Sequence[tuple[str, str]], header: str | None = None
+) -> PolicyConfigError:
+    return PolicyConfigError(problems, header=header)
 
 
 class _ValidationFailure(GuardrailsError, ValueError):
@@ -30,6 +42,9 @@ class _ValidationFailure(GuardrailsError, ValueError):
         #: The failing fields alone, ``"field: problem; field: problem"``.
         self.detail = "; ".join(f"{field}: {msg}" if field else msg for field, msg in self.errors)
         super().__init__(f"policy {policy!r} ({function}): {self.kind} failed: {self.detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.policy, self.function, self.errors)
 
 
 class InputValidationError(_ValidationFailure):
@@ -124,6 +139,9 @@ class MemoryBudgetExceeded(GuardrailsError, MemoryError):
             "(after a garbage collection)"
         )
         super().__init__(f"policy {policy!r} ({function}): refused: {self.detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.policy, self.function, self.rss, self.limit)
 
 
 def _fmt_bytes(n: float) -> str:
