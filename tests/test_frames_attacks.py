@@ -1,5 +1,6 @@
-"""Attacks on trimmed tracebacks and the log layer's failure path: the caller always gets the
-function's own exception, with its frames, whatever the failure path runs into."""
+"""Attacks on trimmed tracebacks and the log layer: the caller always gets the function's own
+exception, with its frames, whatever the failure path runs into; records show what ran; a
+level no record can be logged at is refused."""
 
 from __future__ import annotations
 
@@ -161,3 +162,25 @@ def test_a_function_run_as_a_task_or_a_thread_logs_its_own_frames(
     frames = record_frames(logs)
     assert [f.name for f in frames] == expected
     assert not [f for f in frames if str(Path(f.filename).resolve()).startswith(STDLIB_PLUMBING)]
+
+
+@pytest.mark.parametrize("level", ["NOTSET", "notset", 0])
+@pytest.mark.parametrize("key", ["level", "failure_level"])
+def test_notset_is_refused_as_a_level_records_would_never_be_logged_at(
+    key: str, level: object
+) -> None:
+    # NOTSET was accepted, and then no record of the policy was ever logged, whatever the
+    # logger's level: logging drops records at level 0 (Logger.isEnabledFor(0) is false).
+    with pytest.raises(guardrails.PolicyConfigError) as caught:
+        configure({"policies": {"p": {"log": {key: level}}}})
+    ((where, says),) = caught.value.problems
+    assert where == f"guardrails.policies.p.log.{key}"
+    assert "NOTSET" in says and "DEBUG" in says
+
+
+def test_the_lowest_levels_a_record_can_have_are_taken(logs: pytest.LogCaptureFixture) -> None:
+    configure({"policies": {"p": {"log": {"level": "DEBUG", "failure_level": "debug"}}}})
+    f = guarded("p")(fail)
+    with pytest.raises(KeyError):
+        f(1)
+    assert [r.levelno for r in logs.records if getattr(r, "policy", None) == "p"] == [10]

@@ -63,12 +63,21 @@ class LogConfig(Block):
     @field_validator("level", "failure_level", mode="before")
     @classmethod
     def _level_name(cls, value: object) -> str:
+        name: object = None
         if isinstance(value, int) and not isinstance(value, bool):
             name = logging.getLevelName(value)
-            if isinstance(name, str) and not name.startswith("Level "):
-                return name
-        if isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
-            return value.upper()
+            if not isinstance(name, str) or name.startswith("Level "):
+                name = None
+        elif isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
+            name = value.upper()
+        if isinstance(name, str) and logging.getLevelName(name) <= logging.NOTSET:
+            # logging never emits a record at level 0 (Logger.isEnabledFor(0) is false).
+            raise ValueError(
+                f"{value!r} is no level a record can be logged at (logging drops records at "
+                "NOTSET); expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
+        if isinstance(name, str):
+            return name
         raise ValueError(
             f"expected a log level name (DEBUG, INFO, WARNING, ERROR, CRITICAL), got {value!r}"
         )
