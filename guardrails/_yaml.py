@@ -78,7 +78,11 @@ def compose(text: str, loader_cls: type[Any], label: str) -> tuple[Any, yaml.Nod
     limited = _LIMITED.get(loader_cls)
     if limited is None:
         limited = _LIMITED[loader_cls] = _depth_limited(loader_cls)
-    loader = limited(text)
+    try:
+        # The reader checks every character first: a NUL raises here (ReaderError).
+        loader = limited(text)
+    except yaml.YAMLError as exc:
+        raise PolicyConfigError([(label, f"cannot read YAML: {exc}")]) from None
     try:
         node = loader.get_single_node()
     except _TooDeep as exc:

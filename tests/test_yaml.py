@@ -487,3 +487,15 @@ def test_a_hydra_main_app_gets_the_booleans_its_interpolations_reach(tmp_path: P
     (tmp_path / "conf").rename(tmp_path / "refused")
     out = _hydra_app(tmp_path, policy_yaml, "job.verbose=true")
     assert "CONFIGURED enabled=True ttl=5.0" in out
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\ufffe"])
+def test_a_character_yaml_refuses_is_a_config_error_naming_the_source(char: str) -> None:
+    import yaml
+
+    from guardrails import _yaml
+
+    with pytest.raises(PolicyConfigError) as exc:
+        _yaml.load(f"policies: {{p: {{}}}}{char}\n", yaml.SafeLoader, "f.yaml")
+    assert exc.value.problems[0][0] == "f.yaml"
+    assert "cannot read YAML" in exc.value.problems[0][1]
