@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import guardrails
-from guardrails import configure, guarded, stats
+from guardrails import _frames, configure, guarded, stats
 
 OURS = str(Path(guardrails.__file__).resolve().parent)
 
@@ -184,3 +184,63 @@ def test_the_lowest_levels_a_record_can_have_are_taken(logs: pytest.LogCaptureFi
     with pytest.raises(KeyError):
         f(1)
     assert [r.levelno for r in logs.records if getattr(r, "policy", None) == "p"] == [10]
+
+
+def long_chain(links: int) -> ValueError:
+    exc: ValueError | None = None
+    for i in range(links):
+        try:
+            raise ValueError(i) from exc
+        except ValueError as caught:
+            exc = caught
+    assert exc is not None
+    return exc
+
+
+@pytest.mark.parametrize("shape", ["chain", "group"])
+def test_a_huge_exception_costs_a_bounded_trim(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every link of a cause chain (and every member of a group) was read on each raise: a
+    # stored failure with 100,000 causes cost 100 ms per call that raised it again.
+    configure({"policies": {"p": {"log": {"traceback": "none"}}}})
+    reads = [0]
+    real = _frames._trim_one
+
+    def counted(exc: BaseException) -> None:
+        reads[0] += 1
+        real(exc)
+
+    monkeypatch.setattr(_frames, "_trim_one", counted)
+    if shape == "chain":
+        big: Exception = long_chain(20_000)
+    else:
+        big = ExceptionGroup("many", [ValueError(i) for i in range(20_000)])
+
+    @guarded("p")
+    def f() -> None:
+        raise big
+
+    for _ in range(3):
+        with pytest.raises(type(big)) as caught:
+            f()
+        assert caught.value is big
+        assert not [n for n in files_shown(big) if n.startswith(OURS)]
+    assert reads[0] <= 3 * _frames.SCAN_LINKS
+
+
+def test_the_links_nearest_the_head_are_trimmed_first() -> None:
+    # A fallback's failure keeps the failure it answered as its context: that link holds
+    # our frames and is trimmed even when the exception is a group of many members.
+    configure(
+        {"policies": {"p": {"fallback": {"function": f"{__name__}.many_failures"}}}},
+    )
+    f = guarded("p")(fail)
+    with pytest.raises(ExceptionGroup) as caught:
+        f(1)
+    context = caught.value.__context__
+    assert isinstance(context, KeyError)
+    assert not [n for n in files_shown(context) if n.startswith(OURS)]
+    assert [n.name for n in traceback.extract_tb(context.__traceback__)] == ["fail", "deeper"]
+
+
+def many_failures(x: int) -> int:
+    raise ExceptionGroup("all shards failed", [ValueError(i) for i in range(5 * 1000)])
