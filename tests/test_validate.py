@@ -708,3 +708,20 @@ def test_integer_bounds_stay_exact_integers(kind: str) -> None:
         "expected values <= 9007199254740993, found 9007199254740994",
         "expected values <= 2.5, found 3",
     ]
+
+
+@pytest.mark.parametrize("arity", [1, 2])
+def test_an_input_refusal_is_not_shown_as_raised_while_handling_pydantic_s_error(
+    arity: int,
+) -> None:
+    # The model fast path catches pydantic's ValidationError and looks again: the refusal
+    # must not read as a crash "during handling" of it.
+    import traceback
+
+    model = "tests.schemas_for_tests:Threshold" if arity == 1 else "tests.schemas_for_tests:Order"
+    configure({"policies": {"v": {"validate": {"input": model}, "log": None}}})
+    f = guarded("v")((lambda t: t) if arity == 1 else (lambda quantity, sku: sku))
+    with pytest.raises(InputValidationError) as exc:
+        f(*([-1.0] if arity == 1 else [0, "bad"]))
+    shown = "".join(traceback.format_exception(exc.value))
+    assert "During handling" not in shown and "pydantic_core" not in shown, shown

@@ -492,7 +492,7 @@ def input_checker(
                     return call_args(bound)
         if errors:
             ctx.counters.reject_input()
-            raise InputValidationError(policy, qualname, errors)
+            raise InputValidationError(policy, qualname, errors) from None  # not "during handling"
         return args, kwargs
 
     fast = None
