@@ -22,28 +22,15 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from guardrails._errors import (
-    BulkheadFull,
-    CircuitOpenError,
-    InputValidationError,
-    MemoryBudgetExceeded,
-    OutputValidationError,
-    RateLimitExceeded,
-)
+from guardrails._errors import CircuitOpenError
 from guardrails._frames import for_record
+from guardrails._stats import REFUSALS
 from guardrails._types import AsyncInner, Block, Context, Duration, ExceptionClasses, Inner
 
 LOGGER = logging.getLogger("guardrails")
 # A library never prints: without a handler of the application's own, records go nowhere,
 # not to logging's last-resort stderr handler.
 LOGGER.addHandler(logging.NullHandler())
-_REFUSALS = (
-    InputValidationError,
-    OutputValidationError,
-    MemoryBudgetExceeded,
-    RateLimitExceeded,
-    BulkheadFull,
-)
 _ARG_TEXT_LIMIT = 120
 
 
@@ -209,10 +196,10 @@ class _Emitter:
         """
         self.ctx.counters.latencies.append(seconds)
         self.ctx.counters.failure()
-        if isinstance(exc, _REFUSALS):
-            level, outcome = logging.WARNING, "rejected"
-        elif isinstance(exc, CircuitOpenError):
+        if isinstance(exc, CircuitOpenError):
             level, outcome = logging.WARNING, "short_circuited"
+        elif isinstance(exc, REFUSALS):  # the breaker's among them: it was matched first
+            level, outcome = logging.WARNING, "rejected"
         elif isinstance(exc, asyncio.CancelledError):
             level, outcome = self.level, "cancelled"  # control flow (timeouts), not a fault
         else:
