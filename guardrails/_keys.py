@@ -11,6 +11,9 @@ hidden ones included; other hashable objects by their own ``__hash__``/``__eq__`
 values nested too deep to key within the recursion limit (a container holding itself)
 and objects whose ``__hash__`` raises.
 
+pandas, polars and pyarrow frames and arrays, torch CPU tensors and scipy sparse matrices are
+keyed by ``_keys_frames`` (its docstring has the rules for each).
+
 A subclass of a number, string or container type (or of a numpy scalar type, outside numpy)
 keys like its base plus its instance state (its ``__dict__`` and every ``__slots__`` entry)
 only while its ``==`` is the base's; a subclass with an ``__eq__`` of its own keys by its own
@@ -123,7 +126,36 @@ def _key(value: Any) -> Hashable:
             return _array_key(np, value)
         if isinstance(value, np.generic):
             return _numpy_scalar_key(np, value, t)
+    package = _PACKAGE.get(t)
+    if package is None:
+        package = _package_of(t)
+    if package:
+        found = _frames_key(value, t, package)
+        if found is not None:
+            return found
     return _other_key(value, t)
+
+
+#: Per type seen by ``_key``'s last step: the package of data containers it comes from
+#: (``_keys_frames.PACKAGES``), else ``""``.
+_PACKAGE: dict[type, str] = {}
+_FRAME_PACKAGES = frozenset({"pandas", "polars", "pyarrow", "torch", "scipy"})
+
+
+def _package_of(t: type) -> str:
+    top = str(getattr(t, "__module__", "") or "").partition(".")[0]
+    package = top if top in _FRAME_PACKAGES else ""
+    if len(_PACKAGE) >= _MAX_TYPES:
+        _PACKAGE.clear()
+    _PACKAGE[t] = package
+    return package
+
+
+def _frames_key(value: Any, t: type, package: str) -> Hashable | None:
+    """The key of a DataFrame, tensor, Arrow or sparse value (``_keys_frames``), or ``None``."""
+    from guardrails import _keys_frames  # only once such a value exists
+
+    return _keys_frames.frame_key(value, t, package)
 
 
 def _float_part(x: float) -> Hashable:
