@@ -12,15 +12,30 @@ import decimal
 import math
 import numbers
 import operator
+import re
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import pydantic
-from pydantic import Field, PlainValidator, StrictBool, StrictInt, TypeAdapter, field_validator
+from pydantic import (
+    ConfigDict,
+    Discriminator,
+    Field,
+    ModelWrapValidatorHandler,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
+from guardrails import _columns
 from guardrails._errors import InputValidationError, OutputValidationError
 from guardrails._forksafe import ForkSafeLock
 from guardrails._types import (
@@ -34,6 +49,15 @@ from guardrails._types import (
 )
 from guardrails._types import Block as _Block
 from guardrails._units import shown
+
+
+def _verb(keys: list[str]) -> str:
+    return "checks" if len(keys) == 1 else "check"
+
+
+def _output_kind(value: Any) -> str:
+    """``validate.output`` is checks when written as a mapping, else a type."""
+    return "checks" if isinstance(value, Mapping | ArgCheck) else "type"
 
 
 def _bound(value: object) -> int | float:
@@ -58,7 +82,15 @@ Bound = Annotated[int | float, PlainValidator(_bound)]
 
 
 class ArgCheck(Section):
-    """Checks for one argument: numpy arrays (``dtype``, ``shape``, ``ndim``) and numbers."""
+    """Checks for one argument (or the return value): numpy arrays (``dtype``, ``shape``,
+    ``ndim``), numbers (``finite``, ``min``, ``max``), pandas Series and columns (those and
+    ``nullable``, ``isin``), DataFrames (``columns``, ``required``, ``extra_columns``,
+    ``rows``, ``unique``), torch tensors (the array checks and ``device``) and a pandera
+    ``schema`` by import path. See ``guardrails._columns``."""
+
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
     dtype: str | None = None
     shape: tuple[StrictInt, ...] | None = None
@@ -66,6 +98,15 @@ class ArgCheck(Section):
     finite: StrictBool = False
     min: Bound | None = None
     max: Bound | None = None
+    nullable: StrictBool = True
+    isin: tuple[_columns.Scalar, ...] | None = None
+    device: str | None = None
+    columns: dict[StrictStr, _columns.ColumnCheck] | None = None
+    required: tuple[StrictStr, ...] = ()
+    extra_columns: Literal["allow", "forbid"] = "allow"
+    rows: _columns.RowsCheck | None = None
+    unique: tuple[StrictStr, ...] = ()
+    schema_: StrictStr | None = Field(default=None, alias="schema")
 
     @field_validator("shape")
     @classmethod
@@ -77,20 +118,56 @@ class ArgCheck(Section):
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, dtype: str | None) -> str | None:
-        np = _numpy()
-        if dtype is not None and np is not None:
-            try:
-                return str(np.dtype(dtype))
-            except TypeError:
-                raise ValueError(f"{dtype!r} is not a numpy dtype name") from None
-        return dtype
+        return None if dtype is None else _columns.normal_dtype(dtype)
+
+    @field_validator("isin")
+    @classmethod
+    def _some(cls, isin: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if isin is not None and not isin:
+            raise ValueError("isin lists the values allowed: an empty list allows none")
+        return isin
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", device):
+            raise ValueError(f"expected a torch device: cpu, cuda or cuda:<index>, got {device!r}")
+        return device
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, path: str | None) -> str | None:
+        if path is not None:
+            _columns.import_schema(path)
+        return path
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ArgCheck:
+        frame = _columns.keys_set(self, _columns.FRAME_KEYS)
+        values = _columns.keys_set(self, _columns.VALUE_KEYS)
+        if frame and values:
+            raise ValueError(
+                f"{', '.join(frame)} {_verb(frame)} a DataFrame and {', '.join(values)} "
+                f"{_verb(values)} a Series, array or number: a column's checks go under "
+                "columns.<name>"
+            )
+        if self.device is not None and _columns.keys_set(self, ("nullable", "isin", "rows")):
+            raise ValueError("device checks a torch tensor, which has no nullable, isin or rows")
+        return self
 
 
 class ValidateConfig(_Block):
-    """``validate:`` — ``input`` (pydantic model), ``output`` (model or type), ``args`` (checks)."""
+    """``validate:`` — ``input`` (pydantic model), ``output`` (model, type or checks),
+    ``args`` (checks)."""
 
     input: ImportedModel | None = None
-    output: ImportedType | None = None
+    output: (
+        Annotated[
+            Annotated[ArgCheck, Tag("checks")] | Annotated[ImportedType, Tag("type")],
+            Discriminator(_output_kind),
+        ]
+        | None
+    ) = None
     args: dict[str, ArgCheck] = Field(default_factory=dict)
 
     @field_validator("output")
@@ -98,9 +175,30 @@ class ValidateConfig(_Block):
     def _validatable(cls, output: Any) -> Any:
         # Built here, so a type pydantic cannot validate is a configuration error, not a
         # failure on the first call; the compiled layer reuses the adapter.
-        if output is not None:
+        if output is not None and not isinstance(output, ArgCheck):
             output_adapter(output)
         return output
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _untagged(cls, data: Any, handler: ModelWrapValidatorHandler[ValidateConfig]) -> Any:
+        # An error in output's checks is at validate.output.<key>, not output.checks.<key>.
+        try:
+            return handler(data)
+        except pydantic.ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if not any(tuple(e["loc"][:2]) == ("output", "checks") for e in errors):
+                raise
+            details: list[Any] = []
+            for e in errors:
+                loc = tuple(e["loc"])
+                if loc[:2] == ("output", "checks"):
+                    loc = ("output", *loc[2:])
+                detail: dict[str, Any] = {"type": e["type"], "loc": loc, "input": e["input"]}
+                if "ctx" in e:
+                    detail["ctx"] = e["ctx"]
+                details.append(detail)
+            raise pydantic.ValidationError.from_exception_data(exc.title, details) from None
 
 
 _adapters: dict[Any, TypeAdapter[Any]] = {}
@@ -171,8 +269,36 @@ def _describe_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[tu
     return found
 
 
-def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
-    """A function returning what is wrong with one argument value (empty when fine).
+#: What a checker returns: problems of the value itself (a ``str``), or of a part of it
+#: (``(".column", problem)``).
+Problems = list[Any]
+
+
+def _arg_checker(check: ArgCheck, show_values: bool) -> Callable[[Any], Problems]:
+    """A function returning what is wrong with one argument (or return) value, empty when
+    fine: a check that only a DataFrame, Series or tensor can pass refuses anything else;
+    the others judge arrays and numbers as :func:`_array_checker` does, and Series, frames
+    and tensors through ``guardrails._columns``."""
+    other = _columns.container_checker(check, show_values)
+    expect = _columns.expected_container(check)
+    if expect is None:
+        return _array_checker(check, other)
+
+    def problems(value: Any) -> Problems:
+        found = other(value)
+        if found is None:
+            return [f"expected {expect}, got {_columns.type_name(value)}"]
+        return found
+
+    return problems
+
+
+def _array_checker(
+    check: ArgCheck, other: Callable[[Any], Problems | None]
+) -> Callable[[Any], Problems]:
+    """A function returning what is wrong with one argument value (empty when fine); a
+    value that is neither an array nor an int or float goes to ``other`` first (a Series,
+    a DataFrame, a tensor: ``None`` when it is none of them).
 
     A check that passes costs what it did: for a plain real array, ``isfinite().all()``,
     ``min()`` and ``max()``. Everything else happens only once something looks wrong: a NaN
@@ -200,14 +326,24 @@ def _arg_checker(name: str, check: ArgCheck) -> Callable[[Any], list[str]]:
         b is None or isinstance(b, float) or abs(b) <= 2**53 for b in (low_bound, high_bound)
     )
     plain_float64 = np.dtype("float64") if np is not None and float64_exact else None
+    plain_numbers = (int, float)
+    any_string = want_dtype == "string"
 
-    def problems(value: Any) -> list[str]:
-        found: list[str] = []
+    def problems(value: Any) -> Problems:
+        found: Problems = []
         is_array = isinstance(value, array_types)
+        if not is_array and type(value) not in plain_numbers:
+            judged = other(value)
+            if judged is not None:
+                return judged
         if (want_dtype or check.shape is not None or check.ndim is not None) and not is_array:
             return [f"expected a numpy array, got {type(value).__name__}"]
         if is_array:
-            if want_dtype is not None and str(value.dtype) != want_dtype:
+            if (
+                want_dtype is not None
+                and str(value.dtype) != want_dtype
+                and not (any_string and _columns.dtype_matches(want_dtype, value.dtype))
+            ):
                 found.append(f"expected dtype {want_dtype}, got {value.dtype}")
             if check.ndim is not None and value.ndim != check.ndim:
                 found.append(f"expected {check.ndim} dimensions, got {value.ndim}")
@@ -435,7 +571,8 @@ def input_checker(
     """``check(args, kwargs) -> (args, kwargs)`` validated, with the model fast path when
     there is one; ``None`` when there is nothing to check."""
     model = cfg.input
-    arg_checks = [(name, _arg_checker(name, c)) for name, c in cfg.args.items()]
+    show_values = ctx_shows_values(ctx)
+    arg_checks = [(name, _arg_checker(c, show_values)) for name, c in cfg.args.items()]
     if model is None and not arg_checks:
         return None
     binder = ctx.binder
@@ -479,7 +616,7 @@ def input_checker(
         bound = mapping(args, kwargs)
         errors: list[tuple[str, str]] = []
         for name, problems in arg_checks:
-            errors.extend((name, p) for p in problems(bound[name]))
+            errors.extend(_named(name, problems(bound[name])))
         if validator is not None:
             try:
                 validated = validator.validate_python({f: bound[f] for f in fields})
@@ -501,10 +638,33 @@ def input_checker(
     return check, fast
 
 
+def ctx_shows_values(ctx: Context) -> bool:
+    """Whether errors may show the values that failed: the policy's ``log.args: values``
+    (a ``Context`` without ``show_values`` shows none)."""
+    return bool(getattr(ctx, "show_values", False))
+
+
+def _named(name: str, found: Problems) -> list[tuple[str, str]]:
+    """A checker's problems as ``(field, problem)``: ``name``, or ``name.<column>``."""
+    return [(name, p) if isinstance(p, str) else (name + p[0], p[1]) for p in found]
+
+
 def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | None:
-    """``result -> validated result``, or ``None`` when no output type is set."""
+    """``result -> validated result``, or ``None`` when no output type is set; output
+    checks (a mapping) return the result itself once it passes."""
     if cfg.output is None:
         return None
+    if isinstance(cfg.output, ArgCheck):
+        problems = _arg_checker(cfg.output, ctx_shows_values(ctx))
+
+        def judge(result: Any) -> Any:
+            found = problems(result)
+            if found:
+                ctx.counters.reject_output()
+                raise OutputValidationError(ctx.policy, ctx.qualname, _named("return", found))
+            return result
+
+        return judge
     validate = output_adapter(cfg.output).validate_python
 
     def check(result: Any) -> Any:
