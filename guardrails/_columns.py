@@ -416,26 +416,30 @@ def schema_checker(schema: Any, show_values: bool) -> Callable[[Any], list[tuple
 
 
 def _schema_failures(cases: Any, show_values: bool) -> list[tuple[str, str]]:
+    """pandera's ``failure_cases`` grouped by (column, check): a check of the whole frame
+    (``schema_context`` DataFrameSchema) is one problem of the frame, its rows counted once."""
     found: list[tuple[str, str]] = []
     cases = cases.reset_index(drop=True)
-    keys = cases[["column", "check"]].astype(str).fillna("")
-    for (column, check_name), group in cases.groupby([keys["column"], keys["check"]], sort=False):
+    frame_level = (cases["schema_context"].astype(str) == "DataFrameSchema").to_numpy()
+    columns = cases["column"].astype(str).where(~frame_level, "")
+    for (column, check_name), group in cases.groupby(
+        [columns, cases["check"].astype(str)], sort=False
+    ):
         suffix = f".{column}" if column and column not in ("None", "nan") else ""
-        labels = [x for x in group["index"].tolist() if not _is_null(x)]
-        count = len(group)
+        labels = list(dict.fromkeys(x for x in group["index"].tolist() if not _is_null(x)))
+        count = len(labels)
         text = f"pandera check {check_name} failed"
         if labels:
             first = ", ".join(_label(x) for x in labels[:FIRST])
             lead = "first: " if count > FIRST else ""
             text += f" for {count} row{'s' if count != 1 else ''} ({lead}{first})"
             if show_values:
-                text += " with values " + ", ".join(
-                    _label(v) for v in group["failure_case"][:FIRST]
-                )
-        elif show_values or not labels:
-            # A failure about the column or frame itself (a dtype, a missing column): the
-            # "failure case" is the schema's finding, not a row's value.
-            text += ": " + ", ".join(str(v) for v in group["failure_case"][:FIRST])
+                picked = group["failure_case"].tolist()[:FIRST]
+                text += " with values " + ", ".join(_label(v) for v in picked)
+        else:
+            # A failure of the column or frame itself (a dtype, a missing column): the
+            # "failure case" is pandera's finding (a dtype, a name), not a row's value.
+            text += ": " + ", ".join(str(v) for v in group["failure_case"].tolist()[:FIRST])
         found.append((suffix, text))
     return found
 
