@@ -616,6 +616,55 @@ def key_scaling(quick: bool) -> list[tuple[str, float, float, float | None]]:
     return out
 
 
+def frame_check_rows(quick: bool) -> list[tuple[str, float, float, float]]:
+    """Five float64 columns of a 1M-row frame checked for dtype, nulls and a [0, 1] range:
+    ``validate.args`` columns checks (through a guarded call) against the same checks
+    hand-written in pandas (target ≤ 1.5×) and a pandera schema (target ≤ 0.5×)."""
+    try:
+        import pandas as pd
+        import pandera.pandas as pa
+    except ImportError:
+        return []
+    names = [f"c{i}" for i in range(5)]
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({c: rng.random(1_000_000) for c in names})
+    check = {"dtype": "float64", "nullable": False, "min": 0, "max": 1}
+    guardrails.configure(
+        {
+            "policies": {
+                "frame": {
+                    "log": None,
+                    "validate": {"args": {"df": {"columns": dict.fromkeys(names, check)}}},
+                }
+            }
+        }
+    )
+    ours_fn = guarded("frame")(lambda df: None)
+
+    def by_hand(df: Any) -> None:
+        for c in names:
+            s = df[c]
+            if s.dtype != np.float64 or s.isna().any() or s.min() < 0 or s.max() > 1:
+                raise ValueError(c)
+
+    schema = pa.DataFrameSchema(
+        {c: pa.Column(float, pa.Check.in_range(0, 1), nullable=False) for c in names}
+    )
+    reps = 3 if quick else 9
+    best = best_of(
+        [
+            lambda: _secs(lambda: ours_fn(frame), 3),
+            lambda: _secs(lambda: by_hand(frame), 3),
+            lambda: _secs(lambda: schema.validate(frame), 1),
+        ],
+        reps,
+    )
+    return [
+        ("hand-written pandas", best[0], best[1], 1.5),
+        ("pandera DataFrameSchema", best[0], best[2], 0.5),
+    ]
+
+
 def _secs(fn: Callable[[], Any], number: int) -> float:
     t0 = time.perf_counter()
     for _ in range(number):
@@ -770,6 +819,25 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(str(count), f"{rate:,.0f}", f"{rate / threads[0][1]:.2f}")
     console.print(t)
 
+    frames = frame_check_rows(args.quick)
+    t = Table(
+        title="five inline column checks (dtype, nulls, [0, 1]) on a 1M-row frame",
+        title_justify="left",
+    )
+    for col in ("counterpart", "ours ms", "theirs ms", "ratio", "target", "met"):
+        t.add_column(col, justify="left" if col == "counterpart" else "right")
+    for label, ours_s, theirs_s, target in frames:
+        t.add_row(
+            label,
+            f"{ours_s * 1e3:.2f}",
+            f"{theirs_s * 1e3:.2f}",
+            f"{ours_s / theirs_s:.2f}",
+            f"≤ {target:g}",
+            "[green]yes[/]" if ours_s <= target * theirs_s else "[red]NO[/]",
+        )
+    console.print(t)
+    missed_frames = [label for label, a, b, target in frames if a > target * b]
+
     per_policy = [secs / count for count, secs in conf]
     linear = max(per_policy) <= 3 * statistics.median(per_policy)
     key_ok = keys[-1][1] <= 0.5 * keys[-1][2]
@@ -779,8 +847,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f" (missed: {'; '.join(missed)})" if missed else "")
         + f"; 100 MB key ≤ 0.5× copy: {'yes' if key_ok else 'NO'}"
         + f"; configure() linear: {'yes' if linear else 'NO'}"
+        + f"; frame checks: {'NO against ' + ', '.join(missed_frames) if missed_frames else 'yes'}"
     )
-    if args.check and (missed or not key_ok or not linear):
+    if args.check and (missed or not key_ok or not linear or missed_frames):
         return 1
     return 0
 
