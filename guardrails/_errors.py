@@ -127,21 +127,36 @@ class BulkheadFull(GuardrailsError):
 
 
 class MemoryBudgetExceeded(GuardrailsError, MemoryError):
-    """The memory guard refused to start a call: resident memory is over ``memory.max_rss``."""
+    """The memory guard refused to start a call: resident memory is over ``memory.max_rss``,
+    or the memory used on GPU ``device`` is over ``memory.max_gpu``.
 
-    def __init__(self, policy: str, function: str, rss: int, limit: int) -> None:
+    ``rss`` is the reading that was refused (bytes of the process's resident memory, or of
+    the device's memory in use), ``limit`` the budget in bytes, ``device`` ``None`` for
+    the process's memory, else the GPU as torch names it (``"cuda:0"``).
+    """
+
+    def __init__(
+        self, policy: str, function: str, rss: int, limit: int, device: str | None = None
+    ) -> None:
         self.policy = policy
         self.function = function
         self.rss = rss
         self.limit = limit
-        self.detail = (
-            f"resident memory {_fmt_bytes(rss)} is over memory.max_rss {_fmt_bytes(limit)} "
-            "(after a garbage collection)"
-        )
+        self.device = device
+        if device is None:
+            self.detail = (
+                f"resident memory {_fmt_bytes(rss)} is over memory.max_rss {_fmt_bytes(limit)} "
+                "(after a garbage collection)"
+            )
+        else:
+            self.detail = (
+                f"{device} memory in use {_fmt_bytes(rss)} is over memory.max_gpu "
+                f"{_fmt_bytes(limit)} (after a garbage collection and emptying torch's cache)"
+            )
         super().__init__(f"policy {policy!r} ({function}): refused: {self.detail}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.policy, self.function, self.rss, self.limit)
+        return type(self), (self.policy, self.function, self.rss, self.limit, self.device)
 
 
 def _fmt_bytes(n: float) -> str:

@@ -3,6 +3,7 @@
 - ``reset()`` forgets the configuration, the statistics and every cache.
 - ``fake_clock()`` makes retries, TTLs and deadlines run on a clock you move by hand.
 - ``override_policies()`` sets a few policies over the configuration in force, for a while.
+- ``fake_gpu()`` gives the GPU budget (``memory.max_gpu``) devices whose readings you set.
 
 The pytest plugin (``guardrails.pytest_plugin``) offers the last two as the fixtures
 ``guardrails_clock`` and ``guardrails_policies``.
@@ -22,11 +23,21 @@ from guardrails import _config
 from guardrails._clock import Clock, FakeClock, SystemClock
 from guardrails._core import SLOTS, _install, clear_caches, recompile, reset_stats
 from guardrails._errors import PolicyConfigError
+from guardrails._gpu import GPU, FakeGpu
 from guardrails._policy import ROOT, Settings, deep_merge
 from guardrails._state import STATE
+from guardrails._units import parse_size
 from guardrails.layers.memory import forget_collections, forget_crossings
 
-__all__ = ["FakeClock", "PolicyOverrides", "fake_clock", "override_policies", "reset"]
+__all__ = [
+    "FakeClock",
+    "FakeGpu",
+    "PolicyOverrides",
+    "fake_clock",
+    "fake_gpu",
+    "override_policies",
+    "reset",
+]
 
 
 def reset() -> None:
@@ -62,6 +73,63 @@ def fake_clock(clock: FakeClock | None = None) -> Iterator[FakeClock]:
             STATE.clock = previous
             recompile()
         forget_collections()
+
+
+@contextmanager
+def fake_gpu(
+    total: int | str = "16GiB", used: int | str = 0, cached: int | str = 0, devices: int = 1
+) -> Iterator[FakeGpu]:
+    """Give the GPU budget ``devices`` fake GPUs (none: a machine without one), each of
+    ``total`` bytes with ``used`` in use, of which ``cached`` is torch's cache (given back
+    when the budget empties it before refusing). Sizes as in YAML (``"16GiB"``).
+
+    Only the readings are fake: the memory layer reads, reuses, collects, empties and
+    refuses as it does on a real device. Set ``gpu.used[i]`` (bytes) to change a reading; it
+    is seen by the next call. Chains are rebuilt on entry and exit (a percentage is of the
+    fake's total) and the budgets' state is forgotten.
+    """
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 0:
+        raise TypeError(f"devices= takes a count of fake GPUs (0 or more), got {devices!r}")
+    sizes = [parse_size(value) for value in (total, used, cached)]
+    if not sizes[2] <= sizes[1] <= sizes[0]:
+        raise ValueError(f"expected cached <= used <= total, got {cached!r}, {used!r}, {total!r}")
+    fake = _ObservedGpu(*([size] * devices for size in sizes))
+    if devices == 0:
+        fake.unavailable = "no GPU here (a fake machine without one)"
+    with STATE.lock:
+        previous = GPU.fake
+        GPU.fake = fake
+        _gpu_changed()
+    try:
+        yield fake
+    finally:
+        with STATE.lock:
+            GPU.fake = previous
+            _gpu_changed()
+
+
+class _ObservedGpu(FakeGpu):
+    """A fake whose readings, set by a test, are seen by the next call (not up to
+    ``MAX_AGE`` later)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("used", "total", "cached") and not isinstance(value, _Watched):
+            value = _Watched(value)
+        super().__setattr__(name, value)
+        GPU.forget()
+
+
+class _Watched(list[int]):
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        GPU.forget()
+
+
+def _gpu_changed() -> None:
+    GPU.forget()
+    forget_crossings()
+    forget_collections()
+    recompile()
 
 
 class PolicyOverrides:
