@@ -105,6 +105,9 @@ class Slot:
             store_for=store_for,
             shared=shared_state,
             in_force=in_force,
+            show_values=policy.log is not None
+            and policy.log.enabled
+            and policy.log.args == "values",
         )
         try:
             chain = compile_chain(policy, ctx)

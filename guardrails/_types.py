@@ -497,6 +497,8 @@ class Context:
     #: ``in_force(kind)``: the policy's state object of ``kind`` in force now, or ``None``
     #: (a bulkhead hands its pool of slots on to the one that replaces it).
     in_force: Callable[[str], Any] = lambda kind: None
+    #: Whether error messages may show argument values (the policy's ``log.args: values``).
+    show_values: bool = False
 
     def check_parameters(self, names: Iterable[str], key: str) -> None:
         """Raise ``PolicyConfigError`` at ``guardrails.policies.<policy>.<key>`` for names

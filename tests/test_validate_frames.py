@@ -310,3 +310,25 @@ def test_frames_do_not_import_pandas_for_numpy_checks() -> None:
         "assert 'pandera' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("args", ["values", "shapes", "none"])
+def test_failing_values_are_shown_only_when_the_policy_logs_values(args: str) -> None:
+    import pandas as pd
+
+    configure(
+        {
+            "policies": {
+                "frames": {
+                    "validate": {"args": {"df": {"columns": {"age": {"min": 0}}}}},
+                    "log": {"args": args},
+                }
+            }
+        }
+    )
+    f = guarded("frames")(lambda df: len(df))
+    with pytest.raises(guardrails.InputValidationError) as exc:
+        f(pd.DataFrame({"age": [5, -7, 9]}, index=["a", "b", "c"]))
+    ((field, message),) = exc.value.errors
+    assert field == "df.age" and "'b'" in message
+    assert ("-7" in message) == (args == "values"), message

@@ -639,9 +639,8 @@ def input_checker(
 
 
 def ctx_shows_values(ctx: Context) -> bool:
-    """Whether errors may show the values that failed: the policy's ``log.args: values``
-    (a ``Context`` without ``show_values`` shows none)."""
-    return bool(getattr(ctx, "show_values", False))
+    """Whether errors may show the values that failed: the policy's ``log.args: values``."""
+    return ctx.show_values
 
 
 def _named(name: str, found: Problems) -> list[tuple[str, str]]:
