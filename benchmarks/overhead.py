@@ -238,6 +238,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "cache_only": {"log": None, "cache": {"ttl": 300, "maxsize": 1024}},
     "retry_only": {"log": None, "retry": RETRY},
     "memory_only": {"log": None, "memory": {"max_rss": "100%"}},
+    "gpu_only": {"log": None, "memory": {"max_gpu": "90%", "soft_gpu": "80%"}},
     "log_only": {"log": {"level": "INFO"}},
     "breaker_only": {"log": None, "breaker": {"window": 20, "min_calls": 10}},
     "rate_limit_only": {"log": None, "rate_limit": {"rate": "1000000000/s"}},
@@ -497,6 +498,23 @@ def overhead_rows(n: int, repeats: int, only: str = "") -> list[Row]:
             )
         finally:
             guardrails.metrics.prometheus.unregister(exported)
+    case = "GPU budget only (memory.max_gpu + soft_gpu, fake GPU readings)"
+    if only in case:
+        # The layer's real code path on readings a test sets (no GPU here): what the budget
+        # itself costs per call, against the RSS guard's own per-call cost.
+        with guardrails.testing.fake_gpu(total="16GiB", used="1GiB"):
+            rows.append(
+                _timed_row(
+                    case,
+                    "the RSS guard (memory.max_rss: 100%)",
+                    ours("gpu_only"),
+                    ours("memory_only"),
+                    1.5,
+                    False,
+                    n,
+                    repeats,
+                )
+            )
     return rows
 
 
