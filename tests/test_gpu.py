@@ -64,6 +64,7 @@ def test_sizes_percentages_and_device_are_read_as_written() -> None:
         ({"max_gpu": 1, "gpu": "cuda:one"}, "memory.gpu", "expected a GPU index"),
         ({"max_gpu": 1, "gpu": True}, "memory.gpu", "expected a GPU index"),
         ({"gpu": 1}, "memory", "set max_rss, soft_rss, max_gpu or soft_gpu"),
+        ({"gpu": 1, "max_rss": "1GiB"}, "memory", "gpu (1) picks the device of max_gpu"),
         ({"max_gpu": "1GiB", "soft_gpu": "2GiB"}, "memory", "soft_gpu (2.0 GiB) must not be"),
         ({"max_gpu": "50%", "soft_gpu": "60%"}, "memory", "soft_gpu (60%) must not be above"),
     ],
@@ -262,6 +263,10 @@ def test_the_soft_budget_warns_once_per_crossing(logs: pytest.LogCaptureFixture)
         assert "cuda:0 memory in use 9.0 GiB is over memory.soft_gpu 8.0 GiB" in (
             soft[0].getMessage()
         )
+        # A reload with the same budget keeps the crossing: no second warning.
+        configure({"policies": {"m": {"memory": {"soft_gpu": "50%"}, "log": None}}})
+        f()
+        assert len([r for r in logs.records if "soft_gpu" in r.getMessage()]) == 1
         gpu.used[0] = 2 * GiB
         f()  # back under: re-armed
         gpu.used[0] = 9 * GiB
@@ -441,6 +446,42 @@ def test_overriding_another_block_keeps_the_percentage() -> None:
             assert settings.policy("p").memory.max_gpu == Percent(50.0)
             with pytest.raises(MemoryBudgetExceeded):
                 f()
+
+
+def test_a_hydra_override_sets_the_budget(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"guardrails": {"policies": {"predict": {"memory": {"max_rss": "100%"}}}}})
+    )
+    with fake_gpu(total="10GiB", used="6GiB") as gpu:
+        configure(
+            str(tmp_path),
+            overrides=[
+                "+guardrails.policies.predict.memory.max_gpu=50%",
+                "+guardrails.policies.predict.memory.gpu=cuda:0",
+            ],
+        )
+        f = guarded("predict")(lambda: "ran")
+        with pytest.raises(MemoryBudgetExceeded) as exc:
+            f()
+        assert exc.value.limit == 5 * GiB
+        gpu.used[0] = GiB
+        assert f() == "ran"
+        for overrides, says in (
+            (["+guardrails.policies.predict.memory.gpu=3"], "neither is set"),
+            (
+                [
+                    "+guardrails.policies.predict.memory.gpu=3",
+                    "+guardrails.policies.predict.memory.soft_gpu=1GiB",
+                ],
+                "there is no GPU 3: the fake GPU sees 1 device (memory.gpu takes 0)",
+            ),
+        ):
+            with pytest.raises(PolicyConfigError) as bad:
+                configure(str(tmp_path), overrides=overrides)
+            ((where, message),) = bad.value.problems
+            assert where.startswith("guardrails.policies.predict.memory")
+            assert says in message
+            assert f() == "ran"  # the budget in force is kept
 
 
 def test_visible_devices_as_cuda_reads_them() -> None:

@@ -124,6 +124,11 @@ class MemoryConfig(Block):
                 f"max_rss ({_fmt_bytes(self.max_rss)})"
             )
         hard, soft = self.max_gpu, self.soft_gpu
+        if self.gpu is not None and hard is None and soft is None and self.enabled:
+            raise ValueError(
+                f"gpu ({self.gpu}) picks the device of max_gpu and soft_gpu, and neither is "
+                "set: set max_gpu or soft_gpu (a size like '12GiB' or '80%'), or remove gpu"
+            )
         if isinstance(hard, int) and isinstance(soft, int) and soft > hard:
             raise ValueError(
                 f"soft_gpu ({_fmt_bytes(soft)}) must not be above max_gpu ({_fmt_bytes(hard)})"
@@ -419,8 +424,13 @@ class _GpuGuard:
     def check_device(self) -> None:
         missing = self.device.missing
         if missing is not None:
+            count = missing.count
             takes = (
-                f"memory.gpu takes 0 to {missing.count - 1}" if missing.count else "no GPU is seen"
+                "no GPU is seen"
+                if not count
+                else "memory.gpu takes 0"
+                if count == 1
+                else f"memory.gpu takes 0 to {count - 1}"
             )
             raise PolicyConfigError([(self.where("gpu"), f"{missing} ({takes})")])
 
