@@ -328,14 +328,16 @@ def test_without_a_gpu_calls_run_and_one_warning_names_the_policy(
                 "policies": {
                     "sized": {"memory": {"max_gpu": "4GiB"}},
                     "shared": {"memory": {"max_gpu": "80%", "soft_gpu": "60%"}},
+                    "soft": {"memory": {"soft_gpu": "1GiB"}},
                 }
             }
         )
-        f, g, h = (guarded(name)(lambda: "ran") for name in ("sized", "shared", "shared"))
+        names = ("sized", "shared", "shared", "soft")
+        fs = [guarded(name)(lambda: "ran") for name in names]
         for _ in range(3):
-            assert (f(), g(), h()) == ("ran", "ran", "ran")
+            assert [f() for f in fs] == ["ran"] * 4
         warned = [r for r in logs.records if "not checked" in r.getMessage()]
-        assert sorted(r.policy for r in warned) == ["shared", "sized"]
+        assert sorted(r.policy for r in warned) == ["shared", "sized", "soft"]
         assert all(r.levelname == "WARNING" for r in warned)
         messages = {r.policy: r.getMessage() for r in warned}
         assert messages["sized"] == (

@@ -389,7 +389,8 @@ class _GpuState:
         self.over_soft = False
         #: A reading above this goes through ``admit``: every reading while the budget is
         #: not resolved (a percentage of a device not read yet) or memory is over the soft
-        #: limit, else the hard limit (``UNREAD`` is above it: a guard looks into why).
+        #: limit, else the hard limit, below ``UNREAD`` (a guard looks into why a device
+        #: cannot be read).
         self.gate = -1
         #: The reason already warned about that the device cannot be read.
         self.warned: str | None = None
@@ -459,7 +460,7 @@ class _GpuGuard:
             )
         state.hard, state.soft = hard_bytes, soft_bytes
         state.resolved = True
-        state.gate = -1 if state.over_soft else hard_bytes
+        state.gate = -1 if state.over_soft else min(hard_bytes, UNREAD - 1)
 
     def admit(self, before: int) -> int:
         """The slow path of admission: a device that cannot be read, a budget not resolved
@@ -492,7 +493,7 @@ class _GpuGuard:
             used = self.over_hard()
         if state.over_soft and used <= state.soft:
             state.over_soft = False
-            state.gate = hard
+            state.gate = min(hard, UNREAD - 1)
         return used
 
     def over_hard(self) -> int:
