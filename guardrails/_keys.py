@@ -126,9 +126,7 @@ def _key(value: Any) -> Hashable:
             return _array_key(np, value)
         if isinstance(value, np.generic):
             return _numpy_scalar_key(np, value, t)
-    package = _PACKAGE.get(t)
-    if package is None:
-        package = _package_of(t)
+    package = _PACKAGE.get(t) or _package_of(t)
     if package:
         found = _frames_key(value, t, package)
         if found is not None:
@@ -136,19 +134,21 @@ def _key(value: Any) -> Hashable:
     return _other_key(value, t)
 
 
-#: Per type seen by ``_key``'s last step: the package of data containers it comes from
-#: (``_keys_frames.PACKAGES``), else ``""``.
+#: Per data-container type seen by ``_key``'s last step: the package it comes from
+#: (``_keys_frames.PACKAGES``). Only those are kept: a class of the application's (one made
+#: in a function, say) must not be held alive, with the guarded functions it defines.
 _PACKAGE: dict[type, str] = {}
 _FRAME_PACKAGES = frozenset({"pandas", "polars", "pyarrow", "torch", "scipy"})
 
 
 def _package_of(t: type) -> str:
     top = str(getattr(t, "__module__", "") or "").partition(".")[0]
-    package = top if top in _FRAME_PACKAGES else ""
+    if top not in _FRAME_PACKAGES:
+        return ""
     if len(_PACKAGE) >= _MAX_TYPES:
         _PACKAGE.clear()
-    _PACKAGE[t] = package
-    return package
+    _PACKAGE[t] = top
+    return top
 
 
 def _frames_key(value: Any, t: type, package: str) -> Hashable | None:

@@ -917,3 +917,23 @@ def test_a_cached_function_recursing_on_a_nested_argument_still_raises_recursion
 
     with pytest.raises(RecursionError):
         f(nested)
+
+
+def test_keying_an_instance_does_not_keep_its_class_alive() -> None:
+    # A class made at run time (in a function, a test) and the guarded methods it defines
+    # must be freed once unused: no per-type cache of the keys may hold it.
+    import gc
+    import weakref
+
+    from guardrails._keys import key_of
+
+    def make() -> weakref.ref[type]:
+        class Local:
+            pass
+
+        key_of(Local())
+        return weakref.ref(Local)
+
+    gone = make()
+    gc.collect()
+    assert gone() is None
