@@ -95,6 +95,7 @@ def test_every_public_error_survives_a_trip_to_another_process() -> None:
         guardrails.InputValidationError("p", "f", [("x", "expected >= 0")]),
         guardrails.OutputValidationError("p", "f", [("return", "not a float")]),
         guardrails.MemoryBudgetExceeded("p", "f", 2048, 1024),
+        guardrails.MemoryBudgetExceeded("p", "f", 2048, 1024, "cuda:0"),
         guardrails.CallTimeout("p", "f", 1.5, "attempt"),
         guardrails.CircuitOpenError("p", "f", 2.0),
         guardrails.RateLimitExceeded("p", "f", 0.25),
@@ -108,6 +109,7 @@ def test_every_public_error_survives_a_trip_to_another_process() -> None:
         and name != "GuardrailsError"
     }
     assert {type(e).__name__ for e in made} == public
+    assert made[4].device == "cuda:0" and made[3].device is None
     for exc in made:
         again = pickle.loads(pickle.dumps(exc))
         assert type(again) is type(exc) and str(again) == str(exc)
