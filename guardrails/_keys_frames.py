@@ -23,12 +23,19 @@ bits, as numpy arrays are: ``-0.0`` is not ``0.0``, and a NaN is one key per bit
   categories and ``ordered``; Arrow-backed dtypes as pyarrow arrays; datetimes, timedeltas
   and periods by their int64 values and dtype (unit, zone, frequency); object columns of
   strings by their UTF-8 bytes and lengths; other object columns element by element with
-  the scalar rules of ``_keys`` (``None`` and ``NaN`` differ).
+  the scalar rules of ``_keys`` (``None`` and ``NaN`` differ), except that an aware
+  ``datetime``/``time`` keys by its zone too (a column of mixed zones is an object column).
+- pandas scalars, alone or in object columns: ``Timestamp`` by its value, unit and zone,
+  ``Timedelta`` by value and unit, ``Interval`` by its ends (type included) and ``closed``:
+  their ``==`` calls one instant in two zones, or ``Interval(0, 1)`` and
+  ``Interval(0.0, 1.0)``, equal.
 - pyarrow ``Array``/``ChunkedArray``/``Table``/``RecordBatch``: type (a table's field names,
   types and nullability; schema metadata left out, as ``equals`` does), length, validity
   and the valid values only, streamed across chunks so chunking does not count.
 - polars ``Series``/``DataFrame``: name(s), dtype(s) and values through Arrow (needs
-  pyarrow). polars' own row hashes are not used: they treat ``-0.0`` as ``0.0``.
+  pyarrow). polars' own row hashes are not used: they treat ``-0.0`` as ``0.0``. ``Object``
+  columns (Arrow would get the objects' addresses) and dtypes Arrow cannot import
+  (``Int128``) are keyed value by value.
 - torch tensors on the CPU: type, dtype, shape, ``requires_grad`` and contents in logical
   order (strides, conjugate and negative bits resolved). A tensor on another device, a
   sparse, quantized or nested tensor is refused: a key never copies device memory.
@@ -39,6 +46,7 @@ bits, as numpy arrays are: ``-0.0`` is not ``0.0``, and a NaN is one key per bit
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import sys
 from collections.abc import Hashable
@@ -114,6 +122,15 @@ def _pandas_key(value: Any, t: type) -> Hashable | None:
         return _index_key(pd, value)
     if isinstance(value, pd.api.extensions.ExtensionArray):
         return (t, _column_key(pd, value, "values"))
+    # Scalars whose == is looser than what a call reads: Timestamps of one instant in two
+    # zones or units are ==, and so are Interval(0, 1) and Interval(0.0, 1.0). They are
+    # the elements of object columns too (a column of mixed zones is one).
+    if isinstance(value, pd.Timestamp):
+        return (t, _keys._key(value.asm8), _tz_token(value))
+    if isinstance(value, pd.Timedelta):
+        return (t, _keys._key(value.asm8))
+    if isinstance(value, pd.Interval):
+        return (t, _keys._key(value.left), _keys._key(value.right), value.closed)
     return None
 
 
@@ -208,9 +225,34 @@ def _object_key(np: Any, arr: Any, where: str) -> Hashable:
         lengths = np.fromiter(map(len, flat), np.int64, len(flat))
         return ("str", _hash128(text), _digest(lengths))
     try:
-        return tuple([_keys._key(v) for v in flat])
+        return tuple([_element_key(v) for v in flat])
     except _keys.UnkeyableArgument as exc:
         raise _keys.UnkeyableArgument(f"{where} holds a value with no key ({exc})") from None
+
+
+def _element_key(value: Any) -> Hashable:
+    """An object column's element: ``_keys``' rules, except an aware ``datetime``/``time``
+    keys by its zone too. pandas keeps a column of mixed zones as objects, and ``==`` calls
+    12:00 UTC and 13:00+01:00 equal: such columns must not share a key (the row's hour
+    differs). Alone, such a value keeps ``lru_cache``'s equality (``_keys``)."""
+    t = type(value)
+    if (t is datetime.datetime or t is datetime.time) and value.tzinfo is not None:
+        return (t, value.replace(tzinfo=None), value.fold, _tz_token(value))
+    return _keys._key(value)
+
+
+def _tz_token(value: Any) -> Hashable:
+    """The zone of a ``datetime``/``time``/``Timestamp``: its type, name and offset
+    (``timezone``'s ``==`` compares offsets alone, and a name can hide two offsets)."""
+    tz = value.tzinfo
+    if tz is None:
+        return None
+    try:
+        return (type(tz), str(tz), value.tzname(), value.utcoffset(), value.dst())
+    except Exception as exc:  # a tzinfo of the application's that fails: refused, never a crash
+        raise _keys.UnkeyableArgument(
+            f"{type(value).__name__} whose tzinfo raised {type(exc).__name__}: {exc}"
+        ) from None
 
 
 # --- pyarrow ----------------------------------------------------------------------------------
@@ -379,9 +421,25 @@ def _need_pyarrow(what: str) -> Any:
 
 
 def _polars_series_digest(pa: Any, s: Any) -> Hashable:
-    arr = s.to_arrow()
+    pl = sys.modules["polars"]
+    if s.dtype == pl.Object:
+        # Arrow gets the objects' addresses: a dict changed in place, or a new object where
+        # a freed one was, would keep the key. Keyed value by value, as object columns are.
+        return ("py", _python_values(s, typ="polars Object"))
+    try:
+        arr = s.to_arrow()
+    except pa.ArrowException:
+        # A dtype Arrow cannot import (Int128, UInt128): the values as Python objects.
+        return ("py", _python_values(s, typ=f"polars {s.dtype}"))
     chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
     return _chunks_digest(pa, arr.type, chunks)
+
+
+def _python_values(s: Any, typ: str) -> Hashable:
+    try:
+        return tuple([_keys._key(v) for v in s.to_list()])
+    except _keys.UnkeyableArgument as exc:
+        raise _keys.UnkeyableArgument(f"{typ} with a value that has no key ({exc})") from None
 
 
 # --- torch ------------------------------------------------------------------------------------
