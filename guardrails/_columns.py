@@ -185,6 +185,15 @@ def _numeric_kind(dtype: Any) -> str:
     return kind if isinstance(kind, str) and kind in "biuf" and kind else ""
 
 
+def _numpy_dtype(dtype: Any, kind: str, np: Any) -> Any:
+    """The numpy dtype a numeric column's values are judged in: its own, a nullable or Arrow
+    dtype's ``numpy_dtype``, a sparse dtype's ``subtype``; else float64 or int64 by kind."""
+    for found in (dtype, getattr(dtype, "numpy_dtype", None), getattr(dtype, "subtype", None)):
+        if isinstance(found, np.dtype):
+            return found
+    return np.float64 if kind == "f" else np.int64  # pragma: no cover - no such dtype known
+
+
 def _exact_bound(bound: int | float, kind: str, op: str, np: Any) -> Any:
     """``bound`` as a number numpy compares with values of ``kind`` exactly: for an integer
     column a float bound becomes the int it allows (``>= 0.5`` is ``>= 1``); for a float
@@ -291,7 +300,7 @@ def _numeric_problems(
         return []
     # Something fails: the values that are not null, exactly as float64 or ints.
     valid = s.notna().to_numpy(dtype=bool)
-    values = s.to_numpy(dtype=getattr(dtype, "numpy_dtype", dtype), na_value=0)
+    values = s.to_numpy(dtype=_numpy_dtype(dtype, kind, np), na_value=0)
     if kind == "f" and values.dtype.itemsize < 8:
         values = values.astype(np.float64)  # float16/32 exactly, never the bound rounded
     index = s.index
@@ -328,10 +337,26 @@ def frame_checker(check: Any, show_values: bool) -> Callable[[Any], list[tuple[s
     """What is wrong with a pandas DataFrame: ``[(suffix, problem)]``, the suffix ``.<column>``
     for a column's problems, ``""`` for the frame's."""
     columns = {name: series_checker(c, show_values) for name, c in (check.columns or {}).items()}
-    required = list(dict.fromkeys([*(check.columns or {}), *check.required]))
+    unique = list(dict.fromkeys(check.unique))
+    # A column ``unique`` names must exist too: without it no row can be judged, and a check
+    # that passes on a frame it never read would hide the frame's mistake.
+    required = list(dict.fromkeys([*(check.columns or {}), *check.required, *unique]))
     forbid = check.extra_columns == "forbid"
     rows = check.rows
-    unique = list(check.unique)
+
+    def one_column(names: Any, name: str) -> str | None:
+        """Why ``df[name]`` is not one column (two columns share the name, or it heads a
+        group of MultiIndex columns), or ``None``."""
+        if names.nlevels > 1:
+            group = int((names.get_level_values(0) == name).sum())
+            return (
+                f"expected one column {name!r}, found a group of {group} under it "
+                "(MultiIndex columns)"
+            )
+        count = int((names == name).sum())
+        if count > 1:
+            return f"expected one column {name!r}, found {count}"
+        return None
 
     def problems(df: Any) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
@@ -355,20 +380,21 @@ def frame_checker(check: Any, show_values: bool) -> Callable[[Any], list[tuple[s
                 )
         if rows is not None:
             found.extend(("", p) for p in length_problems(rows, len(df), "rows"))
-        duplicated = not names.is_unique
+        plain = names.is_unique and names.nlevels == 1
         for name, column_problems in columns.items():
             if name not in names:
                 continue
-            if duplicated and int((names == name).sum()) > 1:
-                found.append(
-                    (
-                        f".{name}",
-                        f"expected one column {name!r}, found {int((names == name).sum())}",
-                    )
-                )
+            why = None if plain else one_column(names, name)
+            if why is not None:
+                found.append((f".{name}", why))
                 continue
             found.extend((f".{name}{suffix}", p) for suffix, p in column_problems(df[name]))
         if unique and all(n in names for n in unique):
+            whys = {} if plain else {n: one_column(names, n) for n in unique}
+            if any(whys.values()):
+                # Told once: a column under ``columns`` already has this problem listed.
+                found.extend((f".{n}", w) for n, w in whys.items() if w and n not in columns)
+                return found
             dup = df.duplicated(subset=unique, keep="first").to_numpy()
             count = int(dup.sum())
             if count:
