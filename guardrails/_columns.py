@@ -41,6 +41,8 @@ def normal_dtype(dtype: str) -> str:
     knows it."""
     if dtype in ("str", "string"):
         return "string"
+    if dtype in ("datetime64", "timedelta64"):
+        return dtype  # any unit (pandas 3 makes microseconds, older pandas nanoseconds)
     try:
         import numpy
     except ImportError:  # pragma: no cover - numpy is a dependency of every user of this
@@ -65,7 +67,13 @@ def normal_dtype(dtype: str) -> str:
 
 def dtype_matches(want: str, dtype: Any) -> bool:
     """``dtype`` is the one ``want`` (a :func:`normal_dtype` name) names; ``string`` is any
-    pandas string dtype (whatever its storage or missing-value marker) or numpy unicode."""
+    pandas string dtype (whatever its storage or missing-value marker) or numpy unicode;
+    ``datetime64``/``timedelta64`` without a unit are any unit (and no zone)."""
+    if want in ("datetime64", "timedelta64"):
+        # Any unit, no zone: datetime64[ns], datetime64[us], ... (a zoned column names it).
+        return getattr(dtype, "kind", "") == ("M" if want == "datetime64" else "m") and (
+            getattr(dtype, "tz", None) is None
+        )
     if want != "string":
         return str(dtype) == want
     kind = getattr(dtype, "kind", "")

@@ -332,3 +332,40 @@ def test_failing_values_are_shown_only_when_the_policy_logs_values(args: str) ->
     ((field, message),) = exc.value.errors
     assert field == "df.age" and "'b'" in message
     assert ("-7" in message) == (args == "values"), message
+
+
+@pytest.mark.parametrize(
+    ("column", "dtype", "passes"),
+    [
+        ("us", "datetime64", True),
+        ("ns", "datetime64", True),
+        ("utc", "datetime64", False),  # a zoned column names its zone
+        ("utc", "datetime64[us, UTC]", True),
+        ("ns", "datetime64[ns]", True),
+        ("us", "datetime64[ns]", False),  # a unit written is the unit checked
+        ("span", "timedelta64", True),
+        ("us", "timedelta64", False),
+        ("span", "datetime64", False),
+    ],
+)
+def test_datetime64_without_a_unit_is_any_unit(column: str, dtype: str, passes: bool) -> None:
+    # pandas 3 makes microsecond datetimes where pandas 2 made nanoseconds: a YAML that
+    # names no unit holds for both.
+    stamps = pd.to_datetime(["2024-01-01", "2024-01-02"])
+    df = pd.DataFrame(
+        {
+            "us": stamps.astype("datetime64[us]"),
+            "ns": stamps.astype("datetime64[ns]"),
+            "utc": stamps.astype("datetime64[us]").tz_localize("UTC"),
+            "span": pd.to_timedelta([1, 2], unit="s"),
+        }
+    )
+    configure(
+        {"policies": {"t": {"validate": {"args": {"df": {"columns": {column: {"dtype": dtype}}}}}}}}
+    )
+    f = guarded("t")(lambda df: len(df))
+    if passes:
+        assert f(df) == 2
+    else:
+        with pytest.raises(InputValidationError, match=f"df.{column}: expected dtype"):
+            f(df)
