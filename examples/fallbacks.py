@@ -7,18 +7,19 @@ instead of failing the request.
 
 from __future__ import annotations
 
-import numpy as np
+import pandas as pd
 
-_MEAN: list[np.ndarray] = []
+_MEAN: list[pd.Series] = []
 
 
-def remember_population(rows: np.ndarray) -> None:
+def remember_population(rows: pd.DataFrame) -> None:
     """Keep the average row of ``rows`` (the training data) for ``population_mean``."""
     _MEAN[:] = [rows.mean(axis=0)]
 
 
-def population_mean(entity_id: int) -> np.ndarray:
-    """The fallback of ``fetch_features``: same arguments, the training data's average row."""
+def population_mean(entity_id: int) -> pd.Series:
+    """The fallback of ``fetch_features``: same arguments, the training data's average row
+    (a Series indexed by column name, as the feature store's rows are)."""
     if not _MEAN:
         raise LookupError("no population kept yet: call remember_population() first")
     return _MEAN[0].copy()

@@ -4,9 +4,12 @@ Each request names an entity; its features come from a (simulated) remote featur
 that fails transiently, so `fetch_features` is guarded by a policy with retry and cache.
 Midway through the batch the store has an outage: the policy's circuit breaker opens, calls
 fail fast to a fallback (the training data's average row, `examples/fallbacks.py`), and the
-breaker closes again once the store is back. Some rows arrive malformed (NaN, wrong width):
-`predict` is guarded by input checks and a memory budget, so they are rejected with a clear
-message and counted, never crash the job. Every policy lives in conf/guardrails/*.yaml; try
+breaker closes again once the store is back. The model scores pandas DataFrames (the wine
+data's named columns); some requests arrive malformed (a NaN, a dropped column, a negative
+measurement): `predict` is guarded by YAML column checks (`validate.args.features`), an output
+check on the scores and a memory budget, so they are rejected with a message naming the column
+and the request, and counted, never crash the job. Every policy lives in
+conf/guardrails/*.yaml; try
 
     python examples/pipeline.py guardrails.policies.fetch_features.retry.max_attempts=1
     python examples/pipeline.py '~guardrails.policies.fetch_features.cache'
@@ -33,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig
 
 import guardrails
-from examples.model import FeatureStore, train
+from examples.model import FeatureStore, as_frame, train
 from guardrails import InputValidationError, MemoryBudgetExceeded, guarded
 
 log = logging.getLogger("pipeline")
@@ -52,16 +56,18 @@ SERVICES = Services()
 
 
 @guarded("fetch_features")
-def fetch_features(entity_id: int) -> np.ndarray:
-    """One entity's feature row from the feature store."""
+def fetch_features(entity_id: int) -> pd.Series:
+    """One entity's feature row from the feature store (a Series indexed by column name)."""
     assert SERVICES.store is not None
     return SERVICES.store.read(entity_id)
 
 
 @guarded("predict")
-def predict(request_id: str, features: np.ndarray) -> np.ndarray:
-    """Class probabilities for a (1, n_features) row."""
-    return SERVICES.model.predict_proba(features)  # type: ignore[attr-defined, no-any-return]
+def predict(request_id: str, features: pd.DataFrame) -> np.ndarray:
+    """Class probabilities, one row per row of ``features`` (the model's columns by name, in
+    any order: the policy has checked that each is there, float64 and within its bounds)."""
+    model = SERVICES.model
+    return model.predict_proba(features[model.feature_names_in_])  # type: ignore[attr-defined, no-any-return]
 
 
 @dataclass
@@ -73,13 +79,16 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
 
 
-def malformed(row: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A broken copy of a row, as upstream bugs make them: a NaN, or a column lost."""
-    broken = row.copy()
-    if rng.random() < 0.5:
-        broken[int(rng.integers(len(broken)))] = np.nan
-        return broken
-    return broken[:-1]
+def malformed(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """A broken copy of a batch, as upstream bugs make them: a value lost (NaN), a column
+    dropped, or a measurement's sign flipped."""
+    column = batch.columns[int(rng.integers(batch.shape[1]))]
+    kind = rng.random()
+    if kind < 1 / 3:
+        return batch.drop(columns=column)
+    broken = batch.copy()
+    broken[column] = np.nan if kind < 2 / 3 else -broken[column]
+    return broken
 
 
 def score(cfg: DictConfig) -> Outcome:
@@ -111,16 +120,18 @@ def score(cfg: DictConfig) -> Outcome:
         except (ConnectionError, TimeoutError):
             outcome.unavailable += 1
             continue
+        request_id = f"req-{i}"
+        batch = as_frame(row, request_id)  # one row, labelled by the request's id
         if rng.random() < cfg.job.malformed_fraction:
-            row = malformed(row, rng)  # a copy: the cached row stays intact
+            batch = malformed(batch, rng)
         try:
-            proba = predict(f"req-{i}", row.reshape(1, -1))
+            proba = predict(request_id, batch)
         except (InputValidationError, MemoryBudgetExceeded) as exc:
             outcome.rejected += 1
             outcome.reasons.append(str(exc))
             continue
         outcome.scored += 1
-        outcome.correct += int(proba.argmax() == y_live[entity])
+        outcome.correct += int(proba[0].argmax() == y_live[entity])
     return outcome
 
 

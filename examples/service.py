@@ -7,18 +7,22 @@
 
 Endpoints:
 
-- ``POST /predict`` with ``{"request_id": "req-1", "features": [13 numbers]}`` or
-  ``{"request_id": "req-1", "entity_id": 12}`` (the features then come from the feature
-  store). The model call is guarded by the ``predict`` policy (input checks, memory budget,
-  bulkhead); the store lookup by ``fetch_features`` (retry, timeout, breaker, fallback,
-  cache). Answers 200 ``{"request_id", "label", "probabilities", "degraded"}``
-  (``degraded``: the store's breaker was open and the features are the population's
-  average), 422 when the request fails the JSON schema or the policy's checks (the
-  failing fields in ``detail``, as FastAPI lists them; a NaN or infinity echoed there is
-  written as text), 400 for a body FastAPI cannot decode at all (bytes that are not
+- ``POST /predict`` with ``{"request_id": "req-1", "features": {"alcohol": 14.23, ...}}``
+  (the model's columns by name), ``{"request_id": "req-1", "features": [13 numbers]}`` (the
+  same, in the model's column order) or ``{"request_id": "req-1", "entity_id": 12}`` (the
+  features then come from the feature store). Either way the model scores a one-row
+  DataFrame labelled by the request id. The model call is guarded by the ``predict`` policy
+  (column checks, output checks, memory budget, bulkhead); the store lookup by
+  ``fetch_features`` (retry, timeout, breaker, fallback, cache). Answers 200
+  ``{"request_id", "label", "probabilities", "degraded"}`` (``degraded``: the store's
+  breaker was open and the features are the population's average), 422 when the request
+  fails the JSON schema (a list of features of another length than the model's columns
+  included) or the policy's checks (the failing fields in ``detail``, as FastAPI lists
+  them, a column's at ``["body", "features", <column>]``; a NaN or infinity echoed there
+  is written as text), 400 for a body FastAPI cannot decode at all (bytes that are not
   text, an integer of more than 4,300 digits), 404 for an unknown entity, 503 with
-  ``Retry-After`` when the store or the model refuses or is unavailable (breaker open
-  with no fallback, rate limit, bulkhead full, memory budget, the store failing after its
+  ``Retry-After`` when the store or the model refuses or is unavailable (breaker open with
+  no fallback, rate limit, bulkhead full, memory budget, the store failing after its
   retries).
 - ``GET /healthz``: the breaker of every policy that has one, and the config watcher's
   reloads; 503 while a breaker is open (half-open is 200: it needs traffic to close).
@@ -53,6 +57,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import pandas as pd
 import prometheus_client
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
@@ -63,7 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import guardrails
 import guardrails.metrics.prometheus
-from examples.model import DEGRADED, FeatureStore, train
+from examples.model import DEGRADED, FeatureStore, as_frame, train
 from guardrails import (
     BulkheadFull,
     CallTimeout,
@@ -126,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
         "--dataset",
         choices=["wine", "breast_cancer"],
         default=env.get("SERVICE_DATASET", "wine"),
-        help="breast_cancer has 30 features: override predict's validate.args.features.shape",
+        help="breast_cancer has other columns than wine's: drop predict's column checks with "
+        "'~guardrails.policies.predict.validate.args.features'",
     )
     p.add_argument("--seed", type=int, default=int(env.get("SERVICE_SEED", "7")))
     p.add_argument(
@@ -184,6 +190,7 @@ class Service:
 
     options: Options = field(default_factory=Options)
     model: Any = None
+    features: list[str] = field(default_factory=list)  # the model's columns, in order
     store: FeatureStore | None = None
     watcher: guardrails.Watcher | None = None
 
@@ -192,17 +199,19 @@ SERVICE = Service()
 
 
 @guarded("fetch_features")
-async def fetch_features(entity_id: int) -> np.ndarray:
-    """One entity's feature row from the feature store."""
+async def fetch_features(entity_id: int) -> pd.Series:
+    """One entity's feature row from the feature store (a Series indexed by column name)."""
     assert SERVICE.store is not None, "the service has not started"
     return await SERVICE.store.read_async(entity_id, SERVICE.options.store_latency)
 
 
 @guarded("predict")
-async def predict(request_id: str, features: np.ndarray) -> np.ndarray:
-    """Class probabilities for a (1, n_features) row; the model runs in a worker thread so
-    the event loop keeps serving."""
-    result: np.ndarray = await asyncio.to_thread(SERVICE.model.predict_proba, features)
+async def predict(request_id: str, features: pd.DataFrame) -> np.ndarray:
+    """Class probabilities, one row per row of ``features`` (the model's columns by name, in
+    any order: the policy has checked them); the model runs in a worker thread so the event
+    loop keeps serving."""
+    ordered = features[SERVICE.features]
+    result: np.ndarray = await asyncio.to_thread(SERVICE.model.predict_proba, ordered)
     return result
 
 
@@ -210,18 +219,19 @@ async def predict(request_id: str, features: np.ndarray) -> np.ndarray:
 
 
 class PredictBody(BaseModel):
-    """A request: an id and either the features or the entity whose features to look up.
+    """A request: an id and either the features (``{column: number}``, or the numbers in the
+    model's column order) or the entity whose features to look up.
 
-    Only the JSON shape is checked here; the values are the ``predict`` policy's business
-    (``validate`` in conf/guardrails/*.yaml), so a policy edit changes what is accepted.
-    The shape is strict: ``true`` or ``"1"`` is not a number (lax parsing would read them
-    as 1.0), ``3.0`` is not an entity id.
+    Only the JSON shape is checked here; the columns and values are the ``predict`` policy's
+    business (``validate`` in conf/guardrails/*.yaml), so a policy edit changes what is
+    accepted. The shape is strict: ``true`` or ``"1"`` is not a number (lax parsing would
+    read them as 1.0), ``3.0`` is not an entity id.
     """
 
     model_config = ConfigDict(strict=True)
 
     request_id: str
-    features: list[float] | None = None
+    features: dict[str, float] | list[float] | None = None
     entity_id: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -251,6 +261,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     SERVICE.options = opts
     trained = train(opts.dataset, opts.seed)
     SERVICE.model = trained.model
+    SERVICE.features = trained.features
     SERVICE.store = FeatureStore(trained.x_live, opts.store_failure_rate, opts.seed)
     guardrails.metrics.prometheus.register()
     # Configures now (a bad config raises: the service does not start), then reloads on
@@ -282,16 +293,19 @@ def create_app(opts: Options | None = None) -> FastAPI:
     @app.post("/predict")
     async def predict_endpoint(body: PredictBody) -> dict[str, Any]:
         DEGRADED.set(False)
-        if body.features is not None:
-            row = np.asarray(body.features, dtype=np.float64).reshape(1, -1)
+        if isinstance(body.features, list):
+            row = as_frame(_by_name(body.features), body.request_id)
+        elif body.features is not None:
+            row = as_frame(body.features, body.request_id)
         else:
             assert body.entity_id is not None and SERVICE.store is not None
             if body.entity_id >= len(SERVICE.store.rows):
                 raise HTTPException(404, f"unknown entity {body.entity_id}")
             try:
-                row = (await fetch_features(body.entity_id)).reshape(1, -1)
+                found = await fetch_features(body.entity_id)
             except (ConnectionError, CallTimeout) as exc:
                 raise StoreUnavailable(exc) from exc
+            row = as_frame(found, body.request_id)
         proba = await predict(body.request_id, row)
         return {
             "request_id": body.request_id,
@@ -355,8 +369,13 @@ def create_app(opts: Options | None = None) -> FastAPI:
 
     @app.exception_handler(InputValidationError)
     async def rejected(request: Request, exc: InputValidationError) -> JSONResponse:
+        # "features.alcohol" (a column of the features frame) is at body.features.alcohol.
         detail = [
-            {"loc": ["body", name] if name else ["body"], "msg": msg, "type": "guardrails"}
+            {
+                "loc": ["body", *name.split(".", 1)] if name else ["body"],
+                "msg": msg,
+                "type": "guardrails",
+            }
             for name, msg in exc.errors
         ]
         return JSONResponse({"detail": detail, "policy": exc.policy}, status_code=422)
@@ -380,6 +399,26 @@ def create_app(opts: Options | None = None) -> FastAPI:
         return _unavailable(exc.policy, type(exc.__cause__).__name__, exc, 1.0)
 
     return app
+
+
+def _by_name(values: list[float]) -> dict[str, float]:
+    """Features given as a list, by the model's column names; a list of another length is
+    refused as FastAPI refuses a body of the wrong shape (a 422 naming ``features``): which
+    number is missing cannot be told, so no column can be named."""
+    names = SERVICE.features
+    if len(values) != len(names):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "list_length",
+                    "loc": ("body", "features"),
+                    "msg": f"expected {len(names)} numbers, the model's columns in order "
+                    f"({', '.join(names)}), or an object of them by name; got {len(values)}",
+                    "input": values,
+                }
+            ]
+        )
+    return dict(zip(names, values, strict=True))
 
 
 def _finite(value: Any) -> Any:

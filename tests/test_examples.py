@@ -74,7 +74,14 @@ def test_default_run(tmp_path: Path) -> None:
     assert col(fetch, "retries") > 0 and col(fetch, "hits") > 0
     assert col(fetch, "failed") == summary["unavailable"]
     assert col(predict, "rejected") == summary["rejected"]
-    assert "expected shape [-1, 13]" in output and "expected finite values" in output
+    # Each kind of malformed batch is refused by a YAML column check naming the column and
+    # the request (the row's label): a dropped column, a NaN, a negative measurement.
+    messages = " ".join(output.split())  # rich wraps the log records
+    assert re.search(r"features: expected column '[\w/]+': missing", messages), output
+    assert re.search(r"features\.[\w/]+: expected no nulls, found 1 row \('req-\d+'\)", messages)
+    assert re.search(
+        r"features\.[\w/]+: expected values >= 0, found 1 row \('req-\d+'\) outside", messages
+    )
 
 
 def test_the_outage_opens_the_breaker_falls_back_and_recovers(tmp_path: Path) -> None:
@@ -159,6 +166,30 @@ def test_each_multirun_job_prints_what_it_prints_alone(tmp_path: Path) -> None:
     assert lines == alone_lines
     assert counts == alone_counts  # calls, ok, failed, retries, hits, misses, rejected
     assert lines[0] != lines[1]  # the seeds do differ, so the comparison means something
+
+
+def test_the_scores_are_checked_on_the_way_out(tmp_path: Path) -> None:
+    # No wine is scored below 0.5 for every class: an output bound of 0.5 refuses the
+    # model's answers, and the job stops on the first (a broken model is not a bad request).
+    env = {k: v for k, v in os.environ.items() if k != "GUARDRAILS_CONFIG"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "pipeline.py"),
+            *NO_OUTAGE,
+            "guardrails.policies.predict.validate.output.max=0.5",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    assert "OutputValidationError" in out.stderr, out.stderr
+    assert "return: expected values <= 0.5, found" in " ".join(out.stderr.split()), out.stderr
 
 
 def test_one_attempt_makes_failures_appear(tmp_path: Path) -> None:

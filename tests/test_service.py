@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -31,8 +32,10 @@ SERVICE = ROOT / "examples" / "service.py"
 #: Generous bounds on a loaded machine; each wait ends as soon as its condition holds.
 STARTUP = 90.0
 DEADLINE = 30.0
-#: Rows of the dataset the service's model is trained on (wine: 13 features).
-ROWS: np.ndarray = datasets.load_wine(return_X_y=True)[0]
+#: The dataset the service's model is trained on (wine: 13 named float64 columns).
+WINE = datasets.load_wine(as_frame=True).data
+COLUMNS: list[str] = [str(c) for c in WINE.columns]
+ROWS: np.ndarray = WINE.to_numpy()
 LIVE_ENTITIES = 72  # the held-out 40% of wine's 178 rows
 
 
@@ -186,7 +189,14 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
 
 def valid(i: int) -> dict[str, Any]:
+    """A request whose features are a list, in the model's column order."""
     return {"request_id": f"req-{i}", "features": ROWS[i % len(ROWS)].tolist()}
+
+
+def by_name(i: int) -> dict[str, Any]:
+    """A request whose features are an object, by column name."""
+    values = ROWS[i % len(ROWS)].tolist()
+    return {"request_id": f"req-{i}", "features": dict(zip(COLUMNS, values, strict=True))}
 
 
 def metrics(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -230,26 +240,44 @@ JSON = {"content-type": "application/json"}
 
 
 def burst_requests(seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """(kind, body): valid rows, entity lookups, rows the policy rejects, and bodies the
-    HTTP schema rejects before any guarded call."""
+    """(kind, body): valid rows (as lists and by name), entity lookups, rows the policy
+    rejects (a NaN, a dropped column, a negative measurement, a bad id), and bodies the HTTP
+    schema rejects before any guarded call (no features, a list one number short)."""
     rng = np.random.default_rng(seed)
     out: list[tuple[str, dict[str, Any]]] = []
     for i in range(BURST):
         draw = rng.random()
-        body = valid(i)
-        if draw < 0.55:
+        body = valid(i) if rng.random() < 0.5 else by_name(i)
+        column = COLUMNS[int(rng.integers(len(COLUMNS)))]
+        if draw < 0.50:
             out.append(("valid", body))
-        elif draw < 0.80:
+        elif draw < 0.75:
             entity = int(rng.integers(LIVE_ENTITIES))
             out.append(("entity", {"request_id": f"req-{i}", "entity_id": entity}))
-        elif draw < 0.85:
-            out.append(("narrow", {**body, "features": body["features"][:-1]}))
-        elif draw < 0.90:
-            features = list(body["features"])
-            features[int(rng.integers(13))] = math.nan  # JSON NaN, as Python clients send it
+        elif draw < 0.79:
+            out.append(
+                (
+                    "dropped",
+                    {
+                        **by_name(i),
+                        "features": {
+                            name: value
+                            for name, value in by_name(i)["features"].items()
+                            if name != column
+                        },
+                    },
+                )
+            )
+        elif draw < 0.83:
+            features = {**by_name(i)["features"], column: math.nan}  # JSON NaN, as Python sends it
             out.append(("nan", {**body, "features": features}))
-        elif draw < 0.95:
+        elif draw < 0.87:
+            named = by_name(i)["features"]
+            out.append(("negative", {**body, "features": {**named, column: -named[column]}}))
+        elif draw < 0.91:
             out.append(("bad_id", {**body, "request_id": f"request {i}"}))
+        elif draw < 0.95:
+            out.append(("narrow", {**valid(i), "features": valid(i)["features"][:-1]}))
         else:
             out.append(("schema", {"request_id": f"req-{i}"}))  # neither features nor entity
     return out
@@ -291,10 +319,12 @@ def test_a_burst_gets_only_documented_answers_and_the_metrics_add_up(
     cached = "cache: {ttl: 5m, maxsize: 10000, key: [entity_id]}"
     edited = policy_file.read_text().replace(cached, "cache: {enabled: false}")
     assert cached not in edited
+    requests = burst_requests(seed=8)
     answered = asyncio.run(
-        send_all(running, burst_requests(seed=8), midway=lambda: policy_file.write_text(edited))
+        send_all(running, requests, midway=lambda: policy_file.write_text(edited))
     )
     assert len(answered) == BURST
+    body_of = {id(r): body for (_, body), (_, r) in zip(requests, answered, strict=True)}
 
     reached_predict: Counter[str] = Counter()  # the predict policy's calls, by how they ended
     fetches = 0
@@ -313,18 +343,29 @@ def test_a_burst_gets_only_documented_answers_and_the_metrics_add_up(
             reached_predict["ok"] += 1
         elif status == 422:
             assert isinstance(body["detail"], list) and body["detail"], body
-            if kind == "schema":  # FastAPI's own check: no guarded call was made
+            if kind in ("schema", "narrow"):  # the HTTP schema: no guarded call was made
                 assert "policy" not in body
+                if kind == "narrow":
+                    (error,) = body["detail"]
+                    assert error["loc"] == ["body", "features"], body
+                    assert error["msg"].startswith("expected 13 numbers, the model's columns")
+                    assert error["msg"].endswith("; got 12"), body
                 continue
             assert body["policy"] == "predict"
-            fields = {tuple(error["loc"]) for error in body["detail"]}
-            expected = ("body", "request_id") if kind == "bad_id" else ("body", "features")
-            assert fields == {expected}, body
-            message = body["detail"][0]["msg"]
-            if kind == "narrow":
-                assert message == "expected shape [-1, 13], got [1, 12]"
-            if kind == "nan":
-                assert "finite" in message
+            (error,) = body["detail"]
+            loc, message = tuple(error["loc"]), error["msg"]
+            rid = repr(body_of[id(response)]["request_id"])
+            if kind == "bad_id":
+                assert loc == ("body", "request_id"), body
+            elif kind == "dropped":
+                assert loc == ("body", "features"), body
+                assert re.fullmatch(r"expected column '[\w/]+': missing", message), body
+            elif kind == "nan":
+                assert loc[:2] == ("body", "features") and loc[2] in COLUMNS, body
+                assert message == f"expected no nulls, found 1 row ({rid})", body
+            else:
+                assert kind == "negative" and loc[2] in COLUMNS, body
+                assert message == f"expected values >= 0, found 1 row ({rid}) outside", body
             reached_predict["rejected"] += 1
         else:
             # Only a dependency may be unavailable: the store (after its retries) or the
@@ -339,9 +380,8 @@ def test_a_burst_gets_only_documented_answers_and_the_metrics_add_up(
 
     # Every malformed row reached the guarded call and was refused there; every valid
     # row was answered.
-    for kind in ("narrow", "nan", "bad_id"):
+    for kind in ("dropped", "nan", "negative", "bad_id", "narrow", "schema"):
         assert by_kind[kind, 422] > 0 and by_kind[kind, 200] == by_kind[kind, 503] == 0
-    assert by_kind["schema", 422] > 0
     assert by_kind["valid", 200] + by_kind["valid", 503] == sum(
         n for (kind, _), n in by_kind.items() if kind == "valid"
     )
@@ -387,13 +427,15 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
 ) -> None:
     running = serve()
     negative = valid(3)
-    negative["features"][4] = -1.0  # magnesium below zero: within the policy's bounds yet
-    # The bounds are the service's (conf/service.yaml, composed over the group file); the
-    # bad edits go to the group file (conf/guardrails/default.yaml): both are watched.
+    negative["features"][4] = 5000.0  # magnesium at 5 g/L: within the policy's bounds yet
+    # The tighter bound goes into the service's file (conf/service.yaml, composed over the
+    # group file); the bad edits go to the group file (conf/guardrails/default.yaml): both
+    # are watched.
     service_file = running.conf / "service.yaml"
     service_original = service_file.read_text()
-    bound = "min: -1.0e6"
-    assert service_original.count(bound) == 1
+    anchor = "    predict:\n"
+    assert service_original.count(anchor) == 1
+    bound = "      validate: {args: {features: {columns: {magnesium: {max: 1000}}}}}\n"
     policy_file = running.conf / "guardrails" / "default.yaml"
     original = policy_file.read_text()
     assert original.count("max_attempts: 5") == 1
@@ -407,13 +449,18 @@ def test_a_policy_edit_changes_behaviour_without_a_restart(
         assert config(http)["reloads"] == 0
 
         # Tighten the bound: within the watch interval, the running service refuses the row.
-        service_file.write_text(service_original.replace(bound, "min: 0"))
+        service_file.write_text(service_original.replace(anchor, anchor + bound))
         refused = poll(
             lambda: (r := http.post("/predict", json=negative)).status_code == 422 and r,
             "the tightened bound in force",
         )
-        assert refused.json()["detail"][0]["loc"] == ["body", "features"]
-        assert refused.json()["detail"][0]["msg"] == "expected values >= 0, found -1"
+        assert refused.json()["detail"] == [
+            {
+                "loc": ["body", "features", "magnesium"],
+                "msg": "expected values <= 1000, found 1 row ('req-3') outside",
+                "type": "guardrails",
+            }
+        ]
         # Counted just after it is in force (a request can see the new chain first).
         poll(lambda: config(http)["reloads"] >= 1, "the reload counted")
         assert http.post("/predict", json=valid(3)).status_code == 200
@@ -626,7 +673,36 @@ HOSTILE: list[tuple[bytes, int, str]] = [
     (b"", 422, "missing"),
     (b"[]", 422, "body"),
     (b'{"request_id":"req-1","features":[1e-320' + b",1" * 12 + b"]}", 200, "label"),
-    (b'{"request_id":"req-1","features":[1e6' + b",-1e6" * 12 + b"]}", 200, "label"),
+    # The policy's bounds themselves (0 to 100 % alcohol, 0 to 10,000 for the rest) pass.
+    (b'{"request_id":"req-1","features":[100' + b",1e4" * 12 + b"]}", 200, "label"),
+    (b'{"request_id":"req-1","features":[0' + b",0" * 12 + b"]}", 200, "label"),
+    (b'{"request_id":"req-1","features":[-0.0' + b",1" * 12 + b"]}", 200, "label"),
+    # A list of another length than the model's columns: which number is missing cannot
+    # be told, so the HTTP schema refuses it (no policy); by name, the policy names them.
+    (b'{"request_id":"req-1","features":[1' + b",1" * 13 + b"]}", 422, "got 14"),
+    (b'{"request_id":"req-1","features":{}}', 422, "expected columns 'alcohol', 'malic_acid'"),
+    (
+        b'{"request_id":"req-1","features":{"alcohol":1e400}}',
+        422,
+        "expected values <= 100, found 1 row ('req-1') outside",
+    ),
+    (b'{"request_id":"req-1","features":{"alcohol":"13"}}', 422, "features"),
+    (b'{"request_id":"req-1","features":{"alcohol":true}}', 422, "features"),
+    (b'{"request_id":"req-1","features":{"alcohol":null}}', 422, "features"),
+    (
+        b'{"request_id":"req-1","features":{'
+        + b",".join(b'"%s":1' % c.encode() for c in COLUMNS)
+        + b',"colour":1}}',
+        422,
+        "expected no columns but the ones listed, found 'colour'",
+    ),
+    (
+        b'{"request_id":"req-1","features":{'
+        + b",".join(b'"%s":1' % c.encode() for c in reversed(COLUMNS))
+        + b"}}",
+        200,
+        "label",
+    ),
 ]
 
 
