@@ -47,7 +47,13 @@ def test_explain_names_where_each_value_came_from() -> None:
     assert data["policy"] == "predict"
     assert data["inherits"] == ["fetch_features"]
     # The real order, only the layers that are on.
-    assert [e["layer"] for e in data["layers"]] == ["log", "validate.input", "memory", "bulkhead"]
+    assert [e["layer"] for e in data["layers"]] == [
+        "log",
+        "validate.input",
+        "memory",
+        "bulkhead",
+        "validate.output",
+    ]
     log = settings_of(data, "log")
     assert (log["level"]["value"], log["level"]["source"]) == ("INFO", "base")
     assert log["level"]["where"] == "guardrails.policies.fetch_features.log.level"
