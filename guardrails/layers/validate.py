@@ -182,17 +182,19 @@ class ValidateConfig(_Block):
     @model_validator(mode="wrap")
     @classmethod
     def _untagged(cls, data: Any, handler: ModelWrapValidatorHandler[ValidateConfig]) -> Any:
-        # An error in output's checks is at validate.output.<key>, not output.checks.<key>.
+        # An error in output is at validate.output(.<key>), not under the union's tag
+        # (output.checks.<key>, output.type).
+        tagged = {("output", "checks"), ("output", "type")}
         try:
             return handler(data)
         except pydantic.ValidationError as exc:
             errors = exc.errors(include_url=False)
-            if not any(tuple(e["loc"][:2]) == ("output", "checks") for e in errors):
+            if not any(tuple(e["loc"][:2]) in tagged for e in errors):
                 raise
             details: list[Any] = []
             for e in errors:
                 loc = tuple(e["loc"])
-                if loc[:2] == ("output", "checks"):
+                if loc[:2] in tagged:
                     loc = ("output", *loc[2:])
                 detail: dict[str, Any] = {"type": e["type"], "loc": loc, "input": e["input"]}
                 if "ctx" in e:
