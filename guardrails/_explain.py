@@ -533,8 +533,36 @@ def flow(value: Any) -> str:
     """``value`` as one line of YAML (flow style), as it would be written in a policy."""
     import yaml
 
-    text: str = yaml.safe_dump(value, default_flow_style=True, width=10**9, allow_unicode=True)
+    text: str = yaml.safe_dump(
+        value, default_flow_style=True, width=10**9, allow_unicode=True, sort_keys=False
+    )
     return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _grouped(written: list[tuple[str, Any, str, str]]) -> list[tuple[str, str]]:
+    """One line per setting, ``key: value (resolved)``; neighbours under one parent key
+    that came from the same place share a line, as YAML would write them:
+    ``args.features.columns.alcohol: {dtype: float64, min: 0}``."""
+    lines: list[tuple[str, str]] = []
+    i = 0
+    while i < len(written):
+        key, value, resolved, origin = written[i]
+        parent = key.rpartition(".")[0]
+        j = i + 1
+        if parent and not resolved:
+            while j < len(written):
+                other, _, _ = written[j][0].rpartition(".")
+                if other != parent or written[j][2] or written[j][3] != origin:
+                    break
+                j += 1
+        if j - i > 1:
+            members = {k.rpartition(".")[2]: v for k, v, _, _ in written[i:j]}
+            lines.append((f"{parent}: {flow(members)}", origin))
+        else:
+            text = f"{key}: {flow(value)}" + (f" ({resolved})" if resolved else "")
+            lines.append((text, origin))
+        i = j
+    return lines
 
 
 def render(explained: Explained) -> str:
@@ -550,19 +578,20 @@ def render(explained: Explained) -> str:
     for index, layer in enumerate(explained.layers, 1):
         rows.append((f"{index:>2}. {layer.name}", f"per {layer.per}", ""))
         defaults: list[str] = []
+        written: list[tuple[str, Any, str, str]] = []  # key, value, resolved, origin
         for s in layer.settings:
-            text = f"{s.key}: {flow(s.value)}"
-            if s.resolved:
-                text += f" ({s.resolved})"
             if s.origin.kind == "default":
-                defaults.append(f"{s.key}={flow(s.value)}")
-                continue
-            rows.append((f"      {text}", s.origin.label(), ""))
+                # A check nobody wrote checks nothing: not worth a word (args, output).
+                if s.key.partition(".")[0] not in ("args", "output"):
+                    defaults.append(f"{s.key}={flow(s.value)}")
+            else:
+                written.append((s.key, s.value, s.resolved or "", s.origin.label()))
+        rows.extend((f"      {text}", origin, "") for text, origin in _grouped(written))
         if defaults:
             rows.append((f"      built-in defaults: {', '.join(defaults)}", "", ""))
-    width = min(max((len(r[0]) for r in rows if r[1]), default=0), 60) + 2
+    width = min(max((len(r[0]) for r in rows if r[1]), default=0), 60)
     for left, right, _ in rows:
-        lines.append(f"{left:<{width}}{right}".rstrip() if right else left)
+        lines.append(f"{left:<{width}}  {right}".rstrip() if right else left)
     if not explained.layers:
         lines.append("    (no layers)")
     for off in explained.off:

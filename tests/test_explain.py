@@ -367,3 +367,28 @@ def test_check_import_refs_that_do_not_import(tmp_path: Path) -> None:
     assert "guardrails.policies.rerank.fallback.function: " in out.stderr
     assert "no_such_fallback" in out.stderr
     assert "guardrails.policies.rerank.retry.retry_on" in out.stderr
+
+
+def test_settings_under_one_key_from_one_place_share_a_line(tmp_path: Path) -> None:
+    long_name = "a_column_whose_name_is_longer_than_the_alignment_of_the_sources"
+    (tmp_path / "p.yaml").write_text(
+        "policy_defaults: {retry: {wait: {initial: 1s}}}\n"
+        "policies:\n"
+        "  p:\n"
+        "    retry: {max_attempts: 2, wait: {max: 5s, multiplier: 3}}\n"
+        "    validate:\n"
+        "      args:\n"
+        f"        df: {{columns: {{{long_name}: {{dtype: float64, min: 0}}, b: {{min: 1}}}}}}\n"
+    )
+    out = run("explain", "p", str(tmp_path / "p.yaml"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    column = next(line for line in lines if long_name in line)
+    # As written, in the order written, and apart from its source by two spaces at least.
+    assert f"args.df.columns.{long_name}: {{dtype: float64, min: 0}}  policy p" in column
+    assert any("args.df.columns.b.min: 1" in line for line in lines)  # alone: not grouped
+    # wait.initial came from policy_defaults, the rest from the policy: not one line.
+    assert any("wait.initial: 1s" in line and "policy_defaults" in line for line in lines)
+    assert any("wait: {max: 5s, multiplier: 3}" in line and "policy p" in line for line in lines)
+    # A check nobody wrote is no built-in default worth a word.
+    assert not any("finite=false" in line for line in lines)
