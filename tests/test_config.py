@@ -349,7 +349,7 @@ def test_memory_limits_are_consistent() -> None:
         )
     found = problems(exc)
     assert "must not be above" in found["guardrails.policies.p.memory"]
-    assert "set max_rss, soft_rss or both" in found["guardrails.policies.q.memory"]
+    assert "set max_rss, soft_rss, max_gpu or soft_gpu" in found["guardrails.policies.q.memory"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
