@@ -15,7 +15,8 @@ Which reader is used, at each fresh reading:
    a forked child. NVML numbers every device of the machine; ``memory.gpu`` is an index as
    CUDA and torch count, so ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-`` UUIDs) is applied.
 
-When none of them can read the device (no GPU, no driver, nothing installed) a reading is
+When none of them can read the device (no GPU, no driver, nothing installed, or
+``CUDA_VISIBLE_DEVICES`` showing this process none) a reading is
 :data:`UNREAD` and the reason is kept; the memory layer then warns once and lets calls run.
 A reading is reused for up to ``MAX_AGE``, as the resident-memory probe does; a device that
 could not be read is tried again after ``RETRY_UNREAD``.
@@ -28,6 +29,8 @@ import sys
 import threading
 from time import monotonic
 from typing import Any, Protocol
+
+from guardrails._forksafe import ForkSafeLock
 
 #: How long a reading of the memory in use is reused, in seconds.
 MAX_AGE = 0.001
@@ -100,7 +103,7 @@ def visible_devices(value: str | None, count: int) -> list[str]:
         entry = raw.strip()
         if entry.startswith(("GPU-", "MIG-")):
             pass
-        elif entry.isdigit() and int(entry) < count:
+        elif entry.isascii() and entry.isdigit() and int(entry) < count:
             entry = str(int(entry))
         else:
             break
@@ -264,7 +267,12 @@ class Device:
         try:
             used, total = self._probe.reader().memory(self.index)
         except DeviceMissing as exc:
-            self._unread(when, str(exc), exc)
+            if exc.count == 0:
+                # No device at all for this process (CUDA_VISIBLE_DEVICES="" or -1: a CPU
+                # worker on a GPU box): a machine without a GPU, not a wrong index.
+                self._unread(when, f"{exc.via} shows this process no GPU", None)
+            else:
+                self._unread(when, str(exc), exc)
             return UNREAD
         except GpuUnavailable as exc:
             self._unread(when, str(exc), None)
@@ -298,7 +306,8 @@ class GpuProbe:
         self.nvml = NvmlReader()
         self.torch = TorchReader()
         self._devices: dict[int, Device] = {}
-        self._lock = threading.Lock()
+        # Renewed in a forked child: one held by another thread at the fork would stay held.
+        self._lock = ForkSafeLock()
 
     def reader(self) -> Reader:
         """The fake, torch (once it has initialised CUDA) or NVML; raises ``GpuUnavailable``."""
