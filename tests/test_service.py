@@ -644,6 +644,13 @@ def test_a_bad_config_stops_the_service_at_startup_naming_the_key(tmp_path: Path
 
 # --- hostile requests --------------------------------------------------------------------------
 
+
+def _named(**changes: Any) -> bytes:
+    """A request by column name (wine's first row) with ``changes`` to its features."""
+    features = {**by_name(0)["features"], **changes}
+    return json.dumps({"request_id": "req-1", "features": features}).encode()
+
+
 #: (body as sent, status, what the answer's detail names): each answered as documented.
 HOSTILE: list[tuple[bytes, int, str]] = [
     # Finite, but the model's scaler overflows on them: the policy's bounds refuse them.
@@ -703,6 +710,15 @@ HOSTILE: list[tuple[bytes, int, str]] = [
         200,
         "label",
     ),
+    # By name: a NaN or infinity is named by its column; an integer past float's range is
+    # not a number; odd extra names are quoted as sent; twenty thousand of them are counted,
+    # not listed.
+    (_named(hue=math.nan), 422, '"loc":["body","features","hue"],"msg":"expected no nulls'),
+    (_named(hue=-math.inf), 422, '"loc":["body","features","hue"],"msg":"expected values >= 0'),
+    (_named(hue=10**400), 422, "Input should be a valid number"),
+    (_named(**{"": 1}), 422, "expected no columns but the ones listed, found ''"),
+    (_named(**{"a.b": 1}), 422, "expected no columns but the ones listed, found 'a.b'"),
+    (_named(**{f"x{i}": 1 for i in range(20_000)}), 422, "'x9' and 19990 more"),
 ]
 
 
