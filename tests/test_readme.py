@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 import guardrails
-from guardrails._policy import Settings
+from guardrails._policy import Policy, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -335,6 +335,17 @@ CLAIMS: dict[tuple[str, str], str] = {
     ("Testing with guardrails", "def test_retries_back_off"): "test_python_program",
     ("Testing with guardrails", "# conftest.py"): CONFTEST,
     ("Testing with guardrails", "override_policies() as use"): "test_python_program",
+    ("Checking DataFrames, Series and tensors in YAML", "unique: [id]"): "test_yaml_blocks",
+    ("Checking DataFrames, Series and tensors in YAML", "InputValidationError"): (
+        "test_frame_refusal_message"
+    ),
+    ("Cache keys for DataFrames, arrays, tensors and sparse matrices", "score(df.copy())"): (
+        "test_python_program"
+    ),
+    ("GPU memory budget", "max_gpu: 90%"): "test_yaml_blocks",
+    ("GPU memory budget", "fake_gpu(total="): "test_python_program",
+    ("The example: a wine classifier on DataFrames", "&measured"): "test_yaml_blocks",
+    ("The example: a wine classifier on DataFrames", "('req-61')"): "test_example_refusals",
 }
 
 
@@ -846,10 +857,14 @@ def test_yaml_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 conf.mkdir()
                 (conf / "config.yaml").write_text(b.text)
                 settings = guardrails.configure(conf)
+            elif set(item) == {"guardrails"}:  # a Hydra config's guardrails node
+                settings = guardrails.configure(item["guardrails"])
             elif set(item) <= node_keys:
                 settings = guardrails.configure(item)
-            else:
+            elif set(item) <= set(Policy.model_fields):  # one policy's blocks
                 settings = guardrails.configure({"policies": {"p": item}})
+            else:  # policies by name, as they sit under `policies:`
+                settings = guardrails.configure({"policies": item})
             assert settings.policies is not None, b.where
             checked += 1
     assert checked >= 12
@@ -875,6 +890,139 @@ def test_errors_example() -> None:
     printed = str(caught.value)
     assert_shows(shown.text.splitlines(), printed, shown.where)
     assert len(caught.value.problems) == 3
+
+
+FRAME_REFUSAL = """
+import sys
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import guardrails
+from guardrails import guarded
+
+guardrails.configure(yaml.safe_load(open(sys.argv[1]))["guardrails"])
+
+
+@guarded("predict")
+def predict(batch: pd.DataFrame) -> np.ndarray:
+    return np.full(len(batch), 0.5)
+
+
+# The frame the README describes: no `id`, nulls at rows 17 and 230, a negative at row 4; the
+# other columns pass their checks.
+alcohol = np.full(300, 12.5)
+alcohol[[17, 230]] = np.nan
+alcohol[4] = -1.0
+batch = pd.DataFrame(
+    {
+        "alcohol": alcohol,
+        "quality": pd.array([5] * 300, dtype="Int64"),
+        "color": pd.Categorical(["red", "white"] * 150),
+    }
+)
+try:
+    predict(batch)
+except guardrails.InputValidationError as error:
+    print(repr(error.errors))
+    raise
+"""
+
+
+def collapsed(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_frame_refusal_message(tmp_path: Path) -> None:
+    """The refusal the README shows is the last line of the traceback a real call prints with
+    the YAML above it (wrapped in the README: compared with whitespace collapsed), and the
+    `.errors` pair and the configuration error quoted below it are real too."""
+    title = "Checking DataFrames, Series and tensors in YAML"
+    config, shown = block(title, "unique: [id]"), block(title, "InputValidationError")
+    assert "with the YAML above" in shown.intro, shown.intro
+    (tmp_path / "checks.yaml").write_text(config.text)
+    (tmp_path / "program.py").write_text(FRAME_REFUSAL)
+    code, printed = python(tmp_path / "program.py", tmp_path, "checks.yaml")
+    assert code == 1, printed
+    assert printed.splitlines()[-1] == collapsed(shown.text), printed
+    prose = section(title)
+    pair = re.search(r"\(`(\(\"batch\.alcohol\", \"[^`]+\"\))`\)", prose)
+    assert pair, prose
+    assert pair.group(1).replace('"', "'") in printed, printed
+
+    # "Configuration errors name the key: `<key>: <message>`"
+    quoted = re.search(r"Configuration errors name the key: `([^`]+)`", prose)
+    assert quoted, prose
+    key, message = collapsed(quoted.group(1)).split(": ", 1)
+    assert key.endswith(".columns.alcohol.min"), key
+    with pytest.raises(guardrails.PolicyConfigError) as caught:
+        guardrails.configure(
+            {
+                "policies": {
+                    "predict": {
+                        "validate": {"args": {"batch": {"columns": {"alcohol": {"min": "zero"}}}}}
+                    }
+                }
+            }
+        )
+    problems = [line.strip() for line in str(caught.value).splitlines()]
+    assert f"{key}: {message}" in problems, str(caught.value)
+
+
+def rich_records(output: str) -> list[str]:
+    """The log records of a rich console handler, each on one line: a record starts where the
+    level column holds a level; its wrapped lines are joined with single spaces."""
+    records: list[str] = []
+    for line in output.splitlines():
+        start = re.match(r"(?:\[\d\d:\d\d:\d\d\]| {11})([A-Z]+) +(.*)$", line)
+        if start and start.group(1) in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            records.append(f"{start.group(1)} {start.group(2).strip()}")
+        elif records and line.strip():
+            records[-1] += " " + line.strip()
+    return records
+
+
+def test_example_refusals(tmp_path: Path) -> None:
+    """The example's YAML is predict's policy in conf/guardrails/default.yaml (the README
+    leaves out the columns written `*measured`, saying how many), and each refusal the README quotes ends a
+    WARNING record of a real run of the batch job (rich wraps the records to the terminal)."""
+    section = "The example: a wine classifier on DataFrames"
+    shown_policy = yaml.safe_load(block(section, "&measured").text)["predict"]
+    real = yaml.safe_load((ROOT / "conf/guardrails/default.yaml").read_text())
+    real_policy = real["policies"]["predict"]
+    assert shown_policy["validate"]["input"] == real_policy["validate"]["input"]
+    assert shown_policy["validate"]["output"] == real_policy["validate"]["output"]
+    shown_features = shown_policy["validate"]["args"]["features"]
+    real_features = real_policy["validate"]["args"]["features"]
+    assert {k: v for k, v in real_features.items() if k != "columns"} == {
+        k: v for k, v in shown_features.items() if k != "columns"
+    }
+    measured = shown_features["columns"]["malic_acid"]
+    for name, check in real_features["columns"].items():
+        assert shown_features["columns"].get(name, measured) == check, name
+    other = re.search(
+        r"# \.\.\. and the other (\w+) the same way", block(section, "&measured").text
+    )
+    assert other, "the README says how many columns it leaves out"
+    left_out = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    assert len(real_features["columns"]) == len(shown_features["columns"]) + 1 + left_out.index(
+        other.group(1)
+    )
+
+    cwd = workdir(tmp_path)
+    refusals = block(section, "('req-61')")
+    assert "The batch job" in refusals.intro, refusals.intro
+    code, printed = shell("python examples/pipeline.py", cwd)
+    assert code == 0, printed
+    records = [r for r in rich_records(printed) if r.startswith("WARNING predict: ")]
+    assert records, printed
+    for line in refusals.text.splitlines():
+        ending = " " + collapsed(line)
+        assert any(r.endswith(ending) for r in records), (
+            f"{refusals.where}: no refusal in a run of the example ends with\n  {line}\n"
+            + "\n".join(records)
+        )
 
 
 # --- the inference service -------------------------------------------------------------------
