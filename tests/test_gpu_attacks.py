@@ -208,3 +208,27 @@ def test_a_driver_error_mid_run_lets_calls_run_warns_once_and_recovers(
         GPU.forget()
         with pytest.raises(MemoryBudgetExceeded):
             f()
+
+
+def test_limits_found_contradictory_only_at_a_call_are_logged_not_raised_on_every_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The device's total became known after configure() (torch initialised CUDA later): a
+    # soft limit of 90% turns out above max_gpu 10GiB. The calls that ran must go on.
+    caplog.set_level("ERROR", logger="guardrails")
+    with fake_gpu(total=0, used=0, cached=0) as gpu:
+        configure({"policies": {"g": {"memory": {"max_gpu": "10GiB", "soft_gpu": "90%"}}}})
+        f = guarded("g")(lambda: "ran")
+        assert f() == "ran"  # the total is unknown: the percentage waits
+        gpu.total[0], gpu.used[0] = 16 * 2**30, 2**30
+        assert f() == "ran"
+        assert f() == "ran"
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1, errors
+        assert (
+            "guardrails.policies.g.memory.soft_gpu: 90% (14.4 GiB) must not be above" in (errors[0])
+        )
+        assert "memory.max_gpu 10.0 GiB" in errors[0]  # as written, not 10737418240
+        gpu.used[0] = 11 * 2**30  # over the hard limit: still refused
+        with pytest.raises(MemoryBudgetExceeded):
+            f()

@@ -56,6 +56,11 @@ class Percent:
         return f"{self.value:g}%" if self.value == float(f"{self.value:g}") else f"{self.value!r}%"
 
 
+def _as_written(limit: int | Percent) -> str:
+    """A GPU limit as a person wrote it: ``90%``, or a size (``10.0 GiB``), never raw bytes."""
+    return str(limit) if isinstance(limit, Percent) else _fmt_bytes(limit)
+
+
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*%\s*$")
 _DEVICE = re.compile(r"^\s*(?:cuda:)?(\d+)\s*$")
 
@@ -435,8 +440,14 @@ class _GpuGuard:
             )
             raise PolicyConfigError([(self.where("gpu"), f"{missing} ({takes})")])
 
-    def resolve(self) -> None:
-        """The budget in bytes, once the device's total is known (or needed by none)."""
+    def resolve(self, *, at_call: bool = False) -> None:
+        """The budget in bytes, once the device's total is known (or needed by none).
+
+        Limits that contradict each other on this device (``soft_gpu: 90%`` above
+        ``max_gpu: 10GiB`` on a 16 GiB card) fail ``configure()``; found only at a call (the
+        device became readable after ``configure()``), they are logged at ERROR once and the
+        soft limit is held at the hard one: a configuration that ran must not start failing
+        every call."""
         hard, soft, total = self.max_gpu, self.soft_gpu, self.device.total
         if (isinstance(hard, Percent) or isinstance(soft, Percent)) and not total:
             return  # not read yet: every call comes here until it is
@@ -448,16 +459,20 @@ class _GpuGuard:
             _NEVER if soft is None else soft.of(total) if isinstance(soft, Percent) else soft
         )
         if hard is not None and soft is not None and soft_bytes > hard_bytes:
-            raise PolicyConfigError(
-                [
-                    (
-                        self.where("soft_gpu"),
-                        f"{soft} ({_fmt_bytes(soft_bytes)}) must not be above memory.max_gpu "
-                        f"{hard} ({_fmt_bytes(hard_bytes)}) on {self.device.name}, of "
-                        f"{_fmt_bytes(total)}",
-                    )
-                ]
+            problem = (
+                f"{_as_written(soft)} ({_fmt_bytes(soft_bytes)}) must not be above "
+                f"memory.max_gpu {_as_written(hard)} ({_fmt_bytes(hard_bytes)}) on "
+                f"{self.device.name}, of {_fmt_bytes(total)}"
             )
+            if not at_call:
+                raise PolicyConfigError([(self.where("soft_gpu"), problem)])
+            self.ctx.logger.error(
+                "%s: %s; the soft limit is held at memory.max_gpu until the policy is fixed",
+                self.where("soft_gpu"),
+                problem,
+                extra={"policy": self.ctx.policy, "function": self.ctx.qualname},
+            )
+            soft_bytes = hard_bytes
         state.hard, state.soft = hard_bytes, soft_bytes
         state.resolved = True
         state.gate = -1 if state.over_soft else min(hard_bytes, UNREAD - 1)
@@ -486,7 +501,7 @@ class _GpuGuard:
             return before
         state.warned = None
         if not state.resolved:
-            self.resolve()
+            self.resolve(at_call=True)
         hard = state.hard
         used = before if before > hard else self.device.read()
         if hard < used < UNREAD:
