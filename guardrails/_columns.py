@@ -26,6 +26,8 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, m
 
 from guardrails._imports import resolve
 from guardrails._types import Section
+from guardrails._units import bound_value as _bound
+from guardrails._units import number_text as _text
 
 #: The row labels an error names at most.
 FIRST = 5
@@ -142,7 +144,6 @@ class ColumnCheck(Section):
     @field_validator("min", "max")
     @classmethod
     def _bounds(cls, value: Any) -> Any:
-        from guardrails.layers.validate import _bound
 
         return None if value is None else _bound(value)
 
@@ -331,8 +332,6 @@ def _numeric_problems(
         bad = valid & ~within
         count = int(bad.sum())
         if count:
-            from guardrails.layers.validate import _text
-
             rows = _rows(count, index, bad, values, show_values)
             found.append(("", f"expected values {op} {_text(bound)}, found {rows} outside"))
     return found
@@ -534,8 +533,6 @@ def tensor_problems(check: Any, t: Any, torch: Any, show_values: bool) -> list[s
             bad &= ~torch.isnan(values)  # counted once, under finite
         count = int(bad.sum().item())
         if count:
-            from guardrails.layers.validate import _text
-
             rows = _tensor_rows(count, bad, values, show_values)
             found.append(f"expected values {op} {_text(bound)}, found {rows} outside")
     return found

@@ -28,7 +28,7 @@ import math
 import struct
 import sys
 import types
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import xxhash
@@ -151,11 +151,17 @@ def _package_of(t: type) -> str:
     return top
 
 
-def _frames_key(value: Any, t: type, package: str) -> Hashable | None:
-    """The key of a DataFrame, tensor, Arrow or sparse value (``_keys_frames``), or ``None``."""
-    from guardrails import _keys_frames  # only once such a value exists
+#: The key of a DataFrame, tensor, Arrow or sparse value, ``(value, type, package) -> key``
+#: or ``None``: ``guardrails._keys_frames`` puts its ``frame_key`` here when it is imported
+#: (``guardrails.layers.cache`` imports it). Without it such a value has no key: refused,
+#: never keyed wrongly.
+FRAME_KEYERS: list[Callable[[Any, type, str], Hashable | None]] = []
 
-    return _keys_frames.frame_key(value, t, package)
+
+def _frames_key(value: Any, t: type, package: str) -> Hashable | None:
+    for keyer in FRAME_KEYERS:
+        return keyer(value, t, package)
+    return None
 
 
 def _float_part(x: float) -> Hashable:

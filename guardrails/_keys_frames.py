@@ -483,3 +483,6 @@ def _sparse_key(value: Any, t: type) -> Hashable:
         _digest(csr.indices[:nnz].astype(np.int64, copy=False)),
         _digest(csr.data[:nnz]),
     )
+
+
+_keys.FRAME_KEYERS[:] = [frame_key]

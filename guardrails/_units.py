@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 import re
+import sys
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|us|µs)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {
@@ -231,3 +235,47 @@ def _limit_in(file: Path) -> int | None:
         return None
     limit = int(text)
     return limit if 0 < limit < _NO_LIMIT else None
+
+
+def bound_value(value: object) -> int | float:
+    """A bound kept as given: an int stays an exact int (``2**53 + 1`` is not rounded to a
+    float), a float stays a float; never a bool, a numeric string, a NaN, an infinity or an
+    int past the largest float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Input should be a valid number, got {shown(value)}")
+    if isinstance(value, int):
+        if abs(value) > sys.float_info.max:  # a bound past any float is no use, only a cost
+            raise ValueError(
+                f"Input should be a number within ±{sys.float_info.max!r}, got {shown(value)}"
+            )
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Input should be a finite number, got {shown(value)}")
+    return float(value)
+
+
+def number_text(number: Any) -> str:
+    """A number for a message: an int in full (or its size), a float as ``:g`` shows it
+    when that is exact and in full when not, any other number as ``str()`` shows it."""
+    if isinstance(number, float):
+        short = f"{number:g}"
+        return short if float(short) == number else repr(number)
+    if isinstance(number, int):
+        return int_text(number)
+    if isinstance(number, Fraction):  # a Python Fraction, or a longdouble held exactly
+        numerator, denominator = number.numerator, number.denominator
+        if denominator == 1:
+            return int_text(numerator)
+        if float(number) == number:
+            return number_text(float(number))
+        if denominator & (denominator - 1) == 0:  # a binary fraction: 21 digits tell apart
+            return str(decimal.Context(prec=21).divide(numerator, denominator))
+    return str(number)
+
+
+def int_text(value: int | float) -> str:
+    """``repr(value)``, or the size of an int too long to read (or past Python's digit limit)."""
+    if isinstance(value, int) and value.bit_length() > 96:  # 29 digits or more
+        sign = "a negative" if value < 0 else "an"
+        return f"{sign} int of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return repr(value)

@@ -36,6 +36,7 @@ from typing import Any
 import cachetools
 from pydantic import Field, StrictInt, field_validator
 
+from guardrails import _keys_frames  # noqa: F401 (registers the keys of DataFrames, tensors, ...)
 from guardrails._binding import Binder
 from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner

@@ -13,7 +13,6 @@ import math
 import numbers
 import operator
 import re
-import sys
 import typing
 from collections.abc import Callable, Mapping
 from fractions import Fraction
@@ -48,7 +47,9 @@ from guardrails._types import (
     type_text,
 )
 from guardrails._types import Block as _Block
-from guardrails._units import shown
+from guardrails._units import bound_value as _bound
+from guardrails._units import int_text
+from guardrails._units import number_text as _text
 
 
 def _verb(keys: list[str]) -> str:
@@ -58,23 +59,6 @@ def _verb(keys: list[str]) -> str:
 def _output_kind(value: Any) -> str:
     """``validate.output`` is checks when written as a mapping, else a type."""
     return "checks" if isinstance(value, Mapping | ArgCheck) else "type"
-
-
-def _bound(value: object) -> int | float:
-    """A bound kept as given: an int stays an exact int (``2**53 + 1`` is not rounded to a
-    float), a float stays a float; never a bool, a numeric string, a NaN, an infinity or an
-    int past the largest float."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"Input should be a valid number, got {shown(value)}")
-    if isinstance(value, int):
-        if abs(value) > sys.float_info.max:  # a bound past any float is no use, only a cost
-            raise ValueError(
-                f"Input should be a number within ±{sys.float_info.max!r}, got {shown(value)}"
-            )
-        return int(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Input should be a finite number, got {shown(value)}")
-    return float(value)
 
 
 #: A bound for a value: a finite int or float, never a bool or a numeric string.
@@ -464,7 +448,7 @@ def _scalar_out_of_bounds(value: Any, op: str, bound: float, nan_noted: bool) ->
     """The problem of a number outside ``bound``; a NaN only when not already reported."""
     if nan_noted and isinstance(value, float) and math.isnan(value):
         return []
-    return [f"expected {op} {_text(bound)}, got {_number(value)}"]
+    return [f"expected {op} {_text(bound)}, got {int_text(value)}"]
 
 
 def _unjudged_array(value: Any, data: Any, check: ArgCheck, np: Any) -> list[str]:
@@ -523,33 +507,6 @@ def _other_scalar(value: Any, check: ArgCheck) -> list[str]:
     except Exception as exc:  # a number type whose comparisons or conversions fail
         return [f"cannot compare {type(value).__name__} with a bound ({type(exc).__name__})"]
     return found
-
-
-def _text(number: Any) -> str:
-    """A number for a message: an int in full (or its size), a float as ``:g`` shows it
-    when that is exact and in full when not, any other number as ``str()`` shows it."""
-    if isinstance(number, float):
-        short = f"{number:g}"
-        return short if float(short) == number else repr(number)
-    if isinstance(number, int):
-        return _number(number)
-    if isinstance(number, Fraction):  # a Python Fraction, or a longdouble held exactly
-        numerator, denominator = number.numerator, number.denominator
-        if denominator == 1:
-            return _number(numerator)
-        if float(number) == number:
-            return _text(float(number))
-        if denominator & (denominator - 1) == 0:  # a binary fraction: 21 digits tell apart
-            return str(decimal.Context(prec=21).divide(numerator, denominator))
-    return str(number)
-
-
-def _number(value: int | float) -> str:
-    """``repr(value)``, or the size of an int too long to read (or past Python's digit limit)."""
-    if isinstance(value, int) and value.bit_length() > 96:  # 29 digits or more
-        sign = "a negative" if value < 0 else "an"
-        return f"{sign} int of about {int(value.bit_length() * 0.30103) + 1} digits"
-    return repr(value)
 
 
 def _shape_ok(actual: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
