@@ -150,9 +150,14 @@ class ColumnCheck(Section):
     @field_validator("isin")
     @classmethod
     def _some(cls, isin: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-        if isin is not None and not isin:
-            raise ValueError("isin lists the values allowed: an empty list allows none")
-        return isin
+        return isin_allows_some(isin)
+
+
+def isin_allows_some(isin: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """``isin`` as written, unless it is empty (a check no value could pass)."""
+    if isin is not None and not isin:
+        raise ValueError("isin lists the values allowed: an empty list allows none")
+    return isin
 
 
 #: Keys that only a DataFrame takes.

@@ -107,9 +107,7 @@ class ArgCheck(Section):
     @field_validator("isin")
     @classmethod
     def _some(cls, isin: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-        if isin is not None and not isin:
-            raise ValueError("isin lists the values allowed: an empty list allows none")
-        return isin
+        return _columns.isin_allows_some(isin)
 
     @field_validator("device")
     @classmethod
