@@ -16,6 +16,7 @@ from guardrails._core import (
     guarded,
     policy,
     reset_stats,
+    settings,
     stats,
 )
 from guardrails._errors import (
@@ -71,6 +72,7 @@ __all__ = [
     "policy",
     "report",
     "reset_stats",
+    "settings",
     "stats",
     "watch",
 ]

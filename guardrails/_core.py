@@ -31,15 +31,26 @@ R = TypeVar("R")
 class Slot:
     """One guarded function: its policy name, its compiled chain, its cache store."""
 
-    __slots__ = ("__weakref__", "binder", "fn", "is_async", "name", "qualname", "rebind", "store")
+    __slots__ = (
+        "__weakref__",
+        "binder",
+        "chain",
+        "fn",
+        "is_async",
+        "name",
+        "qualname",
+        "rebind",
+        "store",
+    )
 
-    def __init__(self, fn: Callable[..., Any], name: str, rebind: Callable[[Any], None]) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
         self.qualname = _qualname(fn)
         self.is_async = is_async(fn)
-        self.rebind = rebind
         self.store: Store | None = None
+        #: Set by a wrapper that holds the chain in its own closure (see ``_chain_wrapper``).
+        self.rebind: Callable[[Any], None] | None = None
         # Read now: a callable without a signature (a C builtin such as `max`) would
         # otherwise make every later configure() fail.
         try:
@@ -49,6 +60,16 @@ class Slot:
                 f"@guarded needs a function whose parameters Python can read, and "
                 f"{self.qualname} has no signature ({exc}); guard a `def` that calls it"
             ) from None
+        #: What the wrapper calls: the lazy chain until the first call or configure().
+        self.chain: Any = self.lazy_chain()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Reached only when the wrapper itself is pickled BY VALUE (cloudpickle, as joblib's
+        # loky and Dask do for a function of `__main__` or a nested one): the wrapper's
+        # closure holds its slot. The compiled chain (locks, weak references, the cache) is
+        # this process's; the receiving process gets a new slot for the same function and
+        # policy, registered there and compiled against its own configuration.
+        return (_unpickled_slot, (self.fn, self.name))
 
     def compile(
         self, settings: Settings, shared: dict[tuple[str, str], tuple[Any, Any]]
@@ -129,7 +150,9 @@ class Slot:
 
     def install(self, chain: Any, store: Store | None) -> None:
         self.store = store
-        self.rebind(chain)
+        self.chain = chain
+        if self.rebind is not None:
+            self.rebind(chain)
 
     def first_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """The chain before compilation: configure lazily if needed, compile, then call."""
@@ -153,8 +176,15 @@ class Slot:
         return lazy
 
     def reset(self) -> None:
-        self.store = None
-        self.rebind(self.lazy_chain())
+        self.install(self.lazy_chain(), None)
+
+
+def _unpickled_slot(fn: Callable[..., Any], name: str) -> Slot:
+    """The slot of a guarded function unpickled by value (see ``Slot.__reduce__``)."""
+    slot = Slot(fn, name)
+    with STATE.lock:
+        SLOTS.add(slot)
+    return slot
 
 
 #: Every guarded function's slot (read and changed under ``STATE.lock``).
@@ -209,15 +239,42 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
     policy_name = name or getattr(fn, "__name__", None)
     if not policy_name:
         raise TypeError(f"@guarded needs a policy name for {fn!r}, which has no __name__")
-    chain: Any = None
+    slot = Slot(fn, policy_name)
+    wrapper = _slot_wrapper(slot) if _pickled_by_value(fn) else _chain_wrapper(slot)
+    functools.update_wrapper(wrapper, fn)
+    wrapper.__guardrails__ = slot  # type: ignore[attr-defined]
+    with STATE.lock:
+        # Strict mode checks the name on the first call, not here: decoration runs at
+        # import time, usually before the configuration that names it exists.
+        SLOTS.add(slot)
+    return wrapper
+
+
+def _pickled_by_value(fn: Any) -> bool:
+    """Whether a pickler may have to carry the wrapper of ``fn`` by value: cloudpickle (joblib's
+    loky, Dask) does so for a function of ``__main__``, a nested function or a callable with no
+    qualified name. Elsewhere the wrapper pickles by reference (module and qualified name),
+    as the function it replaces does."""
+    qualname = getattr(fn, "__qualname__", None)
+    module = getattr(fn, "__module__", None)
+    return (
+        not isinstance(qualname, str)
+        or "<locals>" in qualname
+        or not isinstance(module, str)
+        or module == "__main__"
+    )
+
+
+def _chain_wrapper(slot: Slot) -> Callable[..., Any]:
+    """The wrapper of a function pickled by reference: its free variable is the chain itself
+    (the fastest call there is), which ``Slot.install`` rebinds."""
+    chain: Any = slot.chain
 
     def rebind(new: Any) -> None:
         nonlocal chain
         chain = new
 
-    slot = Slot(fn, policy_name, rebind)
-    chain = slot.lazy_chain()
-    wrapper: Callable[..., Any]
+    slot.rebind = rebind
     if slot.is_async:
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -235,27 +292,53 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
                     pass
                 raise
 
-        wrapper = async_wrapper
-    else:
+        return async_wrapper
 
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return chain(args, kwargs, None)
+        except Exception as exc:
+            try:  # noqa: SIM105 (suppress() would need frames there is no room for)
+                trim_raised(exc)  # as in async_wrapper
+            except RecursionError:
+                pass
+            raise
+
+    return sync_wrapper
+
+
+def _slot_wrapper(slot: Slot) -> Callable[..., Any]:
+    """The wrapper of a function a pickler may carry by value: its free variable is the slot
+    (never the chain, which holds locks and weak references), and the slot pickles as "this
+    function under this policy" (see ``Slot.__reduce__``). One attribute read per call more
+    than ``_chain_wrapper``."""
+    if slot.is_async:
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            chain = slot.chain  # read as an attribute (a method-call lookup is slower)
             try:
-                return chain(args, kwargs, None)
+                return await chain(args, kwargs, None)
             except Exception as exc:
-                try:  # noqa: SIM105 (suppress() would need frames there is no room for)
-                    trim_raised(exc)  # as in async_wrapper
+                try:  # noqa: SIM105 (as in _chain_wrapper)
+                    trim_raised(exc)
                 except RecursionError:
                     pass
                 raise
 
-        wrapper = sync_wrapper
-    functools.update_wrapper(wrapper, fn)
-    wrapper.__guardrails__ = slot  # type: ignore[union-attr]
-    with STATE.lock:
-        # Strict mode checks the name on the first call, not here: decoration runs at
-        # import time, usually before the configuration that names it exists.
-        SLOTS.add(slot)
-    return wrapper
+        return async_wrapper
+
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        chain = slot.chain  # read as an attribute (a method-call lookup is slower)
+        try:
+            return chain(args, kwargs, None)
+        except Exception as exc:
+            try:  # noqa: SIM105 (as in _chain_wrapper)
+                trim_raised(exc)
+            except RecursionError:
+                pass
+            raise
+
+    return sync_wrapper
 
 
 def configure(
@@ -269,11 +352,21 @@ def configure(
     ``source`` is a Hydra/OmegaConf config (the root holding a ``guardrails`` node, or the
     node itself), a plain mapping, a YAML file path, a config directory to compose with
     Hydra (``overrides`` are Hydra override strings, ``config_name`` its primary config),
-    or ``None`` for the packaged defaults. On any problem nothing changes and
+    or ``None`` for the packaged defaults. A ``Settings`` (what ``configure()`` and
+    ``settings()`` return, say pickled from a driver process to its workers) is installed
+    as it is: it was validated when it was made. On any problem nothing changes and
     ``PolicyConfigError`` lists every problem with its dotted path.
     """
     with _collector_paused():
-        settings = _config.load(source, overrides=overrides, config_name=config_name)
+        if isinstance(source, Settings):
+            if overrides:
+                raise TypeError(
+                    "configure() applies overrides to a config source, and a Settings is "
+                    "validated already: make it with configure(source, overrides=...) instead"
+                )
+            settings = source
+        else:
+            settings = _config.load(source, overrides=overrides, config_name=config_name)
         job = _config.hydra_job()
         with STATE.lock:
             # The next job of a multirun, in the same process (or a reused launcher worker):
@@ -448,6 +541,12 @@ def current_settings() -> Settings:
         if STATE.settings is None:
             STATE.settings = _config.load_lazy_default()
         return STATE.settings
+
+
+def settings() -> Settings:
+    """The settings in force (the packaged defaults, or ``$GUARDRAILS_CONFIG``, if nothing was
+    configured yet). Picklable: a worker process installs them with ``configure(settings)``."""
+    return current_settings()
 
 
 def policy(name: str) -> Policy:

@@ -80,6 +80,39 @@ class Settings:
             raise PolicyConfigError([missing_policy_problem(name, None, self.policies)])
         return self.policy_defaults
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # For worker processes (see guardrails.settings()): `policies` is a read-only view,
+        # which pickle refuses; the policies travel as a dict and come back read-only.
+        return (
+            _unpickled_settings,
+            (
+                self.strict,
+                self.policy_defaults,
+                dict(self.policies),
+                self.source,
+                self.allow_chaos,
+                self.secrets,
+            ),
+        )
+
+
+def _unpickled_settings(
+    strict: bool,
+    policy_defaults: Policy,
+    policies: dict[str, Policy],
+    source: str,
+    allow_chaos: bool,
+    secrets: tuple[Any, ...],
+) -> Settings:
+    return Settings(
+        strict=strict,
+        policy_defaults=policy_defaults,
+        policies=types.MappingProxyType(policies),
+        source=source,
+        allow_chaos=allow_chaos,
+        secrets=secrets,
+    )
+
 
 def missing_policy_problem(
     name: str, function: str | None, policies: Mapping[str, Any]

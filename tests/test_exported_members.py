@@ -24,6 +24,7 @@ def test_public_names() -> None:
         "policy",
         "report",
         "reset_stats",
+        "settings",
         "stats",
         "watch",
     }
