@@ -298,6 +298,8 @@ CLAIMS: dict[tuple[str, str], str] = {
     ("Quieter, shorter failures", "def handler"): "test_quieter_failures_recipe",
     ("Quieter, shorter failures", "INFO fetch_features"): "test_quieter_failures_recipe",
     ("Hydra multirun, forks and worker pools", "-m job.seed=1,2"): "test_console_block",
+    ("Worker processes", "ProcessPoolExecutor("): "test_python_program",
+    ("Worker processes", "LocalCluster("): "test_python_program",
     ("Hydra job lifecycle", "# conf/config.yaml"): "test_yaml_blocks",
     ("Hydra job lifecycle", "@hydra.main"): HYDRA_MAIN,
     ("Hydra job lifecycle", "hydra.run.dir=outputs/demo"): "test_hydra_job_lifecycle_recipes",
