@@ -34,15 +34,13 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from guardrails._core import SLOTS, configure, stats
+from guardrails._core import configure, stats
 from guardrails._errors import PolicyConfigError
-from guardrails._state import STATE
 from guardrails._stats import PolicyStats
 
 LOGGER = logging.getLogger("guardrails")
-_BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 #: ``PolicyStats`` fields shown in the log line of a policy whenever they are not zero.
 _SHOWN_IF_SET = (
@@ -78,24 +76,6 @@ class GuardrailsCallback(Callback):
             raise TypeError(f"GuardrailsCallback: log_report is true or false, got {log_report!r}")
         self.stats_file = stats_file
         self.log_report = log_report
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-        if launcher in ("", _BASIC_LAUNCHER):
-            return
-        with STATE.lock:
-            in_script = sorted({s.qualname for s in SLOTS if s.fn.__module__ == "__main__"})
-        if in_script:
-            # The launcher pickles the task function, and with it (by value, the script being
-            # no module a worker can import) the guarded functions it uses: that fails.
-            LOGGER.warning(
-                "guardrails: %s runs jobs in other processes, and these guarded functions are "
-                "defined in the script itself (__main__): %s. Jobs that use them cannot be "
-                'sent to the workers ("cannot pickle"); define them in a module the script '
-                "imports",
-                launcher.rsplit(".", 1)[-1],
-                ", ".join(in_script),
-            )
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
