@@ -528,7 +528,7 @@ def input_checker(
     """``check(args, kwargs) -> (args, kwargs)`` validated, with the model fast path when
     there is one; ``None`` when there is nothing to check."""
     model = cfg.input
-    show_values = ctx_shows_values(ctx)
+    show_values = ctx.show_values
     arg_checks = [(name, _arg_checker(c, show_values)) for name, c in cfg.args.items()]
     if model is None and not arg_checks:
         return None
@@ -595,11 +595,6 @@ def input_checker(
     return check, fast
 
 
-def ctx_shows_values(ctx: Context) -> bool:
-    """Whether errors may show the values that failed: the policy's ``log.args: values``."""
-    return ctx.show_values
-
-
 def _named(name: str, found: Problems) -> list[tuple[str, str]]:
     """A checker's problems as ``(field, problem)``: ``name``, or ``name.<column>``."""
     return [(name, p) if isinstance(p, str) else (name + p[0], p[1]) for p in found]
@@ -611,7 +606,7 @@ def output_checker(cfg: ValidateConfig, ctx: Context) -> Callable[[Any], Any] | 
     if cfg.output is None:
         return None
     if isinstance(cfg.output, ArgCheck):
-        problems = _arg_checker(cfg.output, ctx_shows_values(ctx))
+        problems = _arg_checker(cfg.output, ctx.show_values)
 
         def judge(result: Any) -> Any:
             found = problems(result)
