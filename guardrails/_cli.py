@@ -30,7 +30,7 @@ import yaml
 from guardrails import _explain
 from guardrails._config import env_source, packaged_defaults_path
 from guardrails._errors import PolicyConfigError
-from guardrails._policy import ROOT, Settings, deep_merge
+from guardrails._policy import ROOT, Settings, deep_merge, redis_url_shown
 
 Problem = tuple[str, str]
 
@@ -180,6 +180,7 @@ def _show(raw: _explain.Raw, wanted: list[str] | None, out: _Output) -> int:
     shown: dict[str, Any] = {
         "strict": settings.strict,
         **({"allow_chaos": True} if settings.allow_chaos else {}),
+        **({"redis_url": redis_url_shown(settings.redis_url)} if settings.redis_url else {}),
         "policy_defaults": defaults,
         "policies": policies,
     }

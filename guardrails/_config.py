@@ -33,7 +33,7 @@ import yaml
 from guardrails import _yaml
 from guardrails._errors import PolicyConfigError
 from guardrails._forksafe import ForkSafeLock
-from guardrails._policy import ROOT, Settings, build_settings, deep_merge
+from guardrails._policy import _NODE_KEYS, ROOT, Settings, build_settings, deep_merge
 from guardrails._units import shown
 from guardrails._yaml import MAX_DEPTH
 
@@ -572,7 +572,7 @@ def _node(read: _Read) -> dict[str, Any]:
         if not isinstance(node, Mapping):
             raise PolicyConfigError([(ROOT, f"expected a mapping, got {shown(node)}")])
         return dict(node)
-    if not top or any(k in top for k in ("strict", "allow_chaos", "policy_defaults", "policies")):
+    if not top or any(k in top for k in _NODE_KEYS):
         return top
     raise PolicyConfigError(
         [

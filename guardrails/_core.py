@@ -17,7 +17,15 @@ from guardrails._binding import Binder, is_async
 from guardrails._chain import compile_chain
 from guardrails._errors import PolicyConfigError
 from guardrails._frames import trim_raised
-from guardrails._policy import ROOT, Policy, Settings, missing_policy_problem, typo_index, typo_of
+from guardrails._policy import (
+    ROOT,
+    Policy,
+    Settings,
+    missing_policy_problem,
+    redis_url_for,
+    typo_index,
+    typo_of,
+)
 from guardrails._state import MADE, STATE
 from guardrails._stats import PolicyStats
 from guardrails._types import Context
@@ -129,6 +137,8 @@ class Slot:
             show_values=policy.log is not None
             and policy.log.enabled
             and policy.log.args == "values",
+            redis_url=redis_url_for(settings),
+            policy_blocks=policy,
         )
         try:
             chain = compile_chain(policy, ctx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import types
 import typing
 import warnings
@@ -55,7 +56,10 @@ with warnings.catch_warnings():
 
 
 ROOT = "guardrails"
-_NODE_KEYS = ("strict", "allow_chaos", "policy_defaults", "policies")
+_NODE_KEYS = ("strict", "allow_chaos", "redis_url", "policy_defaults", "policies")
+#: Where ``redis_url`` comes from when the configuration does not set it.
+REDIS_URL_ENV = "GUARDRAILS_REDIS_URL"
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,9 @@ class Settings:
     source: str
     #: Whether ``chaos`` blocks may inject faults (``allow_chaos: true`` at the top level).
     allow_chaos: bool = False
+    #: The Redis server of ``cache.backend: redis`` and the ``shared`` breaker, rate limit
+    #: and bulkhead (top-level ``redis_url``); ``None``: ``$GUARDRAILS_REDIS_URL``.
+    redis_url: str | None = None
     #: Values that came from interpolations, never to be shown in a problem.
     secrets: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
@@ -92,6 +99,7 @@ class Settings:
                 self.source,
                 self.allow_chaos,
                 self.secrets,
+                self.redis_url,
             ),
         )
 
@@ -103,8 +111,10 @@ def _unpickled_settings(
     source: str,
     allow_chaos: bool,
     secrets: tuple[Any, ...],
+    redis_url: str | None = None,
 ) -> Settings:
     return Settings(
+        redis_url=redis_url,
         strict=strict,
         policy_defaults=policy_defaults,
         policies=types.MappingProxyType(policies),
@@ -199,6 +209,12 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
             (f"{ROOT}.allow_chaos", f"expected true or false, got {shown(allow_chaos)}")
         )
         allow_chaos = False
+    redis_url = node.get("redis_url")
+    if redis_url is not None:
+        problem = redis_url_problem(redis_url)
+        if problem:
+            problems.append((f"{ROOT}.redis_url", problem))
+            redis_url = None
     raw_defaults = _mapping(node.get("policy_defaults"), f"{ROOT}.policy_defaults", problems)
     raw_policies = _mapping(node.get("policies"), f"{ROOT}.policies", problems)
     if "base" in raw_defaults:
@@ -246,10 +262,39 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
     return Settings(
         strict=strict,
         allow_chaos=allow_chaos,
+        redis_url=redis_url,
         policy_defaults=defaults,
         policies=types.MappingProxyType(policies),
         source=source,
     )
+
+
+def redis_url_problem(url: Any) -> str | None:
+    """What is wrong with ``url`` as a Redis URL, or ``None`` (the URL itself is never
+    shown: it may hold a password)."""
+    expected = "expected a Redis URL like redis://localhost:6379/0 (or rediss://, unix://)"
+    if not isinstance(url, str):
+        return f"{expected}, got {shown(url)}"
+    if not url.startswith(_REDIS_SCHEMES):
+        return f"{expected}; the string given starts otherwise (not shown: it may hold a password)"
+    return None
+
+
+def redis_url_shown(url: str) -> str:
+    """``url`` with its password (if any) masked, for logs and ``show``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return (
+        f"{scheme}://{user}{':***' if colon else ''}@{host}" if colon else f"{scheme}://***@{host}"
+    )
+
+
+def redis_url_for(settings: Settings) -> str | None:
+    """The Redis URL in force: the configuration's ``redis_url``, else the environment's."""
+    return settings.redis_url or os.environ.get(REDIS_URL_ENV) or None
 
 
 def _mapping(value: Any, path: str, problems: list[tuple[str, str]]) -> dict[str, Any]:

@@ -87,6 +87,8 @@ COUNTERS: tuple[tuple[str, str], ...] = (
     ("bulkhead_rejected", "bulkhead_reject"),
     ("fallbacks", "fallback"),
     ("injected", "inject"),
+    ("shared_cache_hits", "shared_cache_hit"),
+    ("redis_errors", "redis_error"),
 )
 
 #: The raw counters behind them: ``failures`` is ``refused + failed + cancelled`` (kept
@@ -260,6 +262,8 @@ class PolicyCounters:
     bulkhead_reject: Callable[[], int]
     fallback: Callable[[], int]
     inject: Callable[[], int]
+    shared_cache_hit: Callable[[], int]
+    redis_error: Callable[[], int]
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -406,7 +410,10 @@ class PolicyStats:
     ``timeouts`` counts timed-out attempts and calls, ``abandoned`` the sync attempts left
     running after one; ``short_circuited``, ``rate_limited`` and ``bulkhead_rejected`` the
     refusals of the breaker, rate limit and bulkhead; ``injected`` the chaos faults.
-    ``breaker_state`` is ``"closed"``, ``"open"``, ``"half_open"`` or ``None`` (no breaker).
+    ``shared_cache_hits`` counts the cache hits answered by the shared (Redis) level,
+    ``redis_errors`` the Redis operations that failed or timed out (each then fell back to
+    this process's own state). ``breaker_state`` is ``"closed"``, ``"open"``,
+    ``"half_open"`` or ``None`` (no breaker).
     Percentiles cover the most recent calls made while the policy's ``log`` block was on,
     and are ``None`` when there are none.
     """
@@ -429,6 +436,8 @@ class PolicyStats:
     rejected_input: int
     rejected_output: int
     rejected_memory: int
+    shared_cache_hits: int
+    redis_errors: int
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None

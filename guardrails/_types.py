@@ -499,6 +499,11 @@ class Context:
     in_force: Callable[[str], Any] = lambda kind: None
     #: Whether error messages may show argument values (the policy's ``log.args: values``).
     show_values: bool = False
+    #: The Redis URL in force (``redis_url``, else ``$GUARDRAILS_REDIS_URL``), or ``None``.
+    redis_url: str | None = None
+    #: The function's whole effective policy (a ``guardrails._policy.Policy``), for a layer
+    #: whose behaviour depends on another block (the cache's lock expiry on ``timeout``).
+    policy_blocks: Any = None
 
     def check_parameters(self, names: Iterable[str], key: str) -> None:
         """Raise ``PolicyConfigError`` at ``guardrails.policies.<policy>.<key>`` for names

@@ -12,6 +12,7 @@ The pytest plugin (``guardrails.pytest_plugin``) offers the last two as the fixt
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +53,9 @@ def reset() -> None:
             slot.reset()
     forget_collections()
     forget_crossings()
+    redis_client = sys.modules.get("guardrails.redis.client")
+    if redis_client is not None:  # imported only once a policy used Redis
+        redis_client.reset()
 
 
 @contextmanager

@@ -111,6 +111,8 @@ def test_every_counter_is_exact(kind: str, clock: FakeClock) -> None:
         "bulkhead_rejected": 0,
         "fallbacks": 0,
         "injected": 0,
+        "shared_cache_hits": 0,
+        "redis_errors": 0,
         "breaker_state": None,
     }
     assert s.p50_ms is not None  # latencies were recorded (log is on)
@@ -315,6 +317,8 @@ def test_snapshot_fields() -> None:
         "rejected_input",
         "rejected_output",
         "rejected_memory",
+        "shared_cache_hits",
+        "redis_errors",
         "p50_ms",
         "p95_ms",
         "p99_ms",
