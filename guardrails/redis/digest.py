@@ -1,0 +1,272 @@
+"""The Redis key of a call: a stable digest of its in-process cache key.
+
+``digest(key)`` takes a key as ``guardrails._keys.key_of`` and ``_keys_frames`` build them
+(or the cache layer's tuple of them) and returns 40 hex digits: blake2b (20 bytes) over an
+unambiguous canonical encoding of the key. The same key gives the same digest in every
+process and on every machine (never Python's salted ``hash()``); keys that are not equal
+give different ones.
+
+The encoding tags every element with its kind and prefixes every variable-length part with
+its length, so ``("ab", "c")`` and ``("a", "bc")`` differ, and ``1``, ``1.0``, ``True``,
+``"1"`` and ``b"1"`` too. Types are written as ``module.qualname``, enum members as their
+class and name, floats by their bits, frozensets by their elements' encodings sorted (so
+their order of iteration does not count), numpy dtypes by their ``str`` (or ``repr`` when
+structured), and the stdlib value types a key holds by their fields (``datetime``,
+``date``, ``time``, ``timedelta``, ``timezone``, ``Decimal``, ``Fraction``, ``UUID``,
+``PurePath``). A few keep a finer identity than their ``==`` (an aware ``datetime`` also by
+its zone, a ``Decimal`` by its digits): equal keys may then go to two Redis entries, never
+two different keys to one.
+
+Anything else in a key is an object keyed by its own ``__hash__``/``__eq__`` (what
+``key_of`` does with an arbitrary hashable object): its hash is salted per process and its
+equality unknown elsewhere, so ``digest`` refuses it with ``Unshareable``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import fractions
+import hashlib
+import pathlib
+import struct
+import sys
+import uuid
+from collections.abc import Callable, Hashable
+from typing import Any
+
+__all__ = ["Unshareable", "digest"]
+
+
+class Unshareable(TypeError):
+    """The key holds an object keyed by its own ``__hash__``: it has no digest."""
+
+
+_blake2b = hashlib.blake2b
+_pack_double = struct.Struct("<d").pack
+_pack_len = struct.Struct("<I").pack
+_TUPLE = b"T"
+_FROZENSET = b"S"
+_NONE = b"N"
+_TRUE = b"b\x01"
+_FALSE = b"b\x00"
+
+
+def digest(key: Hashable) -> str:
+    """40 hex digits naming ``key`` in every process; ``Unshareable`` if it can't."""
+    k: Any = key
+    # The key of one int or str argument, ``(int, 5)``: the common case, encoded inline.
+    if type(k) is tuple and len(k) == 2:
+        first, second = k
+        kind = type(second)
+        if first is kind and (kind is int or kind is str):
+            if kind is int:
+                data = b"T\x02\x00\x00\x00c\x0c\x00\x00\x00builtins.inti" + _int(second)
+            else:
+                data = b"T\x02\x00\x00\x00c\x0c\x00\x00\x00builtins.strs" + _str(second)
+            return _blake2b(data, digest_size=20).hexdigest()
+    out: list[bytes] = []
+    try:
+        _encode(key, out.append)
+    except RecursionError:
+        raise Unshareable("a key nested too deeply to digest") from None
+    return _blake2b(b"".join(out), digest_size=20).hexdigest()
+
+
+def _int(v: int) -> bytes:
+    raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+    return _pack_len(len(raw)) + raw
+
+
+def _str(v: str) -> bytes:
+    raw = v.encode("utf-8", "surrogatepass")
+    return _pack_len(len(raw)) + raw
+
+
+def _encode(v: Any, put: Callable[[bytes], Any]) -> None:
+    t = type(v)
+    if t is tuple:
+        put(_TUPLE + _pack_len(len(v)))
+        for item in v:
+            _encode(item, put)
+        return
+    if t is int:
+        put(b"i" + _int(v))
+        return
+    if t is str:
+        put(b"s" + _str(v))
+        return
+    if t is float:
+        put(b"f" + _pack_double(v))
+        return
+    if v is None:
+        put(_NONE)
+        return
+    if t is bool:
+        put(_TRUE if v else _FALSE)
+        return
+    if t is bytes:
+        put(b"y" + _pack_len(len(v)) + v)
+        return
+    if t is frozenset:
+        parts = []
+        for item in v:
+            found: list[bytes] = []
+            _encode(item, found.append)
+            parts.append(b"".join(found))
+        parts.sort()
+        put(_FROZENSET + _pack_len(len(parts)))
+        for part in parts:
+            put(_pack_len(len(part)) + part)
+        return
+    if isinstance(v, type):
+        put(b"c" + _str(_type_path(v)))
+        return
+    if isinstance(v, enum.Enum):
+        put(b"e" + _str(_type_path(t)) + _str(v.name))
+        return
+    other = _OTHER.get(t)
+    if other is not None:
+        put(other(v))
+        return
+    _encode_foreign(v, t, put)
+
+
+def _type_path(t: type) -> str:
+    module = getattr(t, "__module__", None)
+    qualname = getattr(t, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise Unshareable(f"a type without a module and qualified name ({t!r})")
+    return f"{module}.{qualname}"
+
+
+def _naive_fields(v: datetime.datetime) -> bytes:
+    return struct.pack(
+        "<iBBBBBI", v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond
+    )
+
+
+def _zone(v: Any) -> bytes:
+    """An aware ``datetime``/``time``'s zone: type, name and offsets (finer than its ``==``)."""
+    tz = v.tzinfo
+    if tz is None:
+        return b"z"
+    offset, dst = v.utcoffset(), v.dst()
+    return (
+        b"Z"
+        + _str(_type_path(type(tz)))
+        + _str(str(tz))
+        + _str(str(v.tzname()))
+        + _timedelta(offset)
+        + _timedelta(dst)
+    )
+
+
+def _timedelta(v: datetime.timedelta | None) -> bytes:
+    if v is None:
+        return b"n"
+    return b"t" + struct.pack("<iiI", v.days, v.seconds, v.microseconds)
+
+
+def _datetime(v: datetime.datetime) -> bytes:
+    # A naive datetime's == ignores fold; an aware one is written with fold and zone.
+    if v.tzinfo is None:
+        return b"D" + _naive_fields(v)
+    return b"A" + _naive_fields(v) + bytes([v.fold]) + _zone(v)
+
+
+def _date(v: datetime.date) -> bytes:
+    return b"d" + struct.pack("<iBB", v.year, v.month, v.day)
+
+
+def _time(v: datetime.time) -> bytes:
+    fields = struct.pack("<BBBI", v.hour, v.minute, v.second, v.microsecond)
+    if v.tzinfo is None:
+        return b"H" + fields
+    return b"h" + fields + bytes([v.fold]) + _zone(v)
+
+
+def _timezone(v: datetime.timezone) -> bytes:
+    return b"O" + _timedelta(v.utcoffset(None)) + _str(v.tzname(None))
+
+
+def _decimal(v: decimal.Decimal) -> bytes:
+    return b"m" + _str(str(v))
+
+
+def _fraction(v: fractions.Fraction) -> bytes:
+    return b"q" + _int(v.numerator) + _int(v.denominator)
+
+
+def _uuid(v: uuid.UUID) -> bytes:
+    return b"u" + v.bytes
+
+
+def _path(v: pathlib.PurePath) -> bytes:
+    return b"p" + _str(_type_path(type(v))) + _str(str(v))
+
+
+_OTHER: dict[type, Callable[[Any], bytes]] = {
+    datetime.datetime: _datetime,
+    datetime.date: _date,
+    datetime.time: _time,
+    datetime.timedelta: lambda v: b"t" + _timedelta(v),
+    datetime.timezone: _timezone,
+    decimal.Decimal: _decimal,
+    fractions.Fraction: _fraction,
+    uuid.UUID: _uuid,
+    pathlib.PurePosixPath: _path,
+    pathlib.PureWindowsPath: _path,
+    pathlib.PosixPath: _path,
+    pathlib.WindowsPath: _path,
+}
+
+
+def _encode_foreign(v: Any, t: type, put: Callable[[bytes], Any]) -> None:
+    """dtypes and scalars of numpy, pyarrow types, torch dtypes; else ``Unshareable``."""
+    top = (getattr(t, "__module__", "") or "").partition(".")[0]
+    if top == "numpy":
+        np = sys.modules["numpy"]
+        if isinstance(v, np.dtype):
+            put(b"n" + _str(_dtype_text(v)))
+            return
+        if isinstance(v, np.generic) and not v.dtype.hasobject and type(v).__module__ == "numpy":
+            put(b"g" + _str(_dtype_text(v.dtype)) + _str(_type_path(t)))
+            raw = v.tobytes()
+            put(_pack_len(len(raw)) + raw)
+            return
+    elif top == "pyarrow":
+        pa = sys.modules["pyarrow"]
+        if isinstance(v, pa.DataType):
+            put(b"a" + _str(_type_path(t)) + _str(_arrow_type_text(pa, v)))
+            return
+    elif top == "torch":
+        torch = sys.modules["torch"]
+        if isinstance(v, torch.dtype):
+            put(b"r" + _str(str(v)))
+            return
+    raise Unshareable(
+        f"{_type_path(t)} is keyed by its own __hash__, which differs between processes; "
+        "it cannot name a value shared through Redis"
+    )
+
+
+def _dtype_text(dtype: Any) -> str:
+    """A numpy dtype as text: ``str`` names byte order, kind, size and unit; a structured or
+    subarray dtype also needs its fields, shapes and offsets (``repr``)."""
+    if dtype.fields is None and dtype.subdtype is None and dtype.metadata is None:
+        return str(dtype.str)
+    return f"{dtype.str}|{dtype!r}"
+
+
+def _arrow_type_text(pa: Any, typ: Any) -> str:
+    """A pyarrow type as text: ``str`` names nested fields, units and zones; extension types
+    add their name and serialized parameters."""
+    text = str(typ)
+    if isinstance(typ, pa.ExtensionType):
+        params = typ.__arrow_ext_serialize__()
+        text = (
+            f"{text}|{typ.extension_name}|{params.hex()}|{_arrow_type_text(pa, typ.storage_type)}"
+        )
+    return text
