@@ -13,8 +13,8 @@ class and name, floats by their bits, frozensets by their elements' encodings so
 their order of iteration does not count), numpy dtypes by their ``str`` (or ``repr`` when
 structured), and the stdlib value types a key holds by their fields (``datetime``,
 ``date``, ``time``, ``timedelta``, ``timezone``, ``Decimal``, ``Fraction``, ``UUID``,
-``PurePath``). A few keep a finer identity than their ``==`` (an aware ``datetime`` also by
-its zone, a ``Decimal`` by its digits): equal keys may then go to two Redis entries, never
+``PurePath``). An aware ``datetime`` or ``time`` is written with its zone, finer than its
+``==`` (one instant in two zones is equal): such equal keys go to two Redis entries, never
 two different keys to one.
 
 Anything else in a key is an object keyed by its own ``__hash__``/``__eq__`` (what
@@ -192,7 +192,17 @@ def _timezone(v: datetime.timezone) -> bytes:
 
 
 def _decimal(v: decimal.Decimal) -> bytes:
-    return b"m" + _str(str(v))
+    """By value, as its ``==`` compares: ``1.0`` and ``1.00`` alike, ``-0`` as ``0``."""
+    if not v.is_finite():
+        return b"m" + _str(str(v))  # infinities; a NaN by its sign and payload
+    if not v:
+        return b"m" + _str("0")
+    sign, digits, exponent = v.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits)).lstrip("0")
+    stripped = text.rstrip("0")
+    exponent += len(text) - len(stripped)
+    return b"m" + _str(f"{'-' if sign else ''}{stripped}E{exponent}")
 
 
 def _fraction(v: fractions.Fraction) -> bytes:
