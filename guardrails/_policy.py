@@ -274,7 +274,8 @@ def redis_url_problem(url: Any) -> str | None:
     shown: it may hold a password)."""
     expected = "expected a Redis URL like redis://localhost:6379/0 (or rediss://, unix://)"
     if not isinstance(url, str):
-        return f"{expected}, got {shown(url)}"
+        scalar = url is None or isinstance(url, int | float)
+        return f"{expected}, got {shown(url) if scalar else 'a ' + type(url).__name__}"
     if not url.startswith(_REDIS_SCHEMES):
         return f"{expected}; the string given starts otherwise (not shown: it may hold a password)"
     return None
