@@ -65,6 +65,10 @@ class PolicyTotals:
     timeouts: int
     abandoned: int
     injected: int
+    #: Cache hits answered by the shared (Redis) level: a part of the hits.
+    shared_cache_hits: int
+    #: Redis operations that failed or timed out (each fell back to in-process state).
+    redis_errors: int
     #: ``"closed"``, ``"half_open"``, ``"open"``, or ``None`` (no breaker in force).
     breaker_state: str | None
     #: ``None`` when none is kept (no exporter asked for one, or the policy's log is off).
@@ -109,6 +113,8 @@ def read() -> list[PolicyTotals]:
                 timeouts=raw["timeout"],
                 abandoned=raw["abandon"],
                 injected=raw["inject"],
+                shared_cache_hits=raw["shared_cache_hit"],
+                redis_errors=raw["redis_error"],
                 breaker_state=None if breaker is None else breaker.state_name(),
                 histogram=histogram,
             )

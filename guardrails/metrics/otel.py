@@ -7,6 +7,7 @@ call of each policy with ``log.trace: true``.
   per call): ``guardrails.calls`` {policy, outcome}, ``guardrails.retries``,
   ``guardrails.cache.requests`` {result}, ``guardrails.rejections`` {reason},
   ``guardrails.timeouts``, ``guardrails.abandoned``, ``guardrails.chaos.injected``,
+  ``guardrails.cache.shared_hits``, ``guardrails.redis.errors``,
   ``guardrails.breaker.state`` (0 closed, 1 half-open, 2 open), ``guardrails.process.rss``
   (bytes), ``guardrails.config.reloads`` {result}. Through an OpenTelemetry Prometheus
   exporter they carry the names of ``guardrails.metrics.prometheus``.
@@ -84,6 +85,18 @@ class _Registration:
                 _abandoned,
             ),
             ("guardrails.chaos.injected", "{fault}", "Faults injected by chaos", _injected),
+            (
+                "guardrails.cache.shared_hits",
+                "{hit}",
+                "Cache hits answered by the shared Redis level (a part of the hits)",
+                _shared_hits,
+            ),
+            (
+                "guardrails.redis.errors",
+                "{error}",
+                "Redis operations that failed or timed out (each fell back to this process)",
+                _redis_errors,
+            ),
         ]
         for name, unit, doc, pick in per_policy:
             meter.create_observable_counter(
@@ -167,6 +180,14 @@ def _abandoned(p: PolicyTotals) -> Iterable[Any]:
 
 def _injected(p: PolicyTotals) -> Iterable[Any]:
     return [(p.injected, {"policy": p.policy})]
+
+
+def _shared_hits(p: PolicyTotals) -> Iterable[Any]:
+    return [(p.shared_cache_hits, {"policy": p.policy})]
+
+
+def _redis_errors(p: PolicyTotals) -> Iterable[Any]:
+    return [(p.redis_errors, {"policy": p.policy})]
 
 
 def _breaker(p: PolicyTotals) -> Iterable[Any]:

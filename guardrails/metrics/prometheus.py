@@ -18,6 +18,10 @@ increment, and only while an export is registered and the policy's ``log`` block
 ``guardrails_timeouts_total``               ``{policy}``: timed-out attempts and calls
 ``guardrails_abandoned_total``              ``{policy}``: sync attempts left running
 ``guardrails_chaos_injected_total``         ``{policy}``: faults injected by ``chaos``
+``guardrails_cache_shared_hits_total``      ``{policy}``: hits answered by Redis (a part of
+                                            the ``hit`` requests)
+``guardrails_redis_errors_total``           ``{policy}``: Redis operations that failed or
+                                            timed out (each fell back to this process)
 ``guardrails_breaker_state``                ``{policy}``: 0 closed, 1 half-open, 2 open
 ``guardrails_process_rss_bytes``            resident memory of this process
 ``guardrails_config_reloads_total``         ``{result}``: ``ok``, ``failed`` (``watch()``)
@@ -67,6 +71,9 @@ _DOCS = {
     "timeouts": "Attempts and calls that timed out",
     "abandoned": "Sync attempts left running after their timeout",
     "injected": "Faults injected by chaos",
+    "shared_hits": "Cache hits answered by the shared Redis level (a part of the hits)",
+    "redis_errors": "Redis operations that failed or timed out (each fell back to this "
+    "process's own state)",
     "breaker": "Circuit breaker state: 0 closed, 1 half-open, 2 open",
     "rss": "Resident memory of this process in bytes",
     "reloads": "Configuration reloads by guardrails.watch(), by result (ok, failed)",
@@ -104,6 +111,12 @@ class GuardrailsCollector(Collector):
         injected = CounterMetricFamily(
             "guardrails_chaos_injected", _DOCS["injected"], labels=["policy"]
         )
+        shared_hits = CounterMetricFamily(
+            "guardrails_cache_shared_hits", _DOCS["shared_hits"], labels=["policy"]
+        )
+        redis_errors = CounterMetricFamily(
+            "guardrails_redis_errors", _DOCS["redis_errors"], labels=["policy"]
+        )
         breaker = GaugeMetricFamily("guardrails_breaker_state", _DOCS["breaker"], labels=["policy"])
         rss = GaugeMetricFamily("guardrails_process_rss_bytes", _DOCS["rss"])
         reloads = CounterMetricFamily(
@@ -122,6 +135,8 @@ class GuardrailsCollector(Collector):
                 timeouts.add_metric([name], p.timeouts)
                 abandoned.add_metric([name], p.abandoned)
                 injected.add_metric([name], p.injected)
+                shared_hits.add_metric([name], p.shared_cache_hits)
+                redis_errors.add_metric([name], p.redis_errors)
                 if p.breaker_state is not None:
                     breaker.add_metric([name], BREAKER_STATES[p.breaker_state])
                 h = p.histogram
@@ -144,6 +159,8 @@ class GuardrailsCollector(Collector):
         yield timeouts
         yield abandoned
         yield injected
+        yield shared_hits
+        yield redis_errors
         yield breaker
         yield rss
         if not samples or reloads.samples:
