@@ -483,7 +483,14 @@ def _arrow_bytes(table: Any) -> bytes:
     return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
 
+#: The end of an Arrow IPC stream: without it, a stream cut between two batches would read
+#: as a shorter frame.
+_ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
 def _read_arrow(data: bytes, start: int) -> Any:
+    if not data.endswith(_ARROW_EOS):
+        raise BadValue("an Arrow stream without its end marker (truncated)")
     pa = importlib.import_module("pyarrow")
     return pa.ipc.open_stream(pa.py_buffer(memoryview(data)[start:])).read_all()
 
@@ -612,6 +619,8 @@ def _polars_frame(pl: Any, df: Any) -> bytes:
 
 
 def _read_polars(data: bytes, start: int) -> Any:
+    if not data.endswith(_ARROW_EOS):
+        raise BadValue("an Arrow stream without its end marker (truncated)")
     pl = importlib.import_module("polars")
     return pl.read_ipc_stream(io.BytesIO(data[start:]))
 
