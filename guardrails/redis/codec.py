@@ -261,9 +261,11 @@ def _encode_body(value: Any, allow_pickle: bool) -> tuple[int, bytes]:
             raise Unstorable(
                 f"{_type_name(t)} that pickle cannot store ({type(exc).__name__}: {exc})"
             ) from exc
+    what = _describe(value, t)
+    if "Arrow" not in what:
+        what += " (not JSON, not a numpy array, a DataFrame or a pydantic model)"
     raise Unstorable(
-        f"{_describe(value, t)} (not JSON, not a numpy array, a DataFrame or a pydantic "
-        "model); set cache.serializer: pickle with cache.secret to store it, or keep "
+        f"{what}; set cache.serializer: pickle with cache.secret to store it, or keep "
         "this function's cache in-process"
     )
 
