@@ -28,16 +28,19 @@ import contextlib
 import contextvars
 import os
 import threading
+import time
 import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import cachetools
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field, SecretStr, StrictInt, ValidationInfo, field_validator
 
 from guardrails import _keys_frames  # noqa: F401 (registers the keys of DataFrames, tensors, ...)
 from guardrails._binding import Binder
+from guardrails._clock import SystemClock
+from guardrails._errors import PolicyConfigError
 from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
@@ -48,11 +51,28 @@ MAX_ENTRIES = 2**31
 
 
 class CacheConfig(Block):
-    """``cache:`` — ``ttl`` per entry, ``maxsize`` entries (LRU eviction), ``key`` arguments."""
+    """``cache:`` — ``ttl`` per entry, ``maxsize`` entries (LRU eviction), ``key`` arguments;
+    ``backend: redis`` adds a level shared by every process (see ``guardrails.redis.cache``)."""
 
-    ttl: Duration = 300.0
+    ttl: Duration = Field(default=300.0, gt=0)
     maxsize: StrictInt = Field(default=1024, ge=1, le=MAX_ENTRIES)
     key: tuple[str, ...] | None = None
+    #: Past ``ttl`` an entry is served for this long more while one caller recomputes it.
+    stale_for: Duration = Field(default=0.0, ge=0)
+    backend: Literal["memory", "redis"] = "memory"
+    #: The Redis server (default: the top-level ``redis_url``, else ``$GUARDRAILS_REDIS_URL``).
+    url: str | None = None
+    #: The first part of the Redis keys (default: the policy's name).
+    namespace: str | None = Field(default=None, min_length=1)
+    #: Part of the Redis keys: bump it to stop reading values stored before.
+    version: StrictInt = Field(default=1, ge=0)
+    serializer: Literal["auto", "pickle"] = "auto"
+    #: Signs every value stored in Redis (HMAC-SHA256); required by ``serializer: pickle``.
+    secret: SecretStr | None = Field(default=None, validate_default=True)
+    #: The timeout of every Redis operation of the layer.
+    redis_timeout: Duration = Field(default=0.05, gt=0)
+    #: The cross-process lock's expiry when the policy has no ``timeout``.
+    lock_timeout: Duration = Field(default=30.0, gt=0)
 
     @field_validator("key")
     @classmethod
@@ -66,31 +86,79 @@ class CacheConfig(Block):
             raise ValueError(f"each parameter name once, got {list(key)}")
         return key
 
+    @field_validator("url")
+    @classmethod
+    def _a_redis_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            from guardrails._policy import redis_url_problem  # _policy imports this module
+
+            problem = redis_url_problem(url)
+            if problem is not None:
+                raise ValueError(problem)
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_for_pickle(cls, secret: SecretStr | None, info: ValidationInfo) -> Any:
+        if secret is not None and not secret.get_secret_value():
+            raise ValueError("an empty secret signs nothing: set a long random string")
+        if secret is None and info.data.get("serializer") == "pickle":
+            raise ValueError(
+                "serializer: pickle needs a secret (every pickled value is signed with it, so "
+                "nobody with write access to Redis can run code in a reader); set it from "
+                "the environment, e.g. secret: ${oc.env:GUARDRAILS_CACHE_SECRET}"
+            )
+        return secret
+
 
 class _MirroredTTLCache(cachetools.TTLCache[Hashable, Any]):
-    """A TTLCache that keeps ``view[key] = (value, expires)`` for every live entry.
+    """A TTLCache that keeps ``view[key] = (value, fresh_until, keep_until)`` for every live
+    entry: a hit reads ``[0]`` and ``[1]``; between the two times (``stale_for``) the entry
+    is stale, served only while another caller recomputes it.
 
-    Every change goes through ``__setitem__``, ``__delitem__`` (eviction and ``pop`` use
-    it) or ``expire``; the view follows each. Callers hold the store's lock for changes.
+    Every change goes through ``put`` (``__setitem__``), ``__delitem__`` (eviction and
+    ``pop`` use it) or ``expire``; the view follows each. The TTLCache keeps each entry for
+    ``ttl + stale_for``, the longest any entry lives; an entry read from Redis may be fresh
+    for less (``put``). Callers hold the store's lock for changes.
     """
 
     def __init__(
         self,
         maxsize: int,
         ttl: float,
+        stale_for: float,
         timer: Callable[[], float],
-        view: dict[Hashable, tuple[Any, float]],
+        view: dict[Hashable, tuple[Any, float, float]],
     ) -> None:
-        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+        super().__init__(maxsize=maxsize, ttl=ttl + stale_for, timer=timer)
         self.view = view
         self._now = timer
         self._ttl = ttl
+        self._stale_for = stale_for
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
-        # Read the clock first: the view's expiry is never later than the TTLCache's.
-        expires = self._now() + self._ttl
+        self.put(key, value, self._ttl)
+
+    def put(self, key: Hashable, value: Any, fresh_for: float, keep_for: float = -1.0) -> None:
+        """Store ``value``, fresh for ``fresh_for`` seconds and kept ``keep_for`` (default:
+        ``fresh_for + stale_for``); neither longer than the TTLCache keeps it."""
+        # Read the clock first: the view's times are never later than the TTLCache's.
+        now = self._now()
         super().__setitem__(key, value)
-        self.view[key] = (value, expires)
+        fresh_until = now + fresh_for
+        keep = keep_for if keep_for >= 0 else fresh_for + self._stale_for
+        self.view[key] = (value, fresh_until, now + keep)
+
+    def live(self, key: Hashable) -> tuple[Any, float, float] | None:
+        """The entry of ``key`` while it is fresh or stale (not past ``keep_until``)."""
+        try:
+            self[key]  # also moves it to most recently used
+        except KeyError:
+            return None
+        entry = self.view.get(key)
+        if entry is None or self._now() >= entry[2]:
+            return None
+        return entry
 
     def __delitem__(self, key: Hashable) -> None:
         self.view.pop(key, None)
@@ -122,6 +190,7 @@ class Store:
         "inflight",
         "lock",
         "settings",
+        "shared",
         "timer",
         "touched",
         "view",
@@ -130,7 +199,9 @@ class Store:
     def __init__(self, cfg: CacheConfig, timer: Callable[[], float], output: Any = None) -> None:
         self.settings = self.settings_for(cfg, timer, output)
         self.timer = timer
-        self.view: dict[Hashable, tuple[Any, float]] = {}
+        self.view: dict[Hashable, tuple[Any, float, float]] = {}
+        #: The Redis level of the chain in force (``guardrails.redis.cache.SharedLevel``).
+        self.shared: Any = None
         self.cache = self._new_cache()
         self.lock = threading.Lock()
         self.inflight: dict[Hashable, Any] = {}
@@ -145,12 +216,17 @@ class Store:
     def settings_for(cfg: CacheConfig, timer: Callable[[], float], output: Any) -> tuple[Any, ...]:
         """What a store's entries depend on: a store is kept across ``configure()`` only
         while these stay the same (``output`` is the ``validate.output`` type below it)."""
-        return (cfg.ttl, cfg.maxsize, cfg.key, timer, output)
+        # The Redis settings too: entries read under another namespace or version (or from
+        # another server) are not what the new settings would read.
+        shared = (cfg.backend, cfg.url, cfg.namespace, cfg.version, cfg.serializer, cfg.secret)
+        return (cfg.ttl, cfg.maxsize, cfg.key, timer, output, cfg.stale_for, shared)
 
     def _new_cache(self) -> _MirroredTTLCache:
-        ttl, maxsize, _, timer, _ = self.settings
+        ttl, maxsize, _, timer, _, stale_for, _ = self.settings
         self.view.clear()
-        return _MirroredTTLCache(maxsize=maxsize, ttl=ttl, timer=timer, view=self.view)
+        return _MirroredTTLCache(
+            maxsize=maxsize, ttl=ttl, stale_for=stale_for, timer=timer, view=self.view
+        )
 
     def replay(self) -> None:
         """Under the lock: move the entries hit since the last replay to most recent."""
@@ -300,16 +376,21 @@ def _waits_on(owner: int, me: int) -> bool:
     return False
 
 
+def _picked(cfg: CacheConfig, binder: Binder, ctx: Context) -> tuple[int, ...]:
+    """The positions of the parameters that make the key (``cache.key``, else all)."""
+    names = binder.names
+    if cfg.key is None:
+        return tuple(range(len(names)))
+    ctx.check_parameters(cfg.key, "cache.key")
+    return tuple(names.index(k) for k in cfg.key)
+
+
 def make_key_function(
     cfg: CacheConfig, binder: Binder, ctx: Context
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], Hashable]:
     """``(args, kwargs) -> key`` from the bound arguments (defaults applied) in ``cfg.key``."""
     names = binder.names
-    if cfg.key is None:
-        picked = tuple(range(len(names)))
-    else:
-        ctx.check_parameters(cfg.key, "cache.key")
-        picked = tuple(names.index(k) for k in cfg.key)
+    picked = _picked(cfg, binder, ctx)
     values = binder.values
     all_args = picked == tuple(range(len(names)))
 
@@ -377,11 +458,94 @@ def _refuse_one_shot(ctx: Context, value: Any) -> None:
     )
 
 
+def _shared_level(cfg: CacheConfig, ctx: Context, store: Store) -> Any:
+    """The Redis level for ``backend: redis`` (``None`` for ``memory``); never connects."""
+    if cfg.backend != "redis":
+        store.shared = None
+        return None
+    url = cfg.url or ctx.redis_url
+    if url is None:
+        raise PolicyConfigError(
+            [
+                (
+                    f"guardrails.policies.{ctx.policy}.cache.url",
+                    "backend: redis needs a Redis server: set cache.url, the top-level "
+                    "redis_url, or the environment variable $GUARDRAILS_REDIS_URL "
+                    "(a URL like redis://localhost:6379/0)",
+                )
+            ]
+        )
+    from guardrails.redis import cache as _l2  # redis-py only when a policy asks for it
+
+    clock = ctx.clock
+    # Values in Redis carry a wall-clock time (``time.time()``, comparable across
+    # machines); on a fake clock, its time.
+    wall = time.time if isinstance(clock, SystemClock) else clock.monotonic
+    level = _l2.SharedLevel(
+        url=url,
+        policy=ctx.policy,
+        qualname=ctx.qualname,
+        namespace=cfg.namespace if cfg.namespace is not None else ctx.policy,
+        version=cfg.version,
+        ttl=cfg.ttl,
+        stale_for=cfg.stale_for,
+        serializer=cfg.serializer,
+        secret=cfg.secret.get_secret_value() if cfg.secret is not None else None,
+        redis_timeout=cfg.redis_timeout,
+        expiry=_l2.lock_expiry(cfg.lock_timeout, ctx.policy_blocks),
+        wall=wall,
+        redis_error=ctx.counters.redis_error,
+        logger=ctx.logger,
+    )
+    store.shared = level
+    return level
+
+
+def _redis_key_function(
+    cfg: CacheConfig, ctx: Context, level: Any
+) -> Callable[[Hashable, tuple[Any, ...], dict[str, Any]], str]:
+    """``(key, args, kwargs) -> Redis key``; a ``TypeError`` naming the argument whose key
+    cannot be the same in every process (an object keyed by its own ``__hash__``)."""
+    from guardrails.redis.digest import Unshareable, digest
+
+    binder = ctx.binder
+    picked = _picked(cfg, binder, ctx)
+    key_for = level.key_for
+
+    def redis_key(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            return key_for(key)  # type: ignore[no-any-return]
+        except Unshareable as exc:
+            bound = binder.values(args, kwargs)
+            for i in picked:
+                try:
+                    digest(key_of(bound[i]))
+                except Unshareable as found:
+                    raise TypeError(
+                        f"policy {ctx.policy!r} ({ctx.qualname}): argument "
+                        f"{binder.names[i]!r} cannot be part of a Redis cache key ({found}): "
+                        "it is keyed by its own __hash__, which differs between processes; "
+                        "list the arguments that identify the call in "
+                        f"guardrails.policies.{ctx.policy}.cache.key, or pass a value of a "
+                        "plain type (str, int, tuple, an array, ...)"
+                    ) from None
+            raise TypeError(
+                f"policy {ctx.policy!r} ({ctx.qualname}): cannot make a Redis cache key ({exc})"
+            ) from None
+
+    return redis_key
+
+
 def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
-    """The sync cache layer around ``inner``, keeping entries in ``store``."""
+    """The sync cache layer around ``inner``, keeping entries in ``store`` (and Redis)."""
     make_key = make_key_function(cfg, ctx.binder, ctx)
+    level = _shared_level(cfg, ctx, store)
+    if level is not None:
+        redis_key = _redis_key_function(cfg, ctx, level)
+        from guardrails.redis.cache import FOUND, LEASE, NONE
     inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
+    shared_hit = ctx.counters.shared_cache_hit
     view_get, touch, now = store.view.get, store.touched.append, store.timer
     one_arg = cfg.key is None and ctx.binder.plain_arity == 1
     get_ident = threading.get_ident
@@ -410,26 +574,32 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
 
     def compute(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """A miss: compute once per key, however many callers are waiting for it."""
+        stale: Any = _AGAIN
         while True:
             with store.lock:
                 store.replay()
-                try:
-                    value = store.cache[key]
-                except KeyError:
-                    flight: _Flight | None = inflight.get(key)
-                    if flight is None:
-                        flight = inflight[key] = _Flight()
-                        break
-                    if flight.owner == get_ident() or weakref.ref(flight) in leading.get():
-                        # This call stack is computing this key further up.
-                        flight = None
-                        break
-                    flight.waiters += 1
-                else:
-                    hit()
-                    if info is not None:
-                        info[1] = True
-                    return value
+                entry = store.cache.live(key)
+                flight: _Flight | None = inflight.get(key)
+                if entry is not None:
+                    if now() < entry[1] or (
+                        flight is not None
+                        and flight.owner != get_ident()
+                        and weakref.ref(flight) not in leading.get()
+                    ):
+                        # Fresh; or stale while another caller recomputes it: serve it.
+                        hit()
+                        if info is not None:
+                            info[1] = True
+                        return entry[0]
+                    stale = entry[0]
+                if flight is None:
+                    flight = inflight[key] = _Flight()
+                    break
+                if flight.owner == get_ident() or weakref.ref(flight) in leading.get():
+                    # This call stack is computing this key further up.
+                    flight = None
+                    break
+                flight.waiters += 1
             me = get_ident()
             outer = _WAITING.get(me)  # a signal handler's call may wait inside another wait
             _WAITING[me] = flight
@@ -463,15 +633,47 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                 return flight.value
         generation = store.generation
         token = leading.set((*leading.get(), weakref.ref(flight))) if flight is not None else None
-        miss()
+        lease: Any = None
         try:
+            if level is not None and flight is not None:
+                got = level.begin(redis_key(key, args, kwargs))
+                if got is not None:
+                    if got[0] == LEASE:
+                        lease = got[1]
+                        if stale is _AGAIN and got[2] is not NONE:
+                            # Stale in Redis: serve it here too while this caller recomputes.
+                            with store.lock:
+                                if store.generation == generation:
+                                    store.cache.put(key, got[2], 0.0, cfg.stale_for)
+                    else:
+                        value = got[1]
+                        if got[0] == FOUND:
+                            with store.lock:
+                                store.replay()
+                                if store.generation == generation:
+                                    store.cache.put(key, value, got[2])
+                        hit()
+                        shared_hit()
+                        if info is not None:
+                            info[1] = True
+                        flight.value = value
+                        return value
+            miss()
             value = inner(args, kwargs, info)
             _refuse_one_shot(ctx, value)
         except Exception as exc:
+            if lease is not None:
+                level.abandon(lease)
             if flight is not None:
                 flight.error = exc
             raise
+        except BaseException:
+            if lease is not None:
+                level.abandon(lease)
+            raise
         else:
+            if lease is not None:
+                level.finish(lease, value)
             if flight is not None:
                 flight.value = value
             with store.lock:
@@ -495,8 +697,13 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
 def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store) -> AsyncInner:
     """The async cache layer: waiters on the same event loop share the leader's result."""
     make_key = make_key_function(cfg, ctx.binder, ctx)
+    level = _shared_level(cfg, ctx, store)
+    if level is not None:
+        redis_key = _redis_key_function(cfg, ctx, level)
+        from guardrails.redis.cache import FOUND, LEASE, NONE
     inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
+    shared_hit = ctx.counters.shared_cache_hit
     view_get, touch, now = store.view.get, store.touched.append, store.timer
     leading = _LEADING
 
@@ -517,25 +724,29 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
         loop = asyncio.get_running_loop()
         mine: asyncio.Future[Any] | None = None
         twin: Exception | None = None
+        stale: Any = _AGAIN
         while True:
             with store.lock:
                 store.replay()
-                try:
-                    value = store.cache[key]
-                except KeyError:
-                    found: asyncio.Future[Any] | None = inflight.get(key)
-                    if found is None:
-                        mine = inflight[key] = loop.create_future()
-                        break
-                    if found.get_loop() is not loop or weakref.ref(found) in leading.get():
-                        # Another loop's flight cannot be awaited here; one this task leads
-                        # is a re-entry: compute without waiting on ourselves.
-                        break
-                else:
-                    hit()
-                    if info is not None:
-                        info[1] = True
-                    return value
+                entry = store.cache.live(key)
+                found: asyncio.Future[Any] | None = inflight.get(key)
+                if entry is not None:
+                    if now() < entry[1] or (
+                        found is not None and weakref.ref(found) not in leading.get()
+                    ):
+                        # Fresh; or stale while another caller recomputes it: serve it.
+                        hit()
+                        if info is not None:
+                            info[1] = True
+                        return entry[0]
+                    stale = entry[0]
+                if found is None:
+                    mine = inflight[key] = loop.create_future()
+                    break
+                if found.get_loop() is not loop or weakref.ref(found) in leading.get():
+                    # Another loop's flight cannot be awaited here; one this task leads
+                    # is a re-entry: compute without waiting on ourselves.
+                    break
             try:
                 # shield: a waiter's cancellation must not cancel the leader's future.
                 value = await asyncio.shield(found)
@@ -554,20 +765,52 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
         found = None
         generation = store.generation
         token = leading.set((*leading.get(), weakref.ref(mine))) if mine is not None else None
-        miss()
+        lease: Any = None
         try:
+            if level is not None and mine is not None:
+                got = await level.abegin(redis_key(key, args, kwargs))
+                if got is not None:
+                    if got[0] == LEASE:
+                        lease = got[1]
+                        if stale is _AGAIN and got[2] is not NONE:
+                            with store.lock:
+                                if store.generation == generation:
+                                    store.cache.put(key, got[2], 0.0, cfg.stale_for)
+                    else:
+                        value = got[1]
+                        if got[0] == FOUND:
+                            with store.lock:
+                                store.replay()
+                                if store.generation == generation:
+                                    store.cache.put(key, value, got[2])
+                        hit()
+                        shared_hit()
+                        if info is not None:
+                            info[1] = True
+                        if not mine.done():
+                            mine.set_result(value)
+                        return value
+            miss()
             value = await inner(args, kwargs, info)
             _refuse_one_shot(ctx, value)
         except Exception as exc:
+            if lease is not None:
+                await level.aabandon(lease)
             if mine is not None and not mine.done():
                 mine.set_exception(exc)
                 mine.exception()  # marks it retrieved: no "never retrieved" warning
             raise
         except BaseException:
+            if lease is not None:
+                # Cancelled (or interrupted): release in a task of its own, which a second
+                # cancellation of this one cannot stop.
+                level.release_later(lease)
             if mine is not None and not mine.done():
                 mine.set_result(_AGAIN)
             raise
         else:
+            if lease is not None:
+                await level.afinish(lease, value)
             with store.lock:
                 store.replay()
                 if store.generation == generation:
@@ -585,3 +828,23 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                 mine = None  # the traceback holds this frame, the future holds the error
 
     return cache_layer
+
+
+def clear_shared(stores: list[Store]) -> None:
+    """Delete the Redis keys of ``stores`` (those with ``backend: redis``); the first Redis
+    error, raised after every store was tried, as ``RuntimeError`` naming the function."""
+    failures: list[str] = []
+    first: BaseException | None = None
+    for store in stores:
+        level = store.shared
+        if level is None:
+            continue
+        try:
+            level.clear_shared()
+        except Exception as exc:
+            first = first or exc
+            failures.append(f"{level.qualname} at {level.server.shown}: {exc}")
+    if first is not None:
+        raise RuntimeError(
+            "clear_caches(shared=True) could not delete the Redis keys of " + "; ".join(failures)
+        ) from first
