@@ -564,10 +564,13 @@ def policy(name: str) -> Policy:
     return current_settings().policy(name)
 
 
-def clear_caches(policy: str | None = None) -> None:
+def clear_caches(policy: str | None = None, *, shared: bool = False) -> None:
     """Empty the caches of every guarded function (or of those guarded by ``policy``).
 
     A computation in flight finishes and returns its result, but does not store it.
+    ``shared=True`` also deletes those functions' keys in Redis (``cache.backend: redis``:
+    every process then computes them again); a Redis error is raised after every
+    in-process cache is cleared.
     """
     with STATE.lock:
         stores = [
@@ -577,6 +580,10 @@ def clear_caches(policy: str | None = None) -> None:
         ]
     for store in stores:
         store.clear()
+    if shared:
+        from guardrails.layers.cache import clear_shared
+
+        clear_shared(stores)
 
 
 def reset_stats(policy: str | None = None) -> None:
