@@ -1,0 +1,761 @@
+"""``cache.backend: redis``: the shared level behind the in-process cache, on a real
+redis-server (the ``redis_url`` and ``start_redis`` fixtures).
+
+"Another process" is either a real subprocess or a second slot of the same function
+(``guarded("p")(fn)`` twice): a slot has its own in-process store and single flight, and the
+same Redis keys (same policy, qualified name and version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import guardrails
+from guardrails import PolicyConfigError, configure, guarded
+from guardrails.redis.cache import lock_expiry
+from guardrails.testing import FakeClock
+from tests.redis_servers import RedisProcess
+
+DEADLINE = 30.0
+
+
+def conf(server: str | None, policy: str = "p", **cache: Any) -> None:
+    top: dict[str, Any] = {"policies": {policy: {"cache": {"backend": "redis", **cache}}}}
+    if server is not None:
+        top["redis_url"] = server
+    configure(top)
+
+
+def raw(url: str) -> Any:
+    return redis.Redis.from_url(url)
+
+
+def value_keys(url: str) -> list[bytes]:
+    return sorted(k for k in raw(url).keys("guardrails:*") if not k.endswith(b":lock"))
+
+
+def lock_keys(url: str) -> list[bytes]:
+    return sorted(raw(url).keys("guardrails:*:lock"))
+
+
+def wait_until(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def mget_calls(url: str) -> int:
+    stats = raw(url).info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def close_async_clients() -> None:
+    """Close this loop's asyncio Redis connections before ``asyncio.run`` closes the loop
+    (the connections of a closed loop can only be left to the garbage collector)."""
+    from guardrails.redis import client
+
+    loop = asyncio.get_running_loop()
+    for server in client.servers():
+        for each in list(server._async.get(loop, {}).values()):
+            await each.aclose()
+
+
+def twin_slots(fn: Callable[..., Any], policy: str = "p") -> tuple[Any, Any]:
+    """Two guarded functions for one plain one: two stores, the same Redis keys."""
+    return guarded(policy)(fn), guarded(policy)(fn)
+
+
+def run(thread_target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def body() -> None:
+        try:
+            out.append(thread_target())
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=body)
+    t.start()
+    return t, out
+
+
+# --- the shared level -------------------------------------------------------------------------
+
+
+def test_a_value_computed_by_another_process_is_a_shared_hit(
+    redis_url: str, tmp_path: Path
+) -> None:
+    module = tmp_path / "b_shared_fn.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from guardrails import guarded
+            CALLS = []
+
+            @guarded("p")
+            def embed(text: str) -> list[float]:
+                CALLS.append(text)
+                return [float(len(text)), 0.5]
+            """
+        )
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import guardrails, b_shared_fn
+        guardrails.configure({{"redis_url": {redis_url!r},
+                              "policies": {{"p": {{"cache": {{"backend": "redis"}}}}}}}})
+        print(b_shared_fn.embed("abc"), b_shared_fn.embed("hello"), len(b_shared_fn.CALLS))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GUARDRAILS_REDIS_URL"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[3.0,", "0.5]", "[5.0,", "0.5]", "2"]
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import b_shared_fn  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    conf(redis_url)
+    assert b_shared_fn.embed("abc") == [3.0, 0.5]
+    assert b_shared_fn.embed("hello") == [5.0, 0.5]
+    assert b_shared_fn.embed("abc") == [3.0, 0.5]  # now an in-process hit
+    assert b_shared_fn.CALLS == []
+    s = guardrails.stats()["p"]
+    assert (s.cache_hits, s.shared_cache_hits, s.cache_misses, s.redis_errors) == (3, 2, 0, 0)
+    sys.modules.pop("b_shared_fn", None)
+
+
+def test_keys_are_namespaced_and_expire_with_ttl_plus_stale_for(redis_url: str) -> None:
+    conf(redis_url, ttl=60, stale_for=30)
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x * 2
+
+    assert f(3) == 6
+    (key,) = value_keys(redis_url)
+    assert key.startswith(f"guardrails:p:{f.__module__}.{f.__qualname__}:1:".encode())
+    assert len(key.rsplit(b":", 1)[1]) == 40
+    assert 80_000 < raw(redis_url).pttl(key) <= 90_000
+    assert lock_keys(redis_url) == []  # released with the store, in one script
+
+
+def test_namespace_and_version_isolate_values(redis_url: str) -> None:
+    calls: list[int] = []
+
+    def g(x: int) -> int:
+        calls.append(x)
+        return x
+
+    f = guarded("p")(g)
+    for namespace, version, computed in [
+        ("a", 1, True),
+        ("b", 1, True),
+        ("a", 2, True),
+        ("a", 1, False),
+        ("b", 1, False),
+    ]:
+        conf(redis_url, namespace=namespace, version=version)
+        before = len(calls)
+        assert f(1) == 1
+        assert (len(calls) > before) is computed, (namespace, version)
+    prefixes = {k.rsplit(b":", 1)[0] for k in value_keys(redis_url)}
+    module = f"{f.__module__}.{g.__qualname__}"
+    assert prefixes == {
+        f"guardrails:a:{module}:1".encode(),
+        f"guardrails:b:{module}:1".encode(),
+        f"guardrails:a:{module}:2".encode(),
+    }
+
+
+def test_fresh_until_caps_the_in_process_ttl(redis_url: str, clock: FakeClock) -> None:
+    conf(redis_url, ttl=10)
+    calls: list[int] = []
+
+    def g(x: int) -> int:
+        calls.append(x)
+        return x
+
+    first, second = twin_slots(g)
+    assert first(1) == 1  # stored at t0, fresh until t0 + 10 (the fake clock's time)
+    clock.advance(4)
+    assert second(1) == 1  # a shared hit, in its store for what is left: 6 s
+    assert calls == [1]
+    clock.advance(5)
+    mgets = raw(redis_url).info("commandstats")
+    assert second(1) == 1  # in-process hit: no Redis command
+    assert raw(redis_url).info("commandstats").get("cmdstat_get") == mgets.get("cmdstat_get")
+    clock.advance(2)  # t0 + 11: stale in Redis too (stale_for 0: a miss)
+    assert second(1) == 1
+    assert calls == [1, 1]
+    s = guardrails.stats()["p"]
+    assert (s.shared_cache_hits, s.cache_misses) == (1, 2)
+
+
+def test_two_processes_compute_a_key_once_the_waiter_gets_the_leaders_value(
+    redis_url: str,
+) -> None:
+    conf(redis_url)
+    release = threading.Event()
+    calls: list[int] = []
+
+    def g(x: int) -> int:
+        calls.append(x)
+        assert release.wait(DEADLINE)
+        return x + 100
+
+    first, second = twin_slots(g)
+    leader, out1 = run(lambda: first(1))
+    wait_until(lambda: lock_keys(redis_url), "the leader's lock")
+    polls = mget_calls(redis_url)
+    waiter, out2 = run(lambda: second(1))
+    wait_until(lambda: mget_calls(redis_url) > polls, "the waiter polling")
+    release.set()
+    leader.join(DEADLINE)
+    waiter.join(DEADLINE)
+    assert out1 == out2 == [101]
+    assert calls == [1]
+    s = guardrails.stats()["p"]
+    assert (s.cache_misses, s.shared_cache_hits) == (1, 1)
+    assert lock_keys(redis_url) == []
+
+
+def test_a_leader_that_raises_releases_the_lock_and_a_waiter_leads_next(redis_url: str) -> None:
+    conf(redis_url)
+    release = threading.Event()
+    calls: list[str] = []
+
+    def g(x: int) -> int:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            assert release.wait(DEADLINE)
+            raise ConnectionError("feature store down")
+        return x
+
+    first, second = twin_slots(g)
+    leader, out1 = run(lambda: first(1))
+    wait_until(lambda: lock_keys(redis_url), "the leader's lock")
+    polls = mget_calls(redis_url)
+    waiter, out2 = run(lambda: second(1))
+    wait_until(lambda: mget_calls(redis_url) > polls, "the waiter polling")
+    release.set()
+    leader.join(DEADLINE)
+    waiter.join(DEADLINE)
+    assert isinstance(out1[0], ConnectionError)
+    assert out2 == [1]
+    assert len(calls) == 2
+    assert len(value_keys(redis_url)) == 1 and lock_keys(redis_url) == []
+
+
+def test_a_dead_leaders_lock_expires_and_a_waiter_computes(redis_url: str) -> None:
+    conf(redis_url, lock_timeout="30s")
+    calls: list[int] = []
+
+    @guarded("p")
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    level = f.__guardrails__.store  # type: ignore[attr-defined]
+    if level is None:
+        f(0)  # compile
+        level = f.__guardrails__.store  # type: ignore[attr-defined]
+    from guardrails._keys import key_of
+
+    key = level.shared.key_for(key_of(7))
+    # A leader that died: its lock stays until it expires.
+    raw(redis_url).set(key + ":lock", "dead-leader", px=300)
+    assert f(7) == 7
+    assert calls == [0, 7]
+    assert raw(redis_url).get(key + ":lock") is None
+    assert raw(redis_url).exists(key)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "retry", "expected"),
+    [
+        ({"total": "5s"}, None, 5.0),
+        ({"attempt": "2s", "total": "9s"}, {"max_attempts": 3}, 9.0),
+        ({"attempt": "2s"}, {"max_attempts": 3}, 6.0),
+        ({"attempt": "2s"}, None, 2.0),
+        (None, {"max_attempts": 3}, 12.0),
+    ],
+)
+def test_lock_expiry_follows_timeout_and_retry(
+    redis_url: str, timeout: Any, retry: Any, expected: float
+) -> None:
+    policy: dict[str, Any] = {"cache": {"backend": "redis", "lock_timeout": "12s"}}
+    if timeout is not None:
+        policy["timeout"] = timeout
+    if retry is not None:
+        policy["retry"] = {**retry, "wait": {"initial": 0}}
+    configure({"redis_url": redis_url, "policies": {"p": policy}})
+    settings = guardrails.settings()
+    assert lock_expiry(12.0, settings.policy("p")) == expected
+    release = threading.Event()
+
+    @guarded("p")
+    def f(x: int) -> int:
+        assert release.wait(DEADLINE)
+        return x
+
+    t, out = run(lambda: f(1))
+    wait_until(lambda: lock_keys(redis_url), "the lock")
+    pttl = raw(redis_url).pttl(lock_keys(redis_url)[0])
+    release.set()
+    t.join(DEADLINE)
+    assert out == [1]
+    assert expected * 1000 - 5000 < pttl <= expected * 1000
+
+
+# --- Redis away -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["pause", "kill"])
+def test_redis_away_calls_succeed_one_warning_errors_counted_and_back_after(
+    start_redis: Callable[[], RedisProcess], logs: pytest.LogCaptureFixture, how: str
+) -> None:
+    server = start_redis()
+    conf(server.url, redis_timeout="50ms")
+    calls: list[int] = []
+
+    @guarded("p")
+    def f(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    assert f(1) == 10
+    if how == "pause":
+        server.pause()
+    else:
+        server.stop()
+    try:
+        assert [f(x) for x in range(2, 40)] == [x * 10 for x in range(2, 40)]
+        assert f(2) == 20  # in-process hit while Redis is away
+    finally:
+        if how == "pause":
+            server.resume()
+        else:
+            server.start()
+    warnings = [
+        r for r in logs.records if r.levelno == logging.WARNING and r.name == "guardrails.redis"
+    ]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "policy 'p': cache in this process only" in warnings[0].getMessage()
+    s = guardrails.stats()["p"]
+    assert s.redis_errors >= 1 and s.failures == 0
+    # Back: a probe finds it, and values are shared again.
+    x = 1000
+
+    def stored_again() -> bool:
+        nonlocal x
+        x += 1
+        f(x)
+        return bool(raw(server.url).keys("guardrails:*"))
+
+    wait_until(stored_again, "values stored in Redis again")
+    assert any("answers again" in r.getMessage() for r in logs.records)
+
+
+def test_configure_never_connects_a_server_down_at_start_is_no_error(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    from tests.redis_servers import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    conf(url)
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x
+
+    assert [f(1), f(1), f(2)] == [1, 1, 2]
+    s = guardrails.stats()["p"]
+    assert s.redis_errors == 1 and s.cache_hits == 1
+    assert sum(r.levelno == logging.WARNING for r in logs.records) == 1
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+class Opaque:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def test_an_unstorable_value_stays_in_process_with_one_warning(
+    redis_url: str, logs: pytest.LogCaptureFixture
+) -> None:
+    conf(redis_url)
+
+    @guarded("p")
+    def f(x: int) -> Opaque:
+        return Opaque(x)
+
+    a = f(1)
+    assert f(1) is a and f(2).x == 2
+    assert value_keys(redis_url) == [] and lock_keys(redis_url) == []
+    warned = [r for r in logs.records if "cannot be stored in Redis" in r.getMessage()]
+    assert len(warned) == 1
+    assert "Opaque" in warned[0].getMessage()
+
+
+@pytest.mark.parametrize("serializer", ["auto", "pickle"])
+def test_a_bad_value_in_redis_is_a_logged_miss_recomputed_and_overwritten(
+    redis_url: str, logs: pytest.LogCaptureFixture, serializer: str
+) -> None:
+    conf(redis_url, serializer=serializer, secret="s3cr3t-for-tests")
+    calls: list[int] = []
+
+    @guarded("p")
+    def f(x: int) -> dict[str, Any]:
+        calls.append(x)
+        return {"x": x, "t": (x, "a")}
+
+    assert f(1) == {"x": 1, "t": (1, "a")}
+    (key,) = value_keys(redis_url)
+    good = raw(redis_url).get(key)
+    assert good is not None
+    for bad in [b"garbage", good[:-1] + bytes([good[-1] ^ 1]), b"gR" + good[2:20]]:
+        raw(redis_url).set(key, bad)
+        guardrails.clear_caches()
+        assert f(1) == {"x": 1, "t": (1, "a")}
+        assert raw(redis_url).get(key) not in (bad, None)
+    assert len(calls) == 4
+    warned = [r for r in logs.records if "is not usable" in r.getMessage()]
+    assert len(warned) == 1  # rate-limited per function
+    assert "s3cr3t" not in logs.text
+
+
+def test_a_tampered_pickle_is_never_unpickled(redis_url: str, tmp_path: Path) -> None:
+    conf(redis_url, serializer="pickle", secret="k" * 32)
+
+    @guarded("p")
+    def f(x: int) -> Opaque:
+        return Opaque(x)
+
+    f(1)
+    (key,) = value_keys(redis_url)
+    good = raw(redis_url).get(key)
+    assert good is not None
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (Path.touch, (marker,))
+
+    import pickle
+
+    body = pickle.dumps(Evil())
+    raw(redis_url).set(key, good[: 13 + 32] + body)  # the same header and MAC, another body
+    guardrails.clear_caches()
+    assert f(1).x == 1
+    assert not marker.exists()
+
+
+def test_an_argument_keyed_by_its_own_hash_is_refused_with_the_key_hint(redis_url: str) -> None:
+    conf(redis_url)
+
+    class Handle:
+        pass
+
+    @guarded("p")
+    def f(model: str, handle: Handle) -> str:
+        return model
+
+    with pytest.raises(TypeError, match=r"argument 'handle'.*policies\.p\.cache\.key"):
+        f("m", Handle())
+    conf(redis_url, key=["model"])
+    assert f("m", Handle()) == "m"
+
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+) | st.builds(
+    lambda shape, dtype: np.arange(int(np.prod(shape))).astype(dtype).reshape(shape),
+    st.lists(st.integers(0, 3), min_size=0, max_size=3),
+    st.sampled_from(["int8", "float64", "complex64", "bool", "<U3"]),
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def test_values_read_back_from_redis_are_what_the_in_process_level_gives(redis_url: str) -> None:
+    conf(redis_url)
+    box: dict[int, Any] = {}
+
+    def g(i: int) -> Any:
+        return box[i]
+
+    first, second = twin_slots(g)
+    counter = iter(range(10**9))
+    stored_count: list[int] = []
+    box[-1] = None
+    first(-1)
+    level = first.__guardrails__.store.shared
+
+    @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(values)
+    def check(value: Any) -> None:
+        i = next(counter)
+        box[i] = value
+        from_l1 = first(i)
+        from_l2 = second(i)
+        assert from_l1 is value
+        stored = raw(redis_url).exists(level.key_for((int, i)))
+        stored_count.append(stored)
+        assert same(from_l2, value), (from_l2, value)
+
+    check()
+    assert sum(stored_count) > 10
+    assert guardrails.stats()["p"].shared_cache_hits >= sum(stored_count)
+
+
+# --- clear_caches(shared=True), configuration ----------------------------------------------------
+
+
+def test_clear_caches_shared_deletes_the_functions_keys(redis_url: str) -> None:
+    configure(
+        {
+            "redis_url": redis_url,
+            "policies": {
+                "p": {"cache": {"backend": "redis", "namespace": "x*[y]"}},
+                "q": {"cache": {"backend": "redis"}},
+            },
+        }
+    )
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x
+
+    @guarded("q")
+    def h(x: int) -> int:
+        return x
+
+    for i in range(2500):
+        f(i)
+    h(1)
+    raw(redis_url).set("guardrails:x*[y]:other:1:abc", b"kept")
+    assert len(value_keys(redis_url)) == 2502
+    guardrails.clear_caches("p")
+    assert len(value_keys(redis_url)) == 2502
+    guardrails.clear_caches("p", shared=True)
+    assert value_keys(redis_url) == sorted(
+        [b"guardrails:x*[y]:other:1:abc", *raw(redis_url).keys("guardrails:q:*")]
+    )
+    calls = guardrails.stats()["p"].cache_misses
+    f(1)
+    assert guardrails.stats()["p"].cache_misses == calls + 1
+
+
+def test_clear_caches_shared_with_redis_down_clears_in_process_then_raises(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    server = start_redis()
+    conf(server.url)
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x
+
+    f(1)
+    server.stop()
+    with pytest.raises(RuntimeError, match="could not delete the Redis keys"):
+        guardrails.clear_caches(shared=True)
+    assert f.__guardrails__.store.view == {}  # type: ignore[attr-defined]
+
+
+def test_backend_redis_without_a_url_names_every_place_a_url_can_come_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GUARDRAILS_REDIS_URL", raising=False)
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(PolicyConfigError) as caught:
+        conf(None)
+    text = str(caught.value)
+    assert "guardrails.policies.p.cache.url" in text
+    assert "redis_url" in text and "$GUARDRAILS_REDIS_URL" in text
+    monkeypatch.setenv("GUARDRAILS_REDIS_URL", "redis://127.0.0.1:1/0")
+    conf(None)  # the environment's URL: no connection at configure()
+
+
+def test_pickle_needs_a_secret_and_secrets_are_never_shown() -> None:
+    with pytest.raises(PolicyConfigError) as caught:
+        conf("redis://127.0.0.1:1/0", serializer="pickle")
+    assert "guardrails.policies.p.cache.secret" in str(caught.value)
+    assert "needs a secret" in str(caught.value)
+    with pytest.raises(PolicyConfigError) as caught:
+        conf("redis://127.0.0.1:1/0", secret="hunter2-very-secret", redis_timeout="-1s")
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(PolicyConfigError, match=r"cache\.secret"):
+        conf("redis://127.0.0.1:1/0", secret="")
+    with pytest.raises(PolicyConfigError, match=r"cache\.url"):
+        conf(None, url="http://example.com")
+    conf("redis://127.0.0.1:1/0", secret="hunter2-very-secret")
+    assert "hunter2" not in repr(guardrails.settings())
+
+
+# --- re-entry, async, fork ------------------------------------------------------------------------
+
+
+def test_recursion_never_waits_on_its_own_redis_lock(redis_url: str) -> None:
+    conf(redis_url)
+
+    @guarded("p")
+    def fib(n: int) -> int:
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    @guarded("p")
+    def same(n: int, depth: int = 0) -> int:
+        return n if depth >= 3 else same(n, depth=depth) if False else same2(n, depth + 1)
+
+    def same2(n: int, depth: int) -> int:
+        return same(n, depth) if depth < 3 else n
+
+    assert fib(30) == 832040
+    assert same(5) == 5
+    assert lock_keys(redis_url) == []
+
+
+def test_async_shared_hit_lock_and_cancelled_leader_releases(redis_url: str) -> None:
+    conf(redis_url)
+    calls: list[int] = []
+
+    async def g(x: int) -> int:
+        calls.append(x)
+        if x == 99:
+            await asyncio.Event().wait()  # never ends: cancelled
+        await asyncio.sleep(0)
+        return x * 3
+
+    first, second = twin_slots(g)
+
+    async def main() -> None:
+        assert await first(1) == 3
+        assert await second(1) == 3  # a shared hit
+        assert calls == [1]
+        task = asyncio.create_task(first(99))
+        deadline = time.monotonic() + DEADLINE
+        while not lock_keys(redis_url):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while lock_keys(redis_url):  # released by a task of its own
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        await close_async_clients()
+
+    asyncio.run(main())
+    s = guardrails.stats()["p"]
+    assert (s.shared_cache_hits, s.redis_errors) == (1, 0)
+
+
+def test_async_waiter_in_another_store_gets_the_leaders_value(redis_url: str) -> None:
+    conf(redis_url)
+    calls: list[int] = []
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def g(x: int) -> int:
+            calls.append(x)
+            await release.wait()
+            return x + 1
+
+        first, second = twin_slots(g)
+        leader = asyncio.create_task(first(5))
+        deadline = time.monotonic() + DEADLINE
+        while not lock_keys(redis_url):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        polls = mget_calls(redis_url)
+        waiter = asyncio.create_task(second(5))
+        while mget_calls(redis_url) <= polls:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        release.set()
+        assert list(await asyncio.gather(leader, waiter)) == [6, 6]
+        await close_async_clients()
+
+    asyncio.run(main())
+    assert calls == [5]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_child_forked_by_the_leader_does_not_release_the_parents_lock(redis_url: str) -> None:
+    conf(redis_url)
+    parent = os.getpid()
+    seen: list[Any] = []
+
+    @guarded("p")
+    def f(x: int) -> str:
+        pid = os.fork()
+        if pid == 0:
+            return "child"
+        os.waitpid(pid, 0)
+        seen.append(lock_keys(redis_url))
+        return "parent"
+
+    result = f(1)
+    if os.getpid() != parent:
+        os._exit(0 if result == "child" else 1)
+    assert result == "parent"
+    assert len(seen[0]) == 1  # the child returned through the layer and left the lock alone
+    assert lock_keys(redis_url) == []
+    assert raw(redis_url).get(value_keys(redis_url)[0]) is not None
