@@ -47,7 +47,6 @@ class Slot:
         "is_async",
         "name",
         "qualname",
-        "rebind",
         "store",
     )
 
@@ -57,8 +56,6 @@ class Slot:
         self.qualname = _qualname(fn)
         self.is_async = is_async(fn)
         self.store: Store | None = None
-        #: Set by a wrapper that holds the chain in its own closure (see ``_chain_wrapper``).
-        self.rebind: Callable[[Any], None] | None = None
         # Read now: a callable without a signature (a C builtin such as `max`) would
         # otherwise make every later configure() fail.
         try:
@@ -73,10 +70,11 @@ class Slot:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Reached only when the wrapper itself is pickled BY VALUE (cloudpickle, as joblib's
-        # loky and Dask do for a function of `__main__` or a nested one): the wrapper's
-        # closure holds its slot. The compiled chain (locks, weak references, the cache) is
-        # this process's; the receiving process gets a new slot for the same function and
-        # policy, registered there and compiled against its own configuration.
+        # loky and Dask do for a function of `__main__`, a nested one, one of a module
+        # registered for pickling by value): the wrapper's closure holds its slot. The
+        # compiled chain (locks, weak references, the cache) is this process's; the
+        # receiving process gets a new slot for the same function and policy, registered
+        # there and compiled against its own configuration.
         return (_unpickled_slot, (self.fn, self.name))
 
     def compile(
@@ -161,8 +159,6 @@ class Slot:
     def install(self, chain: Any, store: Store | None) -> None:
         self.store = store
         self.chain = chain
-        if self.rebind is not None:
-            self.rebind(chain)
 
     def first_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         """The chain before compilation: configure lazily if needed, compile, then call."""
@@ -250,7 +246,7 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
     if not policy_name:
         raise TypeError(f"@guarded needs a policy name for {fn!r}, which has no __name__")
     slot = Slot(fn, policy_name)
-    wrapper = _slot_wrapper(slot) if _pickled_by_value(fn) else _chain_wrapper(slot)
+    wrapper = _slot_wrapper(slot)
     functools.update_wrapper(wrapper, fn)
     wrapper.__guardrails__ = slot  # type: ignore[attr-defined]
     with STATE.lock:
@@ -260,34 +256,22 @@ def _decorate(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
     return wrapper
 
 
-def _pickled_by_value(fn: Any) -> bool:
-    """Whether a pickler may have to carry the wrapper of ``fn`` by value: cloudpickle (joblib's
-    loky, Dask) does so for a function of ``__main__``, a nested function or a callable with no
-    qualified name. Elsewhere the wrapper pickles by reference (module and qualified name),
-    as the function it replaces does."""
-    qualname = getattr(fn, "__qualname__", None)
-    module = getattr(fn, "__module__", None)
-    return (
-        not isinstance(qualname, str)
-        or "<locals>" in qualname
-        or not isinstance(module, str)
-        or module == "__main__"
-    )
+def _slot_wrapper(slot: Slot) -> Callable[..., Any]:
+    """The wrapper: its free variable is the slot, never the chain (which holds locks, thread
+    locals and weak references), so that a pickler carrying the wrapper by value carries "this
+    function under this policy" (see ``Slot.__reduce__``).
 
-
-def _chain_wrapper(slot: Slot) -> Callable[..., Any]:
-    """The wrapper of a function pickled by reference: its free variable is the chain itself
-    (the fastest call there is), which ``Slot.install`` rebinds."""
-    chain: Any = slot.chain
-
-    def rebind(new: Any) -> None:
-        nonlocal chain
-        chain = new
-
-    slot.rebind = rebind
+    Every wrapper is one: which functions cloudpickle carries by value is only known when it
+    pickles them. Besides a function of ``__main__`` or a nested one, it does so for every
+    function of a module registered with ``cloudpickle.register_pickle_by_value`` (Dask's
+    advice for code its workers cannot import) and for a module's function bound to another
+    name than its own (``fetch = guarded("fetch")(_fetch)``). Holding the chain itself in
+    the closure saved one attribute read per call (about 5 ns) and made those unpicklable.
+    """
     if slot.is_async:
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            chain = slot.chain  # read as an attribute (a method-call lookup is slower)
             try:
                 return await chain(args, kwargs, None)
             except Exception as exc:
@@ -305,44 +289,11 @@ def _chain_wrapper(slot: Slot) -> Callable[..., Any]:
         return async_wrapper
 
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return chain(args, kwargs, None)
-        except Exception as exc:
-            try:  # noqa: SIM105 (suppress() would need frames there is no room for)
-                trim_raised(exc)  # as in async_wrapper
-            except RecursionError:
-                pass
-            raise
-
-    return sync_wrapper
-
-
-def _slot_wrapper(slot: Slot) -> Callable[..., Any]:
-    """The wrapper of a function a pickler may carry by value: its free variable is the slot
-    (never the chain, which holds locks and weak references), and the slot pickles as "this
-    function under this policy" (see ``Slot.__reduce__``). One attribute read per call more
-    than ``_chain_wrapper``."""
-    if slot.is_async:
-
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            chain = slot.chain  # read as an attribute (a method-call lookup is slower)
-            try:
-                return await chain(args, kwargs, None)
-            except Exception as exc:
-                try:  # noqa: SIM105 (as in _chain_wrapper)
-                    trim_raised(exc)
-                except RecursionError:
-                    pass
-                raise
-
-        return async_wrapper
-
-    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         chain = slot.chain  # read as an attribute (a method-call lookup is slower)
         try:
             return chain(args, kwargs, None)
         except Exception as exc:
-            try:  # noqa: SIM105 (as in _chain_wrapper)
+            try:  # noqa: SIM105 (as in async_wrapper)
                 trim_raised(exc)
             except RecursionError:
                 pass
