@@ -5,8 +5,11 @@ Works on plain dicts only: OmegaConf and Hydra stay in ``_config``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
+import hashlib
+import importlib.metadata
 import os
 import types
 import typing
@@ -89,10 +92,15 @@ class Settings:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # For worker processes (see guardrails.settings()): `policies` is a read-only view,
-        # which pickle refuses; the policies travel as a dict and come back read-only.
+        # which pickle refuses; the policies travel as a dict and come back read-only. The
+        # layout of the policy blocks travels first, so that a process running another
+        # version of guardrails refuses them before any block is made (pydantic would make a
+        # block with the other version's fields without a word: a missing one fails each
+        # call with AttributeError, a new one is ignored).
         return (
             _unpickled_settings,
             (
+                _Layout(),
                 self.strict,
                 self.policy_defaults,
                 dict(self.policies),
@@ -104,14 +112,75 @@ class Settings:
         )
 
 
+class _Layout:
+    """Pickles as a check of the policy blocks' layout in the unpickling process."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_checked_layout, (policy_layout(), _version()))
+
+
+def _checked_layout(layout: str, version: str) -> str:
+    if layout != policy_layout():
+        here = _version()
+        versions = (
+            f"hydra-guardrails {version} there, {here} here"
+            if version != here
+            else f"both hydra-guardrails {here}, from different sources"
+        )
+        raise PolicyConfigError(
+            [
+                (
+                    ROOT,
+                    f"these settings were pickled by another version of guardrails "
+                    f"({versions}), whose policy blocks have other keys: run the same "
+                    f"guardrails version in the driver and its workers",
+                )
+            ],
+            header="cannot unpickle guardrails settings",
+        )
+    return layout
+
+
+@functools.cache
+def policy_layout() -> str:
+    """A digest of the shape of the settings: each block model's name and field names,
+    recursively (never their values, defaults or validators). Two processes whose digests
+    agree read each other's pickled settings field for field."""
+    seen: dict[str, tuple[str, ...]] = {
+        "Settings": tuple(f.name for f in dataclasses.fields(Settings))
+    }
+    todo: list[Any] = [Policy]
+    while todo:
+        found = todo.pop()
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            name = f"{found.__module__}.{found.__qualname__}"
+            if name in seen:
+                continue
+            seen[name] = tuple(sorted(found.model_fields))
+            todo.extend(f.annotation for f in found.model_fields.values())
+        else:
+            todo.extend(typing.get_args(found))
+    text = repr(sorted(seen.items()))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@functools.cache
+def _version() -> str:
+    try:
+        return importlib.metadata.version("hydra-guardrails")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def _unpickled_settings(
+    _layout: str,
     strict: bool,
     policy_defaults: Policy,
     policies: dict[str, Policy],
     source: str,
     allow_chaos: bool,
     secrets: tuple[Any, ...],
-    redis_url: str | None = None,
+    redis_url: str | None,
 ) -> Settings:
     return Settings(
         redis_url=redis_url,

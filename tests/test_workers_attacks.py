@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import os
 import pickle
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +248,55 @@ def test_a_function_carried_to_a_strict_worker_without_its_policy_names_it() -> 
 
 
 # --- settings from another guardrails --------------------------------------------------------
+
+
+def _pickled_by_another_version(tmp_path: Path) -> bytes:
+    """Settings pickled by a copy of guardrails whose retry block has another set of keys
+    (``deadline`` renamed, as a release might), in a process of its own."""
+    other = tmp_path / "other"
+    shutil.copytree(
+        Path(guardrails.__file__).parent,
+        other / "guardrails",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    retry = other / "guardrails" / "layers" / "retry.py"
+    source = retry.read_text()
+    field = "    deadline: Duration | None = None\n"
+    assert source.count(field) == 1
+    retry.write_text(source.replace(field, "    hedge_after: Duration | None = None\n" + field))
+    script = (
+        "import pickle, sys, guardrails\n"
+        "assert guardrails.__file__.startswith(sys.argv[1]), guardrails.__file__\n"
+        f"settings = guardrails.configure({CONFIG!r})\n"
+        "sys.stdout.buffer.write(pickle.dumps(settings))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(other)],
+        cwd=other,
+        env={**os.environ, "PYTHONPATH": str(other)},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return done.stdout
+
+
+def test_settings_pickled_by_another_guardrails_are_refused_when_unpickled(
+    tmp_path: Path,
+) -> None:
+    settings = configure(CONFIG)
+    data = _pickled_by_another_version(tmp_path)
+    assert b"RetryConfig" in data and b"hedge_after" in data
+    # Unpickled silently before: a RetryConfig with the other version's fields, which failed
+    # each call of the policy with "AttributeError: 'RetryConfig' object has no attribute
+    # 'deadline'" (here, or a field of a newer release ignored without a word).
+    with pytest.raises(PolicyConfigError) as caught:
+        pickle.loads(data)
+    message = str(caught.value)
+    assert "another version of guardrails" in message
+    assert "same guardrails version" in message
+    assert guardrails.settings() is settings  # nothing changed
 
 
 def test_settings_pickled_here_still_unpickle_at_every_protocol() -> None:
