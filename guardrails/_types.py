@@ -115,9 +115,19 @@ def _import_type(value: object) -> Any:
 
 # --- type expressions (validate.output) ----------------------------------------------------
 
+
 #: The one ``InstanceOf`` marker every parsed ``InstanceOf[X]`` carries: pydantic's marker is
 #: compared by value but hashed by identity, and types are the keys of the adapter cache.
-INSTANCE_OF: Any = typing.cast(Any, InstanceOf)()
+class _InstanceOfMarker(typing.cast(Any, InstanceOf)):  # type: ignore[misc]
+    """pydantic's ``InstanceOf`` marker, pickled as the one ``INSTANCE_OF`` of this module (a
+    new marker would hash differently, and Settings shipped to a worker would not equal
+    the driver's)."""
+
+    def __reduce__(self) -> str:
+        return "INSTANCE_OF"
+
+
+INSTANCE_OF: Any = _InstanceOfMarker()
 #: The longest type expression read, and its deepest nesting.
 MAX_TYPE_TEXT = 1000
 MAX_TYPE_DEPTH = 16

@@ -306,3 +306,15 @@ def test_settings_pickled_here_still_unpickle_at_every_protocol() -> None:
             again = pickle.loads(dumps(settings, protocol=protocol))
             assert again == settings
             assert configure(again) is again
+
+
+def test_settings_with_instance_of_equal_themselves_after_pickling() -> None:
+    # pydantic's InstanceOf marker hashes by identity: a new one after unpickling made the
+    # settings unequal (a new cache store and type adapter in every worker configured twice).
+    settings = guardrails.configure(
+        {"policies": {"p": {"validate": {"output": "dict[str, InstanceOf[numpy.ndarray]] | None"}}}}
+    )
+    back = pickle.loads(pickle.dumps(settings))
+    assert back == settings
+    output = settings.policies["p"].validate.output
+    assert hash(back.policies["p"].validate.output) == hash(output)  # one type adapter
