@@ -8,10 +8,11 @@ Uses the Redis at ``$GUARDRAILS_REDIS_URL`` if set (its keys are namespaced by t
 deleted at the end; nothing else is touched), else starts a private ``redis-server`` on a
 free loopback port and stops it at the end.
 
-Each case times ours and its counterpart in one process, in alternating rounds (which goes
-first alternates too), and reports the median of each (these machines are noisy). Every
-case also checks it measured what it says: an L1 hit never reached Redis, an L2 hit was
-answered by Redis and computed nothing; a case that did otherwise is an error (exit 2).
+Each case times ours and its counterpart in one process, in many short alternating rounds
+(which goes first alternates too) and reports the median of each and the median of the
+rounds' ratios (these machines are noisy). Every case also checks it measured what it
+says: an L1 hit never reached Redis, an L2 hit was answered by Redis and computed nothing;
+a case that did otherwise is an error (exit 2).
 """
 
 from __future__ import annotations
@@ -188,28 +189,38 @@ def per_call_ns(fn: Callable[[int], Any], n: int) -> float:
     return (time.perf_counter_ns() - t0) / n
 
 
-def medians(timers: list[Callable[[], float]], rounds: int) -> list[float]:
-    """Run the timers in alternating rounds (each round in the other order); each's median."""
+def rounds_of(timers: list[Callable[[], float]], rounds: int) -> list[list[float]]:
+    """Run the timers in alternating rounds (each round in the other order): each's times."""
     found: list[list[float]] = [[] for _ in timers]
     order = list(range(len(timers)))
     for _ in range(rounds):
         for i in order:
             found[i].append(timers[i]())
         order.reverse()
-    return [statistics.median(times) for times in found]
+    return found
 
 
 @dataclass
 class Row:
     case: str
     counterpart: str
-    ours_ns: float
-    theirs_ns: float
+    ours: list[float]
+    theirs: list[float]
     target: float
 
     @property
+    def ours_ns(self) -> float:
+        return statistics.median(self.ours)
+
+    @property
+    def theirs_ns(self) -> float:
+        return statistics.median(self.theirs)
+
+    @property
     def ratio(self) -> float:
-        return self.ours_ns / self.theirs_ns
+        """The median of the rounds' ratios: each round's pair ran back to back, under the
+        same load (a shared machine's load drifts between rounds)."""
+        return statistics.median(a / b for a, b in zip(self.ours, self.theirs, strict=True))
 
     @property
     def met(self) -> bool:
@@ -230,7 +241,7 @@ def l1_row(n: int, rounds: int) -> Row:
         fn(0)
         fn(1)
     hits_before = _stats("l1_redis")
-    ours, theirs = medians(
+    ours, theirs = rounds_of(
         [lambda: per_call_ns(l1_redis, n), lambda: per_call_ns(l1_memory, n)], rounds
     )
     hits, shared, errors = _stats("l1_redis")
@@ -261,7 +272,7 @@ def l2_row(
     fn(1)  # both stored in Redis (L1 holds one entry: every call below misses it)
     before = COMPUTED.get(policy, 0)
     _, shared_before, _ = _stats(policy)
-    ours, theirs = medians(
+    ours, theirs = rounds_of(
         [lambda: per_call_ns(fn, n), lambda: per_call_ns(lambda _: by_hand(), n)], rounds
     )
     _, shared, errors = _stats(policy)
@@ -291,8 +302,10 @@ def latency_rows(url: str, quick: bool) -> list[Row]:
     def get() -> Any:
         return client.get(json_key)
 
-    rounds = 3 if quick else 9
-    rows = [l1_row(2_000 if quick else 50_000, rounds)]
+    # Many short rounds: a round's two halves run under the same load.
+    rounds = 5 if quick else 41
+    calls = 50 if quick else 200
+    rows = [l1_row(2_000 if quick else 10_000, rounds)]
     rows.append(
         l2_row(
             f"L2 hit (L1 miss), {json_size:,} B JSON value",
@@ -300,7 +313,7 @@ def latency_rows(url: str, quick: bool) -> list[Row]:
             l2_json,
             "l2_json",
             json_by_hand,
-            200 if quick else 2_000,
+            calls,
             rounds,
             1.3,
         )
@@ -312,16 +325,16 @@ def latency_rows(url: str, quick: bool) -> list[Row]:
             l2_array,
             "l2_array",
             npy_by_hand,
-            4 if quick else 20,
+            2 if quick else 4,
             rounds,
             1.2,
         )
     )
     breaker_shared(0)
-    ours, theirs = medians(
+    ours, theirs = rounds_of(
         [
-            lambda: per_call_ns(breaker_shared, 200 if quick else 2_000),
-            lambda: per_call_ns(lambda _: get(), 200 if quick else 2_000),
+            lambda: per_call_ns(breaker_shared, calls),
+            lambda: per_call_ns(lambda _: get(), calls),
         ],
         rounds,
     )
