@@ -83,9 +83,10 @@ def load(
             raise PolicyConfigError(found) from None
         if read.problems:
             raise PolicyConfigError(read.problems)
-        if read.secrets:
+        secrets = [*read.secrets, *_written_secrets(settings)]
+        if secrets:
             # Compiling chains finds problems too (a cache key naming no parameter).
-            settings = dataclasses.replace(settings, secrets=tuple(read.secrets))
+            settings = dataclasses.replace(settings, secrets=tuple(secrets))
         return settings
     except PolicyConfigError as exc:
         if read is None or not read.secrets:
@@ -584,6 +585,23 @@ def _node(read: _Read) -> dict[str, Any]:
             )
         ]
     )
+
+
+def _written_secrets(settings: Settings) -> list[Any]:
+    """Values written literally that ``show``, ``explain`` and problems must not print as
+    they are: each ``cache.secret``, and each Redis URL that carries a password or user."""
+    found: list[Any] = []
+    for policy in (settings.policy_defaults, *settings.policies.values()):
+        cache = policy.cache
+        if cache is None:
+            continue
+        if cache.secret is not None:
+            found.append(cache.secret.get_secret_value())
+        if cache.url is not None and "@" in cache.url:
+            found.append(cache.url)
+    if settings.redis_url is not None and "@" in settings.redis_url:
+        found.append(settings.redis_url)
+    return list(dict.fromkeys(found))
 
 
 def redact(problems: Sequence[Problem], secrets: Sequence[Any]) -> list[Problem]:

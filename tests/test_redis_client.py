@@ -245,3 +245,25 @@ def test_async_clients_belong_to_their_loop(redis_url: str) -> None:
     server = client.server(redis_url)
     assert asyncio.run(_async_ping(server))
     assert asyncio.run(_async_ping(server))  # a new loop gets a new client
+
+
+def test_async_clients_close_when_their_loop_shuts_down(redis_url: str) -> None:
+    # asyncio.run() shuts the loop's async generators down before closing it: the clients'
+    # connections close then, inside the loop (none is left to warn when collected).
+    import asyncio
+
+    from guardrails.redis import client
+
+    server = client.server(redis_url)
+    seen: list[object] = []
+
+    async def use() -> None:
+        c = server.async_client(0.05)
+        assert await c.ping()
+        seen.append(c)
+
+    asyncio.run(use())
+    (c,) = seen
+    pool = c.connection_pool  # type: ignore[attr-defined]
+    assert not pool._in_use_connections
+    assert all(conn._writer is None for conn in pool._available_connections)

@@ -21,9 +21,11 @@ Fork: redis-py notices a fork and opens new connections in the child; the lock h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
@@ -58,9 +60,10 @@ class Server:
         self.shown = redis_url_shown(url)
         self._lock = ForkSafeLock()
         self._sync: dict[float, redis.Redis] = {}
-        self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[float, redis.asyncio.Redis]
-        ] = weakref.WeakKeyDictionary()
+        #: Per event loop: its clients by timeout (and the closer that ends them).
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         #: ``monotonic()`` before which callers skip Redis (0: the server is up).
         self.down_until = 0.0
         self._probe_every = PROBE_FIRST
@@ -84,12 +87,16 @@ class Server:
 
     def async_client(self, timeout: float) -> redis.asyncio.Redis:
         """The asyncio client of the running event loop (an asyncio connection belongs to
-        the loop that opened it)."""
+        the loop that opened it). Its connections are closed when the loop shuts down
+        (``asyncio.run`` and servers call ``loop.shutdown_asyncgens()``)."""
         loop = asyncio.get_running_loop()
         per_loop = self._async.get(loop)
         if per_loop is None:
             with self._lock:
-                per_loop = self._async.setdefault(loop, {})
+                per_loop = self._async.get(loop)
+                if per_loop is None:
+                    per_loop = self._async[loop] = {}
+                    _close_at_shutdown(per_loop)
         found = per_loop.get(timeout)
         if found is None:
             found = per_loop[timeout] = redis.asyncio.Redis.from_url(self.url, **_options(timeout))
@@ -152,6 +159,28 @@ class Server:
             clients, self._sync = list(self._sync.values()), {}
         for client in clients:
             client.close()
+
+
+async def _closer(clients: dict[Any, Any]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for client in [c for c in clients.values() if isinstance(c, redis.asyncio.Redis)]:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        clients.clear()
+
+
+def _close_at_shutdown(clients: dict[Any, Any]) -> None:
+    """Close ``clients`` when the running loop shuts down: an async generator, started
+    here (so the loop tracks it) and paused, whose ``finally`` the loop's
+    ``shutdown_asyncgens()`` runs while the loop still runs. Without it the connections
+    would outlive their loop and warn when collected."""
+    closer = _closer(clients)
+    step: Any = closer.__anext__()
+    with contextlib.suppress(StopIteration):
+        step.send(None)  # runs to the `yield`: nothing is awaited before it
+    clients["closer"] = closer  # kept as long as the loop's entry
 
 
 def _options(timeout: float) -> dict[str, Any]:
