@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +268,26 @@ def test_async_clients_close_when_their_loop_shuts_down(redis_url: str) -> None:
     pool = c.connection_pool  # type: ignore[attr-defined]
     assert not pool._in_use_connections
     assert all(conn._writer is None for conn in pool._available_connections)
+
+
+def test_show_and_explain_hide_a_literal_secret_and_password(tmp_path: Path) -> None:
+    config = tmp_path / "policies.yaml"
+    config.write_text(
+        "guardrails:\n"
+        "  redis_url: redis://:toplevelpw@h:1/0\n"
+        "  policies:\n"
+        "    p:\n"
+        "      cache: {backend: redis, url: 'redis://:pw12345@h:1/0', serializer: pickle,\n"
+        "              secret: topsecret99}\n"
+    )
+    for command in (["show", str(config)], ["explain", "p", str(config)]):
+        out = subprocess.run(
+            [sys.executable, "-m", "guardrails._cli", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "secret:" in out.stdout
+        for hidden in ("topsecret99", "pw12345", "toplevelpw"):
+            assert hidden not in out.stdout + out.stderr
