@@ -38,6 +38,8 @@ theirs can only exist once they are imported) or imported when a payload of thei
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hashlib
 import hmac
 import importlib
@@ -47,7 +49,7 @@ import math
 import pickle
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 __all__ = ["BadValue", "Unstorable", "decoder", "encoder"]
@@ -178,8 +180,8 @@ def decoder(serializer: Literal["auto", "pickle"], secret: bytes | None) -> Deco
             # The common case, read as json.loads of the body and nothing more.
             try:
                 return _json_loads(data[header_size:]), fresh_until
-            except ValueError as exc:
-                raise BadValue(f"corrupt JSON value: {exc}") from exc
+            except (ValueError, RecursionError) as exc:
+                raise BadValue(f"corrupt JSON value: {type(exc).__name__}: {exc}") from exc
         if base is not None:
             if not signed:
                 raise BadValue("the value is not signed, and a cache secret is set")
@@ -238,6 +240,8 @@ def _encode_body(value: Any, allow_pickle: bool) -> tuple[int, bytes]:
             return JSON, _json_dumps(value).encode("ascii")
     except RecursionError:
         raise Unstorable("a value nested too deeply to store (or one containing itself)") from None
+    except ValueError:
+        pass  # an int past sys.get_int_max_str_digits(): JSON cannot write it
     np = sys.modules.get("numpy")
     t = type(value)
     try:
@@ -262,7 +266,7 @@ def _encode_body(value: Any, allow_pickle: bool) -> tuple[int, bytes]:
                 f"{_type_name(t)} that pickle cannot store ({type(exc).__name__}: {exc})"
             ) from exc
     what = _describe(value, t)
-    if "Arrow" not in what:
+    if "Arrow" not in what and "pydantic" not in what and "digits" not in what:
         what += " (not JSON, not a numpy array, a DataFrame or a pydantic model)"
     raise Unstorable(
         f"{what}; set cache.serializer: pickle with cache.secret to store it, or keep "
@@ -283,6 +287,15 @@ def _describe(value: Any, t: type) -> str:
     np = sys.modules.get("numpy")
     if np is not None and t is np.ndarray and value.dtype.hasobject:
         return "a numpy array of dtype object"
+    if t is int:
+        return "an int of more than sys.get_int_max_str_digits() digits (JSON cannot write it)"
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return (
+            f"a pydantic model {_type_name(t)} that does not come back exactly from its JSON "
+            "(a validator that changes values, a field typed Any holding an enum member or a "
+            "tuple, a datetime in a named zone, a class defined in a function, ...)"
+        )
     top = (getattr(t, "__module__", "") or "").partition(".")[0]
     if top in ("pandas", "polars") and t.__name__ in ("DataFrame", "Series"):
         return (
@@ -355,8 +368,11 @@ def _npy_scalar(np: Any, value: Any) -> bytes:
     if t.__module__.partition(".")[0] != "numpy" or value.dtype.hasobject:
         raise _NotMine
     arr = np.asarray(value)
-    if type(arr[()]) is not t:
+    back = arr[()]
+    if type(back) is not t:
         raise _NotMine
+    if value.dtype.kind in "SU" and back != value:
+        raise _NotMine  # np.str_("a\x00"): an array of strings drops trailing NULs
     return _npy(np, arr)
 
 
@@ -410,7 +426,10 @@ _T_SCALAR = "s"
 def _tagged(value: Any) -> bytes:
     np = sys.modules.get("numpy")
     tree = _tag(value, np)
-    return _json_dumps(tree).encode("ascii")
+    try:
+        return _json_dumps(tree).encode("ascii")
+    except ValueError:
+        raise _NotMine from None  # an int past sys.get_int_max_str_digits()
 
 
 def _tag(value: Any, np: Any) -> Any:
@@ -485,16 +504,125 @@ def _arrow_bytes(table: Any) -> bytes:
     return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
 
-#: The end of an Arrow IPC stream: without it, a stream cut between two batches would read
-#: as a shorter frame.
-_ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-
-
 def _read_arrow(data: bytes, start: int) -> Any:
-    if not data.endswith(_ARROW_EOS):
-        raise BadValue("an Arrow stream without its end marker (truncated)")
+    _check_arrow(data, start)
     pa = importlib.import_module("pyarrow")
-    return pa.ipc.open_stream(pa.py_buffer(memoryview(data)[start:])).read_all()
+    table = pa.ipc.open_stream(pa.py_buffer(memoryview(data)[start:])).read_all()
+    # The IPC reader checks buffer sizes, not their contents: offsets pointing past a string
+    # column's bytes would be read out of bounds later (a segfault in to_pandas).
+    table.validate(full=True)
+    return table
+
+
+#: Arrow elements (values of every column and nested child, batch lengths) a frame may hold
+#: per byte of its stream, plus a free allowance: a null column's length, or a run-end
+#: encoded one's, is a number in its metadata, and reading it into pandas allocates for every
+#: element. A bool column (8 values to a byte) is the densest real data.
+_ARROW_ELEMENTS_PER_BYTE = 8
+_ARROW_FREE_ELEMENTS = 1 << 20
+_u8 = struct.Struct("<B").unpack_from
+_u16 = struct.Struct("<H").unpack_from
+_u32 = struct.Struct("<I").unpack_from
+_i32 = struct.Struct("<i").unpack_from
+_i64 = struct.Struct("<q").unpack_from
+
+
+def _check_arrow(data: bytes, start: int) -> None:
+    """Walk an Arrow IPC stream's messages before anything reads it: each framed, in bounds,
+    uncompressed (a few KB of zstd can claim gigabytes), the elements it claims within
+    ``_ARROW_ELEMENTS_PER_BYTE`` of its size, and its end marker exactly at the end (a stream
+    cut between two batches would read as a shorter frame)."""
+    end = len(data)
+    budget = _ARROW_ELEMENTS_PER_BYTE * (end - start) + _ARROW_FREE_ELEMENTS
+    elements = 0
+    pos = start
+    try:
+        while True:
+            if pos + 8 > end:
+                raise BadValue("an Arrow stream without its end marker (truncated)")
+            marker, size = _u32(data, pos)[0], _i32(data, pos + 4)[0]
+            if marker != 0xFFFFFFFF:
+                raise BadValue("an Arrow stream with a malformed message frame")
+            pos += 8
+            if size == 0:
+                if pos != end:
+                    raise BadValue("an Arrow stream with bytes after its end marker")
+                return
+            if size < 0 or pos + size > end:
+                raise BadValue("an Arrow message running past the end of the stream")
+            meta = data[pos : pos + size]
+            pos += size
+            body, claimed = _arrow_message(meta)
+            if body < 0 or pos + body > end:
+                raise BadValue("an Arrow message body running past the end of the stream")
+            pos += body
+            elements += claimed
+            if elements > budget:
+                raise BadValue(
+                    f"an Arrow stream of {end - start} bytes claiming more than {budget} "
+                    "elements (null or run-end encoded columns): too much to read"
+                )
+    except struct.error:
+        raise BadValue("an Arrow message with malformed metadata") from None
+
+
+def _fb_field(buf: bytes, table: int, index: int) -> int | None:
+    """Where field ``index`` of the flatbuffer table at ``table`` is, or ``None`` if absent."""
+    vtable = table - _i32(buf, table)[0]
+    if not 0 <= vtable < len(buf):
+        raise struct.error("vtable out of bounds")
+    if 4 + 2 * index + 2 > _u16(buf, vtable)[0]:
+        return None
+    offset: int = _u16(buf, vtable + 4 + 2 * index)[0]
+    return table + offset if offset else None
+
+
+def _fb_ref(buf: bytes, at: int) -> int:
+    """The table or vector an offset field at ``at`` points to."""
+    found: int = at + _u32(buf, at)[0]
+    if not 0 <= found < len(buf):
+        raise struct.error("offset out of bounds")
+    return found
+
+
+def _arrow_message(meta: bytes) -> tuple[int, int]:
+    """``(body length, elements claimed)`` of one IPC message's flatbuffer metadata."""
+    root = _fb_ref(meta, 0)
+    at = _fb_field(meta, root, 1)  # Message.header_type
+    kind = _u8(meta, at)[0] if at is not None else 0
+    at = _fb_field(meta, root, 3)  # Message.bodyLength
+    body: int = _i64(meta, at)[0] if at is not None else 0
+    if kind == 1:  # Schema
+        return body, 0
+    if kind not in (2, 3):  # DictionaryBatch, RecordBatch; not Tensor, SparseTensor
+        raise BadValue(f"an Arrow message of kind {kind}, not a schema or record batch")
+    at = _fb_field(meta, root, 2)  # Message.header
+    if at is None:
+        raise BadValue("an Arrow batch without its header")
+    batch = _fb_ref(meta, at)
+    if kind == 2:
+        at = _fb_field(meta, batch, 1)  # DictionaryBatch.data
+        if at is None:
+            raise BadValue("an Arrow dictionary batch without its data")
+        batch = _fb_ref(meta, at)
+    if _fb_field(meta, batch, 3) is not None:  # RecordBatch.compression
+        raise BadValue("a compressed Arrow batch (guardrails never writes one)")
+    at = _fb_field(meta, batch, 0)  # RecordBatch.length
+    elements: int = _i64(meta, at)[0] if at is not None else 0
+    at = _fb_field(meta, batch, 1)  # RecordBatch.nodes: FieldNode {length, null_count}
+    if at is not None:
+        nodes = _fb_ref(meta, at)
+        count = _u32(meta, nodes)[0]
+        if nodes + 4 + 16 * count > len(meta):
+            raise BadValue("an Arrow batch whose field nodes run past its metadata")
+        for i in range(count):
+            length = _i64(meta, nodes + 4 + 16 * i)[0]
+            if length < 0:
+                raise BadValue("an Arrow field node of negative length")
+            elements += length
+    if elements < 0:
+        raise BadValue("an Arrow batch of negative length")
+    return body, elements
 
 
 def _pyarrow() -> Any:
@@ -540,13 +668,35 @@ def _same_frame(pd: Any, back: Any, df: Any) -> bool:
             check_freq=True,
             check_flags=True,
         )
-        return _same_index(pd, back.index, df.index) and _same_index(pd, back.columns, df.columns)
+        return (
+            _same_index(pd, back.index, df.index)
+            and _same_index(pd, back.columns, df.columns)
+            and all(_same_objects(back.iloc[:, i], df.iloc[:, i]) for i in range(df.shape[1]))
+        )
     except (AssertionError, TypeError, ValueError):
         return False
 
 
 def _same_index(pd: Any, a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a.dtype == b.dtype and bool(a.equals(b)) and a.names == b.names
+    return (
+        type(a) is type(b)
+        and a.dtype == b.dtype
+        and bool(a.equals(b))
+        and a.names == b.names
+        and _same_objects(a, b)
+    )
+
+
+def _same_objects(a: Any, b: Any) -> bool:
+    """The values of an object column or index read back exactly: pandas compares them by
+    ``==``, and Arrow gives ``{"a": 1}`` back as ``{"a": 1.0}`` next to ``{"a": 1.5}``, a
+    ``Decimal`` at its column's scale, a MultiIndex of object levels as tuples."""
+    if a.dtype != object and not (hasattr(a, "nlevels") and a.nlevels > 1):
+        return True
+    try:
+        return _exact(list(a), list(b))
+    except RecursionError:
+        return False
 
 
 #: The column a Series is stored under (its name travels in the schema's metadata).
@@ -582,6 +732,8 @@ def _pandas_series(pd: Any, s: Any) -> bytes:
         raise _NotMine from None
     if not _same_index(pd, back.index, s.index) or type(back.name) is not type(s.name):
         raise _NotMine
+    if not _same_objects(back, s) or not _exact(back.name, s.name):
+        raise _NotMine
     return body
 
 
@@ -609,7 +761,7 @@ def _read_pandas_frame(data: bytes, start: int) -> Any:
 def _polars_frame(pl: Any, df: Any) -> bytes:
     try:
         out = io.BytesIO()
-        df.write_ipc_stream(out)
+        df.write_ipc_stream(out, compression="uncompressed")
         body = out.getvalue()
         back = _read_polars(body, 0)
         same = type(back) is type(df) and back.schema == df.schema and back.equals(df)
@@ -621,10 +773,64 @@ def _polars_frame(pl: Any, df: Any) -> bytes:
 
 
 def _read_polars(data: bytes, start: int) -> Any:
-    if not data.endswith(_ARROW_EOS):
-        raise BadValue("an Arrow stream without its end marker (truncated)")
+    _check_arrow(data, start)
     pl = importlib.import_module("polars")
     return pl.read_ipc_stream(io.BytesIO(data[start:]))
+
+
+# exact comparison
+
+
+def _exact(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are equal and of one type at every level (stricter than ``==``:
+    ``1 == 1.0 == IntEnum member``, ``Decimal("1.0") == Decimal("1.00")``, and one instant in two
+    zones are equal). Models are compared by fields, extra and private attributes and which
+    fields are set; values of other types by ``==``."""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is float:
+        if math.isnan(a):
+            return math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(_exact(x, y) for x, y in zip(a, b, strict=True))
+    if t is dict:
+        return len(a) == len(b) and all(
+            _exact(ka, kb) and _exact(va, vb)
+            for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
+        )
+    if t is set or t is frozenset:
+        theirs = {y: y for y in b}
+        return len(a) == len(b) and all(x in theirs and _exact(x, theirs[x]) for x in a)
+    if t is datetime.datetime or t is datetime.time:
+        return a == b and a.fold == b.fold and _same_zone(a.tzinfo, b.tzinfo)
+    if t is decimal.Decimal:
+        return a.as_tuple() == b.as_tuple()  # type: ignore[no-any-return]
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(a, pydantic.BaseModel):
+        return (
+            a.__pydantic_fields_set__ == b.__pydantic_fields_set__
+            and _exact(a.__dict__, b.__dict__)
+            and _exact(a.__pydantic_extra__, b.__pydantic_extra__)
+            and _exact(a.__pydantic_private__, b.__pydantic_private__)
+        )
+    try:
+        return (a == b) is True
+    except Exception:
+        return False
+
+
+def _same_zone(a: Any, b: Any) -> bool:
+    """A zone and the one read back: the same, or both fixed offsets (pydantic reads every
+    offset as its own ``TzInfo``), never a named zone for a fixed one (DST rules lost)."""
+    if a is b or (a == b and type(a) is type(b)):
+        return True
+    return _fixed_zone(a) and _fixed_zone(b) and a.utcoffset(None) == b.utcoffset(None)
+
+
+def _fixed_zone(tz: Any) -> bool:
+    return type(tz) is datetime.timezone or type(tz).__module__.startswith("pydantic_core")
 
 
 # pydantic
@@ -637,9 +843,14 @@ def _pydantic(value: Any, t: type) -> bytes:
     try:
         if _find_class(module, qualname) is not t:
             raise _NotMine
-        body: bytes = f"{module}:{qualname}\n".encode() + value.model_dump_json().encode("utf-8")
+        # Only the fields set, by alias (what validation reads): read back, the same fields
+        # are set (exclude_unset dumps keep them), the others get their defaults again.
+        text = value.model_dump_json(exclude_unset=True, by_alias=True)
+        body: bytes = f"{module}:{qualname}\n".encode() + text.encode("utf-8")
         back = _read_pydantic(body, 0)
-        same = type(back) is t and back == value
+        # Stricter than the model's ==: 1 in a field typed Any may be an IntEnum member, a
+        # datetime may be in a named zone, and both come back from JSON as something else.
+        same = _exact(back, value)
     except _NotMine:
         raise
     except Exception:
@@ -657,7 +868,10 @@ def _find_class(module: str, qualname: str) -> Any:
             "process (a class is never imported on the word of a value from Redis)"
         )
     for part in qualname.split("."):
-        found = getattr(found, part, None)
+        # The namespace itself, never getattr: a module's __getattr__ imports submodules on
+        # demand (numpy.testing, scipy.stats), a metaclass's may run any code.
+        namespace = getattr(found, "__dict__", None)
+        found = namespace.get(part) if isinstance(namespace, Mapping) else None
         if found is None:
             raise BadValue(f"pydantic class {module}:{qualname} not found")
     return found

@@ -61,10 +61,7 @@ def digest(key: Hashable) -> str:
         first, second = k
         kind = type(second)
         if first is kind and (kind is int or kind is str):
-            if kind is int:
-                data = b"T\x02\x00\x00\x00c\x0c\x00\x00\x00builtins.inti" + _int(second)
-            else:
-                data = b"T\x02\x00\x00\x00c\x0c\x00\x00\x00builtins.strs" + _str(second)
+            data = _INT_PREFIX + _int(second) if kind is int else _STR_PREFIX + _str(second)
             return _blake2b(data, digest_size=20).hexdigest()
     out: list[bytes] = []
     try:
@@ -82,6 +79,11 @@ def _int(v: int) -> bytes:
 def _str(v: str) -> bytes:
     raw = v.encode("utf-8", "surrogatepass")
     return _pack_len(len(raw)) + raw
+
+
+#: The encoding of ``(int, v)`` and ``(str, v)`` up to ``v``'s own bytes (the fast path).
+_INT_PREFIX = b"T" + _pack_len(2) + b"c" + _str("builtins") + _str("int") + b"i"
+_STR_PREFIX = b"T" + _pack_len(2) + b"c" + _str("builtins") + _str("str") + b"s"
 
 
 def _encode(v: Any, put: Callable[[bytes], Any]) -> None:
@@ -121,10 +123,15 @@ def _encode(v: Any, put: Callable[[bytes], Any]) -> None:
             put(_pack_len(len(part)) + part)
         return
     if isinstance(v, type):
-        put(b"c" + _str(_type_path(v)))
+        put(b"c" + _type_id(v))
+        return
+    if isinstance(v, enum.Flag):
+        # A combination of flags (or none) may have no name: a flag is its class and value.
+        put(b"F" + _type_id(t))
+        _encode(v._value_, put)
         return
     if isinstance(v, enum.Enum):
-        put(b"e" + _str(_type_path(t)) + _str(v.name))
+        put(b"e" + _type_id(t) + _str(v.name))
         return
     other = _OTHER.get(t)
     if other is not None:
@@ -141,6 +148,16 @@ def _type_path(t: type) -> str:
     return f"{module}.{qualname}"
 
 
+def _type_id(t: type) -> bytes:
+    """A type's module and qualified name, each length-prefixed: ``a.b`` + ``C`` and ``a`` +
+    ``b.C`` (a class ``C`` nested in a class ``b``) are two classes, one dotted path."""
+    module = getattr(t, "__module__", None)
+    qualname = getattr(t, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise Unshareable(f"a type without a module and qualified name ({t!r})")
+    return _str(module) + _str(qualname)
+
+
 def _naive_fields(v: datetime.datetime) -> bytes:
     return struct.pack(
         "<iBBBBBI", v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond
@@ -155,7 +172,7 @@ def _zone(v: Any) -> bytes:
     offset, dst = v.utcoffset(), v.dst()
     return (
         b"Z"
-        + _str(_type_path(type(tz)))
+        + _type_id(type(tz))
         + _str(str(tz))
         + _str(str(v.tzname()))
         + _timedelta(offset)
@@ -214,7 +231,7 @@ def _uuid(v: uuid.UUID) -> bytes:
 
 
 def _path(v: pathlib.PurePath) -> bytes:
-    return b"p" + _str(_type_path(type(v))) + _str(str(v))
+    return b"p" + _type_id(type(v)) + _str(str(v))
 
 
 _OTHER: dict[type, Callable[[Any], bytes]] = {
@@ -242,14 +259,14 @@ def _encode_foreign(v: Any, t: type, put: Callable[[bytes], Any]) -> None:
             put(b"n" + _str(_dtype_text(v)))
             return
         if isinstance(v, np.generic) and not v.dtype.hasobject and type(v).__module__ == "numpy":
-            put(b"g" + _str(_dtype_text(v.dtype)) + _str(_type_path(t)))
+            put(b"g" + _str(_dtype_text(v.dtype)) + _type_id(t))
             raw = v.tobytes()
             put(_pack_len(len(raw)) + raw)
             return
     elif top == "pyarrow":
         pa = sys.modules["pyarrow"]
         if isinstance(v, pa.DataType):
-            put(b"a" + _str(_type_path(t)) + _str(_arrow_type_text(pa, v)))
+            put(b"a" + _type_id(t) + _arrow_type(pa, v))
             return
     elif top == "torch":
         torch = sys.modules["torch"]
@@ -270,13 +287,12 @@ def _dtype_text(dtype: Any) -> str:
     return f"{dtype.str}|{dtype!r}"
 
 
-def _arrow_type_text(pa: Any, typ: Any) -> str:
-    """A pyarrow type as text: ``str`` names nested fields, units and zones; extension types
-    add their name and serialized parameters."""
+def _arrow_type(pa: Any, typ: Any) -> bytes:
+    """A pyarrow type: its ``str`` when it nests no other type (names units and zones); else,
+    and for extension types, its IPC schema bytes, since ``str`` writes field names as they are
+    (``struct<a: int64, b: int64>`` is also one field named ``"a: int64, b"``)."""
     text = str(typ)
-    if isinstance(typ, pa.ExtensionType):
-        params = typ.__arrow_ext_serialize__()
-        text = (
-            f"{text}|{typ.extension_name}|{params.hex()}|{_arrow_type_text(pa, typ.storage_type)}"
-        )
-    return text
+    if "<" not in text and not isinstance(typ, pa.BaseExtensionType):
+        return b"s" + _str(text)
+    raw: bytes = pa.schema([pa.field("", typ)]).serialize().to_pybytes()
+    return b"b" + _pack_len(len(raw)) + raw
