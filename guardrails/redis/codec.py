@@ -24,10 +24,13 @@ to the next one, and after the last to ``Unstorable``:
    0-d arrays. Read with one copy, after checking the header's shape against the bytes.
 4. pandas ``DataFrame``/``Series`` and polars ``DataFrame`` through Arrow IPC, index kept,
    stored only when reading it back gives the same frame (type, dtypes, columns, index,
-   values, NaN in the same places).
-5. pydantic models by their JSON and ``module:qualname``; read back only into a class whose
-   module is already imported and that is a ``pydantic.BaseModel`` subclass (never an
-   import driven by data from Redis).
+   values, NaN in the same places, object values of the same types). A stream is walked
+   before it is read: uncompressed, at most 8 elements per byte (plus 2**20), nothing after
+   its end marker; then fully validated (forged offsets are never read out of bounds).
+5. pydantic models by their JSON (the fields set, by alias) and ``module:qualname``; stored
+   only when read back they are equal field by field and type by type, with the same fields
+   set; read back only into a class found in the namespace of a module already imported
+   (never ``getattr``, never an import driven by data from Redis).
 6. pickle, only with ``serializer="pickle"`` (which needs a secret): for what the codecs
    above do not take. A reader configured ``auto`` refuses a pickle payload even when its
    MAC verifies, and ``pickle.loads`` only ever runs on a verified payload.

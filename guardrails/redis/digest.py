@@ -8,9 +8,11 @@ give different ones.
 
 The encoding tags every element with its kind and prefixes every variable-length part with
 its length, so ``("ab", "c")`` and ``("a", "bc")`` differ, and ``1``, ``1.0``, ``True``,
-``"1"`` and ``b"1"`` too. Types are written as ``module.qualname``, enum members as their
-class and name, floats by their bits, frozensets by their elements' encodings sorted (so
-their order of iteration does not count), numpy dtypes by their ``str`` (or ``repr`` when
+``"1"`` and ``b"1"`` too. Types are written as their module and qualname (each length-
+prefixed), enum members as their class and name (flags by value: a combination may have no
+name), pyarrow types that nest others by their IPC schema bytes, floats by their bits,
+frozensets by their elements' encodings sorted (so their order of iteration does not count),
+numpy dtypes by their ``str`` (or ``repr`` when
 structured), and the stdlib value types a key holds by their fields (``datetime``,
 ``date``, ``time``, ``timedelta``, ``timezone``, ``Decimal``, ``Fraction``, ``UUID``,
 ``PurePath``). An aware ``datetime`` or ``time`` is written with its zone, finer than its
