@@ -52,6 +52,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PrivateAttr,
+    StrictBool,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -63,6 +64,7 @@ from guardrails._errors import (
     CircuitOpenError,
     InputValidationError,
     MemoryBudgetExceeded,
+    PolicyConfigError,
     RateLimitExceeded,
 )
 from guardrails._imports import qualified_name
@@ -123,6 +125,60 @@ def _window_text(value: int | float) -> int | str:
     return format(value, "f").rstrip("0").rstrip(".") + "s"
 
 
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
+
+
+def _namespace(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAMESPACE.match(value):
+        raise ValueError(
+            "expected a name of 1 to 200 letters, digits, '_', '.', '-' or '/' (the Redis "
+            f"keys are guardrails:<namespace>:<kind>), got {shown(value)}"
+        )
+    return value
+
+
+#: ``namespace`` of a shared breaker, rate limit or bulkhead: where its state lives in Redis
+#: (``guardrails:<namespace>:breaker``); default the policy's name. Two policies (or two
+#: applications) with one namespace share one state.
+Namespace = Annotated[str | None, BeforeValidator(_namespace)]
+#: ``redis_timeout``: how long one Redis operation of a shared layer may take (default 50ms).
+RedisTimeout = Annotated[Duration, Field(gt=0, le=60)]
+
+
+def shared_url_problem(ctx: Context, block: str) -> None:
+    """``shared: true`` with no Redis URL in force: the configuration error (at configure())."""
+    if ctx.redis_url is None:
+        raise PolicyConfigError(
+            [
+                (
+                    f"guardrails.policies.{ctx.policy}.{block}.shared",
+                    "needs a Redis server: set the top-level guardrails.redis_url "
+                    "(redis://host:6379/0) or the environment variable $GUARDRAILS_REDIS_URL",
+                )
+            ]
+        )
+
+
+def shared_module(ctx: Context, block: str) -> Any:
+    """``guardrails.redis.shared``, imported when a block asks for it (never at import time:
+    redis-py is an optional dependency)."""
+    shared_url_problem(ctx, block)
+    try:
+        from guardrails.redis import shared
+    except ImportError as exc:
+        raise PolicyConfigError(
+            [
+                (
+                    f"guardrails.policies.{ctx.policy}.{block}.shared",
+                    f"needs redis-py ({exc}): pip install 'hydra-guardrails[redis]'",
+                )
+            ]
+        ) from None
+    return shared
+
+
 #: ``window``: an int is a count window (the last N calls); a duration string with a unit
 #: is a time window (seconds, a float). A bare float is refused as ambiguous.
 Window = Annotated[int | float, BeforeValidator(_window), PlainSerializer(_window_text)]
@@ -141,6 +197,10 @@ class BreakerConfig(Block):
     half_open_calls: StrictInt = Field(default=3, ge=1)
     failure_on: ExceptionClasses = (Exception,)
     ignore_on: ExceptionClasses = ()
+    #: Keep the breaker's state in Redis (``redis_url``), one breaker for every process.
+    shared: StrictBool = False
+    redis_timeout: RedisTimeout = 0.05
+    namespace: Namespace = None
     #: A time window of 20 s and a count window of 20 calls compare equal as numbers; this
     #: keeps their configs unequal, so a breaker is never kept across such a change.
     _timed: bool = PrivateAttr(default=False)
@@ -636,9 +696,28 @@ def _breaker_for(cfg: BreakerConfig, ctx: Context) -> Breaker:
     return breaker
 
 
+def _shared_breaker(cfg: BreakerConfig, ctx: Context, shared: Any) -> Any:
+    """The policy's ``SharedBreaker`` (state in Redis) holding its per-process fallback."""
+    monotonic, policy, logger = ctx.clock.monotonic, ctx.policy, ctx.logger
+    return ctx.shared(
+        "breaker",
+        cfg,
+        lambda: shared.SharedBreaker(cfg, ctx, Breaker(cfg, monotonic, policy, logger)),
+    )
+
+
 def build(cfg: BreakerConfig, inner: Inner, ctx: Context) -> Inner:
-    """The sync breaker layer around ``inner``."""
-    br = _breaker_for(cfg, ctx)
+    """The sync breaker layer around ``inner`` (in Redis with ``shared: true``)."""
+    if cfg.shared:
+        shared = shared_module(ctx, "breaker")
+        held = _shared_breaker(cfg, ctx, shared)
+        local = _build_local(cfg, inner, ctx, held.local)
+        layer: Inner = shared.breaker(cfg, inner, local, ctx, held)
+        return layer
+    return _build_local(cfg, inner, ctx, _breaker_for(cfg, ctx))
+
+
+def _build_local(cfg: BreakerConfig, inner: Inner, ctx: Context, br: Breaker) -> Inner:
     qualname = ctx.qualname
     monotonic = ctx.clock.monotonic
     next_seq, admit, trial_done = br.next_seq, br.admit, br.trial_done
@@ -724,7 +803,18 @@ def build(cfg: BreakerConfig, inner: Inner, ctx: Context) -> Inner:
 
 def build_async(cfg: BreakerConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async breaker layer around ``inner`` (the same breaker as the sync one)."""
-    br = _breaker_for(cfg, ctx)
+    if cfg.shared:
+        shared = shared_module(ctx, "breaker")
+        held = _shared_breaker(cfg, ctx, shared)
+        local = _build_local_async(cfg, inner, ctx, held.local)
+        layer: AsyncInner = shared.breaker_async(cfg, inner, local, ctx, held)
+        return layer
+    return _build_local_async(cfg, inner, ctx, _breaker_for(cfg, ctx))
+
+
+def _build_local_async(
+    cfg: BreakerConfig, inner: AsyncInner, ctx: Context, br: Breaker
+) -> AsyncInner:
     qualname = ctx.qualname
     monotonic = ctx.clock.monotonic
     next_seq, admit, trial_done = br.next_seq, br.admit, br.trial_done
@@ -791,4 +881,13 @@ def build_async(cfg: BreakerConfig, inner: AsyncInner, ctx: Context) -> AsyncInn
     return breaker_layer
 
 
-__all__ = ["BUCKETS", "Breaker", "BreakerConfig", "build", "build_async"]
+__all__ = [
+    "BUCKETS",
+    "Breaker",
+    "BreakerConfig",
+    "Namespace",
+    "RedisTimeout",
+    "build",
+    "build_async",
+    "shared_module",
+]

@@ -25,10 +25,11 @@ from collections import deque
 from itertools import repeat
 from typing import Any
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from guardrails._errors import BulkheadFull
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
+from guardrails.layers.breaker import Namespace, RedisTimeout, shared_module
 
 
 class BulkheadConfig(Block):
@@ -45,6 +46,13 @@ class BulkheadConfig(Block):
     max_concurrent: StrictInt = Field(ge=1, le=1_000_000)
     OFF_DEFAULTS = {"max_concurrent": 1}  # noqa: RUF012 (a ClassVar of Block)
     max_wait: Duration = 0.0
+    #: The slots in Redis (``redis_url``): at most ``max_concurrent`` across every process.
+    shared: StrictBool = False
+    redis_timeout: RedisTimeout = 0.05
+    namespace: Namespace = None
+    #: Shared: a slot not given back within this (its process was killed) comes back.
+    #: Default: the policy's ``timeout.attempt`` (else ``timeout.total``) plus 1s, else 60s.
+    lease: Duration | None = Field(default=None, gt=0)
 
 
 class _ThreadWaiter:
@@ -320,7 +328,16 @@ _LONGEST_WAIT = min(threading.TIMEOUT_MAX, 365 * 86400.0)
 
 
 def build(cfg: BulkheadConfig, inner: Inner, ctx: Context) -> Inner:
-    """The sync bulkhead layer around ``inner``: one slot per attempt."""
+    """The sync bulkhead layer around ``inner``: one slot per attempt (a lease in Redis with
+    ``shared: true``, a slot of this process's own while Redis is away)."""
+    if cfg.shared:
+        shared = shared_module(ctx, "bulkhead")
+        layer: Inner = shared.bulkhead(cfg, inner, _build_local(cfg, inner, ctx), ctx)
+        return layer
+    return _build_local(cfg, inner, ctx)
+
+
+def _build_local(cfg: BulkheadConfig, inner: Inner, ctx: Context) -> Inner:
     bulkhead = _bulkhead(cfg, ctx)
     max_wait = min(cfg.max_wait, _LONGEST_WAIT)
     rejected, policy, qualname = ctx.counters.bulkhead_reject, ctx.policy, ctx.qualname
@@ -353,6 +370,15 @@ def build(cfg: BulkheadConfig, inner: Inner, ctx: Context) -> Inner:
 
 def build_async(cfg: BulkheadConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async bulkhead layer around ``inner``: waits for a slot without blocking the loop."""
+    if cfg.shared:
+        shared = shared_module(ctx, "bulkhead")
+        local = _build_local_async(cfg, inner, ctx)
+        layer: AsyncInner = shared.bulkhead_async(cfg, inner, local, ctx)
+        return layer
+    return _build_local_async(cfg, inner, ctx)
+
+
+def _build_local_async(cfg: BulkheadConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     bulkhead = _bulkhead(cfg, ctx)
     max_wait = min(cfg.max_wait, _LONGEST_WAIT)
     rejected, policy, qualname = ctx.counters.bulkhead_reject, ctx.policy, ctx.qualname

@@ -22,11 +22,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator
 
 from guardrails._errors import RateLimitExceeded
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner, PerSecond
 from guardrails._units import MAX_SECONDS
+from guardrails.layers.breaker import Namespace, RedisTimeout, shared_module
 
 #: Float rounding tolerance, in seconds: a token due within this of now counts as there (so a
 #: fake clock moved by exactly one interval always finds the token it should).
@@ -48,6 +49,10 @@ class RateLimitConfig(Block):
     #: (A billion: more is no limit at all, and a huge integer overflows the float arithmetic.)
     burst: StrictInt | None = Field(default=None, ge=1, le=1_000_000_000)
     max_wait: Duration = 0.0
+    #: One bucket in Redis (``redis_url``) for every process: the rate is the total's.
+    shared: StrictBool = False
+    redis_timeout: RedisTimeout = 0.05
+    namespace: Namespace = None
 
     @field_validator("rate")
     @classmethod
@@ -145,7 +150,16 @@ def _slow_path(bucket: Bucket, cfg: RateLimitConfig, ctx: Context) -> Callable[[
 
 
 def build(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
-    """The sync rate-limit layer around ``inner``: one token per attempt."""
+    """The sync rate-limit layer around ``inner``: one token per attempt (from one bucket in
+    Redis with ``shared: true``, this process's own while Redis is away)."""
+    if cfg.shared:
+        shared = shared_module(ctx, "rate_limit")
+        layer: Inner = shared.rate_limit(cfg, inner, _build_local(cfg, inner, ctx), ctx)
+        return layer
+    return _build_local(cfg, inner, ctx)
+
+
+def _build_local(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
     bucket = _bucket(cfg, ctx)
     monotonic, span, interval = bucket.monotonic, bucket.span, bucket.interval
     slow, give_back = _slow_path(bucket, cfg, ctx), bucket.give_back
@@ -180,6 +194,15 @@ def build(cfg: RateLimitConfig, inner: Inner, ctx: Context) -> Inner:
 
 def build_async(cfg: RateLimitConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     """The async rate-limit layer around ``inner``: waits with the clock's ``async_sleep``."""
+    if cfg.shared:
+        shared = shared_module(ctx, "rate_limit")
+        local = _build_local_async(cfg, inner, ctx)
+        layer: AsyncInner = shared.rate_limit_async(cfg, inner, local, ctx)
+        return layer
+    return _build_local_async(cfg, inner, ctx)
+
+
+def _build_local_async(cfg: RateLimitConfig, inner: AsyncInner, ctx: Context) -> AsyncInner:
     bucket = _bucket(cfg, ctx)
     monotonic, span, interval = bucket.monotonic, bucket.span, bucket.interval
     slow, give_back = _slow_path(bucket, cfg, ctx), bucket.give_back
