@@ -792,3 +792,21 @@ def test_forked_child_uses_the_shared_state(redis_url: str, raw: redis.Redis) ->
     assert raw.hget("guardrails:dep:breaker", "state") == b"open"
     with pytest.raises(CircuitOpenError):
         call(False)
+
+
+def test_a_key_overwritten_by_something_else_never_fails_a_call(
+    redis_url: str, raw: redis.Redis, logs: pytest.LogCaptureFixture
+) -> None:
+    configure(redis_url, dep=ALL_SHARED)
+
+    @guarded("dep")
+    def call() -> int:
+        return 1
+
+    assert call() == 1
+    for kind in ("breaker", "rate_limit", "bulkhead"):
+        raw.delete(f"guardrails:dep:{kind}")
+        raw.lpush(f"guardrails:dep:{kind}", "not ours")  # WRONGTYPE for every script
+    assert [call() for _ in range(5)] == [1] * 5
+    assert guardrails.stats()["dep"].redis_errors >= 1
+    assert any("WRONGTYPE" in r.getMessage() for r in logs.records if r.levelno == logging.WARNING)
