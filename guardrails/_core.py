@@ -198,11 +198,17 @@ SLOTS: weakref.WeakSet[Slot] = weakref.WeakSet()
 
 
 def _qualname(fn: Any) -> str:
-    """``module.Qualified.name`` of a function; ``partial(module.name)`` of a partial."""
+    """``module.Qualified.name`` of a function; ``partial(module.name)`` of a partial.
+
+    The script's module is ``__main__`` in every process: multiprocessing's spawn and
+    forkserver children import it as ``__mp_main__``, and its functions must keep their
+    names there (in logs, and in the Redis keys processes share).
+    """
     if isinstance(fn, functools.partial):
         return f"partial({_qualname(fn.func)})"
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    return f"{'__main__' if module == '__mp_main__' else module}.{name}"
 
 
 @overload

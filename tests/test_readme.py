@@ -300,6 +300,14 @@ CLAIMS: dict[tuple[str, str], str] = {
     ("Hydra multirun, forks and worker pools", "-m job.seed=1,2"): "test_console_block",
     ("Worker processes", "ProcessPoolExecutor("): "test_python_program",
     ("Worker processes", "LocalCluster("): "test_python_program",
+    ("Many processes, many machines", "pip install 'hydra-guardrails[redis]'"): (
+        "test_console_block"
+    ),
+    ("Many processes, many machines", "redis_url: redis://redis.internal"): "test_yaml_blocks",
+    ("Many processes, many machines", 'get_context("spawn")'): "test_redis_program",
+    ("One cache for every process: `cache.backend: redis`", "stale_for: 1m"): "test_yaml_blocks",
+    ("What is stored in Redis, and how", "serializer: pickle"): "test_yaml_blocks",
+    ("What it costs", "redis_bench.py --quick"): "test_console_block",
     ("Hydra job lifecycle", "# conf/config.yaml"): "test_yaml_blocks",
     ("Hydra job lifecycle", "@hydra.main"): HYDRA_MAIN,
     ("Hydra job lifecycle", "hydra.run.dir=outputs/demo"): "test_hydra_job_lifecycle_recipes",
@@ -470,6 +478,10 @@ SUBSTITUTES: dict[str, tuple[str, str]] = {
     ".venv/bin/python -m pytest": (
         f"cd {ROOT} && .venv/bin/python -m pytest --collect-only -q",
         "the whole suite, this file included, takes minutes: collecting it proves the command",
+    ),
+    "python benchmarks/redis_bench.py            # the full run, about a minute": (
+        "python benchmarks/redis_bench.py --quick",
+        "the full run takes a minute: the README's own smoke run instead",
     ),
     "python benchmarks/overhead.py          # about three minutes; --quick for a smoke run": (
         "python benchmarks/overhead.py --quick",
@@ -841,7 +853,8 @@ def test_yaml_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "myapp" / "__init__.py").write_text("")
     (tmp_path / "myapp" / "features.py").write_text(MYAPP)
     monkeypatch.syspath_prepend(str(tmp_path))
-    node_keys = {"policies", "allow_chaos", "strict", "policy_defaults"}
+    monkeypatch.setenv("GUARDRAILS_CACHE_SECRET", "a long random string")
+    node_keys = {"policies", "allow_chaos", "strict", "policy_defaults", "redis_url"}
     checked = 0
     for b in BLOCKS:
         if b.lang != "yaml":
@@ -859,6 +872,10 @@ def test_yaml_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 conf.mkdir()
                 (conf / "config.yaml").write_text(b.text)
                 settings = guardrails.configure(conf)
+            elif set(item) == {"guardrails"} and "${" in b.text:  # interpolations: a file
+                written = tmp_path / f"line{b.line}.yaml"
+                written.write_text(yaml.safe_dump(item))
+                settings = guardrails.configure(written)
             elif set(item) == {"guardrails"}:  # a Hydra config's guardrails node
                 settings = guardrails.configure(item["guardrails"])
             elif set(item) <= node_keys:
@@ -872,6 +889,17 @@ def test_yaml_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert checked >= 12
     for name in ("myapp.features", "myapp"):
         monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_redis_program(tmp_path: Path, redis_url: str) -> None:
+    """The README's two-process program against a real redis-server: the second process is
+    answered from Redis."""
+    (b,) = claimed_by("test_redis_program")
+    cwd = workdir(tmp_path)
+    (cwd / "program.py").write_text(b.text)
+    code, printed = python(cwd / "program.py", cwd, GUARDRAILS_REDIS_URL=redis_url)
+    assert code == 0, f"{b.where}:\n{printed}"
+    assert_shows(expected_prints(b.text), printed, b.where)
 
 
 def test_errors_example() -> None:
