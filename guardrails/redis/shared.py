@@ -33,6 +33,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,6 +75,56 @@ def _token() -> str:
     return f"{_PROCESS_ID}.{os.getpid()}.{next(_TOKENS)}"
 
 
+#: At most this many doubtful tokens are kept (and sent with one operation) per key.
+MAX_DOUBTFUL = 256
+
+
+class Doubtful:
+    """Tokens of leases (bulkhead slots, trial permits) that may be in Redis though no call
+    of this process holds them: an operation that took one failed (timed out) on the way
+    back, or one that gave one back failed. A Redis that was slow or paused (``SIGSTOP``, a
+    long fork for a snapshot) runs the commands it had already received when it goes on,
+    after the caller gave up: the lease is taken for nobody. Without this, ``max_concurrent``
+    such leases refused every call of every process for a whole ``lease`` after Redis came
+    back. The next operation on the key that reaches Redis carries them and drops them
+    first. One per key and process (``doubtful``): deque ``append``/``popleft`` are atomic."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self) -> None:
+        self.tokens: deque[str | bytes] = deque(maxlen=MAX_DOUBTFUL)
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def add(self, *tokens: str | bytes) -> None:
+        self.tokens.extend(tokens)
+
+    def take(self) -> tuple[str | bytes, ...]:
+        """Every token (each taken once, whatever other threads do meanwhile)."""
+        taken: list[str | bytes] = []
+        popleft = self.tokens.popleft
+        for _ in range(MAX_DOUBTFUL):
+            try:
+                taken.append(popleft())
+            except IndexError:
+                break
+        return tuple(taken)
+
+
+_DOUBTFUL: dict[tuple[str, str], Doubtful] = {}
+_DOUBTFUL_LOCK = threading.Lock()
+
+
+def doubtful(url: str, key: str) -> Doubtful:
+    """The ``Doubtful`` tokens of ``key`` on the server at ``url`` (made on first use)."""
+    found = _DOUBTFUL.get((url, key))
+    if found is None:
+        with _DOUBTFUL_LOCK:
+            found = _DOUBTFUL.setdefault((url, key), Doubtful())
+    return found
+
+
 def key_prefix(namespace: str) -> str:
     """``guardrails:<namespace>:`` (the keys of a namespace: ``breaker``, ``rate_limit``...)."""
     return f"guardrails:{namespace}:"
@@ -111,8 +162,9 @@ class Script:
 #: twentieth of it) and ``...:trials`` (half-open: the trial permits, token -> expiry).
 #: ARGV: op, ttl (ms), config "size,width,min_calls,failure_rate,slow_rate,open_for,half,
 #: lease" (times in microseconds; size 0 for a time window, width 0 for a count window),
-#: then the op's own: admit (successes to add), record (successes, failed, slow), trial
-#: (epoch, token, outcome 0 neither / 1 success / 2 failure or slow), state.
+#: then the op's own: admit (successes to add, the token a trial permit would be, then
+#: doubtful tokens: permits no call holds, dropped first), record (successes, failed,
+#: slow), trial (epoch, token, outcome 0 neither / 1 success / 2 failure or slow), state.
 #: Replies: ``{code, value, transition, why, bad, calls}``: code 0 go (closed), 1 refused
 #: (value: microseconds until half-open, 0 when half-open and full), 2 a trial permit
 #: (value: its epoch, then the transition and the permit's token); ``transition`` "" or
@@ -282,8 +334,9 @@ if op == 'admit' then
     touch()
   end
   redis.call('ZREMRANGEBYSCORE', T, '-inf', now)
+  if #ARGV > 5 then redis.call('ZREM', T, unpack(ARGV, 6)) end
   if ok + redis.call('ZCARD', T) < half then
-    local token = tostring(redis.call('HINCRBY', S, 'tok', 1))
+    local token = ARGV[5]
     redis.call('ZADD', T, fmt(now + lease), token)
     redis.call('PEXPIRE', T, ttl)
     return {2, epoch, trans, token}
@@ -378,6 +431,8 @@ class SharedBreaker:
         self.server = server(ctx.redis_url)
         self.timeout = cfg.redis_timeout
         self.keys = (key_prefix(cfg.namespace or ctx.policy) + "breaker",)
+        #: Trial permits that may be in Redis though no call holds them (see ``Doubtful``).
+        self.doubts = doubtful(ctx.redis_url, self.keys[0])
         timed = cfg.timed
         window_seconds = float(cfg.window) if timed else 0.0
         ttl = max(IDLE_EXPIRY, 2 * cfg.open_for, 2 * window_seconds)
@@ -508,6 +563,7 @@ def breaker(
         shared.transition,
     )
     classify = shared.local.classify
+    doubts, new_token = shared.doubts, _token
     policy, qualname = ctx.policy, ctx.qualname
     short_circuit = ctx.counters.short_circuit
     monotonic = ctx.clock.monotonic
@@ -548,7 +604,8 @@ def breaker(
             try:
                 reply = call(client_for(timeout), keys, ("trial", ttl, config, ticket, token, code))
             except ERRORS as err:
-                outage(err)  # the permit comes back when its lease expires
+                doubts.add(token)  # the permit comes back with the next admit
+                outage(err)
             else:
                 succeeded()
                 transition(reply, qualname, exc, seconds)
@@ -556,9 +613,17 @@ def breaker(
     def shared_breaker_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         if not usable():
             return local_layer(args, kwargs, info)
+        token = new_token()
+        more = doubts.take() if doubts else ()
         try:
-            reply = call(client_for(timeout), keys, ("admit", ttl, config, take_pending()))
-        except ERRORS as exc:
+            reply = call(
+                client_for(timeout), keys, ("admit", ttl, config, take_pending(), token, *more)
+            )
+        except BaseException as exc:
+            # Failed, or interrupted on the way: it may have run, a permit taken for nobody.
+            doubts.add(token, *more)
+            if not isinstance(exc, ERRORS):
+                raise
             outage(exc)
             return local_layer(args, kwargs, info)
         succeeded()
@@ -611,6 +676,7 @@ def breaker_async(
         shared.transition,
     )
     classify = shared.local.classify
+    doubts, new_token = shared.doubts, _token
     policy, qualname = ctx.policy, ctx.qualname
     short_circuit = ctx.counters.short_circuit
     monotonic = ctx.clock.monotonic
@@ -652,6 +718,7 @@ def breaker_async(
                     client_for(timeout), keys, ("trial", ttl, config, ticket, token, code)
                 )
             except ERRORS as err:
+                doubts.add(token)  # the permit comes back with the next admit
                 outage(err)
             else:
                 succeeded()
@@ -660,9 +727,17 @@ def breaker_async(
     async def shared_breaker_layer(args: tuple[Any, ...], kwargs: dict[str, Any], info: Any) -> Any:
         if not usable():
             return await local_layer(args, kwargs, info)
+        token = new_token()
+        more = doubts.take() if doubts else ()
         try:
-            reply = await run(client_for(timeout), keys, ("admit", ttl, config, take_pending()))
-        except ERRORS as exc:
+            reply = await run(
+                client_for(timeout), keys, ("admit", ttl, config, take_pending(), token, *more)
+            )
+        except BaseException as exc:
+            # Failed, or cancelled on the way: it may have run, a permit taken for nobody.
+            doubts.add(token, *more)
+            if not isinstance(exc, ERRORS):
+                raise
             outage(exc)
             return await local_layer(args, kwargs, info)
         succeeded()
@@ -835,15 +910,17 @@ def rate_limit_async(
 # --- the bulkhead ------------------------------------------------------------------------
 
 #: KEYS: the leases (a sorted set: token -> expiry in microseconds). ARGV 'acquire', token,
-#: max_concurrent, lease (µs): 1 taken, 0 full. ARGV 'release', token.
+#: max_concurrent, lease (µs), then doubtful tokens to drop first: 1 taken, 0 full. ARGV
+#: 'release', token, then doubtful tokens.
 BULKHEAD = Script(
     r"""
 if ARGV[1] == 'release' then
-  return redis.call('ZREM', KEYS[1], ARGV[2])
+  return redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if #ARGV > 4 then redis.call('ZREM', KEYS[1], unpack(ARGV, 5)) end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   local lease = tonumber(ARGV[4])
   redis.call('ZADD', KEYS[1], string.format('%.0f', now + lease), ARGV[2])
@@ -880,20 +957,25 @@ def bulkhead(cfg: BulkheadConfig, inner: Inner, local_layer: Inner, ctx: Context
     capacity = cfg.max_concurrent
     call = BULKHEAD
     pause = _polls(max_wait)
+    doubts = doubtful(srv.url, keys[0])
 
     def release(token: str) -> None:
+        more = doubts.take() if doubts else ()
         try:
-            call(client_for(timeout), keys, ("release", token))
+            call(client_for(timeout), keys, ("release", token, *more))
         except ERRORS as exc:
-            outage(exc)  # the lease expires
+            doubts.add(token, *more)  # given back by the next operation that reaches Redis
+            outage(exc)
         else:
             succeeded()
 
     def acquire(token: str) -> bool | None:
         """True: a slot; False: full; None: Redis failed (fall back)."""
+        more = doubts.take() if doubts else ()
         try:
-            got = call(client_for(timeout), keys, ("acquire", token, limit, lease))
+            got = call(client_for(timeout), keys, ("acquire", token, limit, lease, *more))
         except ERRORS as exc:
+            doubts.add(token, *more)  # it may have run: a slot taken for nobody
             outage(exc)
             return None
         succeeded()
@@ -948,20 +1030,25 @@ def bulkhead_async(
     capacity = cfg.max_concurrent
     run = BULKHEAD.run_async
     pause = _polls(max_wait)
+    doubts = doubtful(srv.url, keys[0])
 
     async def release(token: str) -> None:
+        more = doubts.take() if doubts else ()
         try:
             # Shielded: a second cancellation must not leave the lease behind.
-            await asyncio.shield(run(client_for(timeout), keys, ("release", token)))
+            await asyncio.shield(run(client_for(timeout), keys, ("release", token, *more)))
         except ERRORS as exc:
+            doubts.add(token, *more)
             outage(exc)
         else:
             succeeded()
 
     async def acquire(token: str) -> bool | None:
+        more = doubts.take() if doubts else ()
         try:
-            got = await run(client_for(timeout), keys, ("acquire", token, limit, lease))
+            got = await run(client_for(timeout), keys, ("acquire", token, limit, lease, *more))
         except ERRORS as exc:
+            doubts.add(token, *more)  # it may have run: a slot taken for nobody
             outage(exc)
             return None
         succeeded()

@@ -1,0 +1,208 @@
+"""Attacks on ``shared: true`` (breaker, rate limit, bulkhead in a real redis-server): a Redis
+that is paused and goes on, hostile settings, threads, cancellation, reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import guardrails
+from guardrails import CircuitOpenError, guarded
+from guardrails.redis.client import server as redis_server_of
+from tests.redis_servers import RedisProcess
+
+DEADLINE = 30.0
+
+
+def until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    """Poll an observable condition, failing after a generous deadline."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"not within {deadline} s: {what}")
+        time.sleep(0.01)
+
+
+def configure(url: str | None, **policies: dict[str, Any]) -> None:
+    node: dict[str, Any] = {
+        "policies": {k: {"log": {"enabled": False}, **v} for k, v in policies.items()}
+    }
+    if url is not None:
+        node["redis_url"] = url
+    guardrails.configure(node)
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def redis_now(client: redis.Redis) -> int:
+    """Redis's clock, in microseconds (what the scripts read)."""
+    seconds, micros = client.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+def answering(url: str) -> bool:
+    """Whether this process uses Redis again (its outage over)."""
+    return redis_server_of(url).down_until == 0.0
+
+
+# --- a Redis that was paused runs the commands it had received: leases for nobody -------
+
+
+def _hold_together(call: Callable[..., Any], n: int) -> None:
+    """``n`` calls at once, each holding its slot until all have one (so ``n`` pooled
+    connections exist afterwards, as in a busy service)."""
+    barrier = threading.Barrier(n)
+    threads = [threading.Thread(target=call, args=(barrier,)) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+        assert not t.is_alive()
+
+
+def test_slots_taken_by_acquires_that_timed_out_are_given_back(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    """Paused Redis (SIGSTOP): four acquires time out and the calls run on this process's
+    own bulkhead; when Redis goes on it runs the four scripts it had received, four leases
+    for nobody. They used to stay a whole lease (60 s): every call of every process refused
+    with BulkheadFull after Redis came back."""
+    server = start_redis()
+    configure(server.url, dep={"bulkhead": {"max_concurrent": 4, "shared": True}})
+
+    @guarded("dep")
+    def call(barrier: threading.Barrier | None = None) -> int:
+        if barrier is not None:
+            barrier.wait(DEADLINE)
+        return 1
+
+    _hold_together(call, 4)  # four pooled connections
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert client.zcard("guardrails:dep:bulkhead") == 0
+        server.pause()
+        try:
+            _hold_together(call, 4)  # each times out and runs on the local bulkhead
+        finally:
+            server.resume()
+        until(
+            lambda: client.zcard("guardrails:dep:bulkhead") >= 1,
+            "Redis ran an acquire the caller had given up on",
+        )
+        until(lambda: call() == 1 and answering(server.url), "Redis in use again", 10)
+        assert client.zcard("guardrails:dep:bulkhead") == 0
+        _hold_together(call, 4)  # the whole bulkhead is there again
+        assert guardrails.stats()["dep"].bulkhead_rejected == 0
+    finally:
+        client.close()
+
+
+def test_async_slots_taken_by_acquires_that_timed_out_are_given_back(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    server = start_redis()
+    configure(server.url, dep={"bulkhead": {"max_concurrent": 3, "shared": True}})
+
+    @guarded("dep")
+    async def call(gate: asyncio.Event | None = None) -> int:
+        if gate is not None:
+            await gate.wait()
+        return 1
+
+    async def together(n: int) -> None:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(call(gate)) for _ in range(n)]
+        await asyncio.sleep(0)
+        gate.set()
+        assert await asyncio.gather(*tasks) == [1] * n
+
+    client = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        await together(3)  # three pooled connections of this loop
+        server.pause()
+        try:
+            await together(3)
+        finally:
+            server.resume()
+        end = time.monotonic() + DEADLINE
+        while client.zcard("guardrails:dep:bulkhead") < 1:
+            assert time.monotonic() < end, "Redis never ran the acquires it had received"
+            await asyncio.sleep(0.01)
+        end = time.monotonic() + 10
+        while not (await call() == 1 and answering(server.url)):
+            assert time.monotonic() < end, "Redis not in use again"
+            await asyncio.sleep(0.01)
+        assert client.zcard("guardrails:dep:bulkhead") == 0
+        await together(3)
+
+    try:
+        asyncio.run(main())
+        assert guardrails.stats()["dep"].bulkhead_rejected == 0
+    finally:
+        client.close()
+
+
+def test_a_trial_permit_taken_by_an_admit_that_timed_out_is_given_back(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    """Half-open with one trial call: the admit that took the permit timed out (Redis
+    paused), so the call ran on the local breaker. The permit used to stay taken for its
+    lease (60 s): half-open and refusing every call everywhere (retry_after 0)."""
+    server = start_redis()
+    configure(
+        server.url,
+        dep={
+            "breaker": {
+                "shared": True,
+                "window": 2,
+                "min_calls": 2,
+                "open_for": "200ms",
+                "half_open_calls": 1,
+            }
+        },
+    )
+
+    @guarded("dep")
+    def call(fail: bool = False) -> int:
+        if fail:
+            raise ConnectionError("down")
+        return 1
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            call(fail=True)
+    with pytest.raises(CircuitOpenError):
+        call()
+    client = redis.Redis.from_url(server.url)
+    try:
+        key = "guardrails:dep:breaker"
+        until(lambda: float(client.hget(key, "until") or 0) < redis_now(client), "open_for over")
+        server.pause()
+        try:
+            assert call() == 1  # the admit times out: the local (closed) breaker serves it
+        finally:
+            server.resume()
+        until(lambda: client.zcard(key + ":trials") >= 1, "Redis ran the admit it had received")
+
+        def closed_again() -> bool:
+            try:
+                call()
+            except CircuitOpenError:
+                return False
+            return answering(server.url) and client.hget(key, "state") == b"closed"
+
+        until(closed_again, "a trial call closed the breaker", 20)
+    finally:
+        client.close()
