@@ -9,6 +9,7 @@ same Redis keys (same policy, qualified name and version).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -64,17 +65,6 @@ def wait_until(condition: Callable[[], Any], what: str) -> None:
 def mget_calls(url: str) -> int:
     stats = raw(url).info("commandstats")
     return int(stats.get("cmdstat_mget", {}).get("calls", 0))
-
-
-async def close_async_clients() -> None:
-    """Close this loop's asyncio Redis connections before ``asyncio.run`` closes the loop
-    (the connections of a closed loop can only be left to the garbage collector)."""
-    from guardrails.redis import client
-
-    loop = asyncio.get_running_loop()
-    for server in client.servers():
-        for each in list(server._async.get(loop, {}).values()):
-            await each.aclose()
 
 
 def twin_slots(fn: Callable[..., Any], policy: str = "p") -> tuple[Any, Any]:
@@ -246,6 +236,104 @@ def test_two_processes_compute_a_key_once_the_waiter_gets_the_leaders_value(
     s = guardrails.stats()["p"]
     assert (s.cache_misses, s.shared_cache_hits) == (1, 1)
     assert lock_keys(redis_url) == []
+
+
+class Interposer:
+    """A TCP relay in front of a real redis-server that runs ``before_lock()`` once, right
+    before it forwards the first command naming a lock key (the step after a ``GET`` that
+    found no fresh value): another process's store lands exactly in the window between
+    looking for the value and taking the lock."""
+
+    def __init__(self, target_url: str, before_lock: Callable[[], Any]) -> None:
+        import socket
+        from urllib.parse import urlsplit
+
+        self.target = (urlsplit(target_url).hostname or "127.0.0.1", urlsplit(target_url).port)
+        self.before_lock = before_lock
+        self.fired = 0
+        self.errors: list[BaseException] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.sockets: list[Any] = [self.listener]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self.target)  # type: ignore[arg-type]
+            self.sockets += [client, upstream]
+            threading.Thread(target=self.pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, False), daemon=True).start()
+
+    def pump(self, source: Any, sink: Any, commands: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if commands and b":lock" in data and not self.fired:
+                    self.fired += 1
+                    try:
+                        self.before_lock()
+                    except BaseException as exc:
+                        self.errors.append(exc)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for each in (source, sink):
+                with contextlib.suppress(OSError):
+                    each.close()
+
+    def close(self) -> None:
+        for each in self.sockets:
+            with contextlib.suppress(OSError):
+                each.close()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["missing", "stale"])
+def test_a_value_stored_between_the_get_and_the_lock_is_used_not_computed_again(
+    redis_url: str, clock: FakeClock, stale: bool
+) -> None:
+    """The window found by the multi-process tests: process A's ``GET`` finds no fresh value;
+    before A asks for the lock, process B stores the value and releases its lock. A must
+    take B's value (on the old code it took the free lock and computed the key again)."""
+    calls: list[str] = []
+
+    def compute(x: int) -> str:
+        calls.append("computed")
+        return f"{x}-v{len(calls)}"
+
+    other = guarded("direct")(compute)  # process B: straight to Redis
+    proxy = Interposer(redis_url, lambda: other(1))
+    try:
+        cache = {"backend": "redis", "namespace": "shared", "ttl": 10, "stale_for": 5}
+        configure(
+            {
+                "redis_url": redis_url,
+                "policies": {
+                    "direct": {"cache": {**cache}},
+                    "relayed": {"cache": {**cache, "url": proxy.url}},
+                },
+            }
+        )
+        mine = guarded("relayed")(compute)  # process A, through the relay
+        if stale:
+            proxy.fired = 1  # not yet
+            assert other(1) == "1-v1"
+            clock.advance(11)  # stale everywhere (the fake clock is the wall clock here)
+            other.__guardrails__.store.clear()  # type: ignore[attr-defined]
+            proxy.fired = 0
+        assert mine(1) == f"1-v{len(calls)}"
+        assert proxy.fired == 1 and proxy.errors == []
+        assert calls == ["computed"] * (2 if stale else 1)  # B's computation only
+        assert lock_keys(redis_url) == []
+        s = guardrails.stats()["relayed"]
+        assert (s.cache_misses, s.shared_cache_hits, s.redis_errors) == (0, 1, 0)
+    finally:
+        proxy.close()
 
 
 def test_a_leader_that_raises_releases_the_lock_and_a_waiter_leads_next(redis_url: str) -> None:
@@ -426,6 +514,43 @@ def test_an_unstorable_value_stays_in_process_with_one_warning(
     warned = [r for r in logs.records if "cannot be stored in Redis" in r.getMessage()]
     assert len(warned) == 1
     assert "Opaque" in warned[0].getMessage()
+
+
+def test_unstorable_warns_once_per_function_and_reason_across_slots_and_recompiles(
+    redis_url: str, logs: pytest.LogCaptureFixture
+) -> None:
+    conf(redis_url)
+
+    def make(x: int) -> Any:
+        if x < 0:
+            loop: list[Any] = []
+            loop.append(loop)
+            return loop  # another reason: nested too deeply
+        return Opaque(x)
+
+    def other(x: int) -> Opaque:
+        return Opaque(x)
+
+    first, second = twin_slots(make)
+    assert first(1).x == 1 and second(2).x == 2
+    conf(redis_url, ttl=60)  # recompiled: new chains, new Redis levels
+    assert first(3).x == 3 and second(4).x == 4
+    first(-1)
+    second(-2)
+    guarded("p")(other)(5)
+
+    def warned(who: str) -> list[str]:
+        return [
+            r.getMessage()
+            for r in logs.records
+            if "cannot be stored in Redis" in r.getMessage() and f"{who})" in r.getMessage()
+        ]
+
+    assert len(warned(make.__qualname__)) == 2  # one per reason
+    assert "Opaque" in warned(make.__qualname__)[0]
+    assert "nested too deeply" in warned(make.__qualname__)[1]
+    assert len(warned(other.__qualname__)) == 1
+    assert value_keys(redis_url) == []
 
 
 @pytest.mark.parametrize("serializer", ["auto", "pickle"])
@@ -699,7 +824,6 @@ def test_async_shared_hit_lock_and_cancelled_leader_releases(redis_url: str) -> 
         while lock_keys(redis_url):  # released by a task of its own
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
-        await close_async_clients()
 
     asyncio.run(main())
     s = guardrails.stats()["p"]
@@ -731,7 +855,6 @@ def test_async_waiter_in_another_store_gets_the_leaders_value(redis_url: str) ->
             await asyncio.sleep(0.005)
         release.set()
         assert list(await asyncio.gather(leader, waiter)) == [6, 6]
-        await close_async_clients()
 
     asyncio.run(main())
     assert calls == [5]

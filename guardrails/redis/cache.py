@@ -32,15 +32,27 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.asyncio
 
+from guardrails._forksafe import ForkSafeLock
 from guardrails.redis import client as _client
-from guardrails.redis.codec import BadValue, Unstorable, decoder, encoder
+from guardrails.redis.codec import (
+    _HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    BadValue,
+    Unstorable,
+    decoder,
+    encoder,
+)
 from guardrails.redis.digest import Unshareable, digest
 
 __all__ = [
@@ -71,6 +83,33 @@ BAD_VALUE_LOG_EVERY = 60.0
 #: Timeout of ``clear_shared``'s SCAN and UNLINK commands (an operation on many keys).
 ADMIN_TIMEOUT = 5.0
 
+#: Offsets of the codec's header the scripts read: magic at 0, ``fresh_until`` (a
+#: little-endian float64) at ``_FRESH_AT``.
+_FRESH_AT = HEADER_SIZE - 8
+if _HEADER.format != "<2sBBBd" or MAGIC != b"gR":  # pragma: no cover (a codec change)
+    raise ImportError("guardrails.redis.cache reads the codec header: update its scripts")
+
+#: A key's value, or its lock, in one step: no value can be stored and its lock released
+#: between looking for the value and taking the lock (which would compute it again).
+#: KEYS: value, lock. ARGV: token, lock ms, now (the caller's wall clock), and "1" when the
+#: caller found the value there unusable (unreadable, or past its stale window): then the
+#: lock is taken whatever the value says.
+#: Answers ``{1, value}``: fresh by its header; ``{2, value or nil}``: the lock is the
+#: caller's (``value`` is the stale one, if any); ``{3, value or nil}``: another holds it.
+_TAKE = f"""
+local v = redis.call('get', KEYS[1])
+if v and ARGV[4] == '0' and string.len(v) >= {HEADER_SIZE}
+    and string.sub(v, 1, 2) == 'gR' then
+  local fresh_until = struct.unpack('<d', string.sub(v, {_FRESH_AT + 1}, {HEADER_SIZE}))
+  if fresh_until > tonumber(ARGV[3]) then
+    return {{1, v}}
+  end
+end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {{2, v}}
+end
+return {{3, v}}
+"""
 _STORE = """
 if redis.call('get', KEYS[2]) == ARGV[1] then
   redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -85,11 +124,47 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest()
 _STORE_SHA = hashlib.sha1(_STORE.encode()).hexdigest()
 _RELEASE_SHA = hashlib.sha1(_RELEASE.encode()).hexdigest()
+#: ``_TAKE``'s answers.
+_FRESH, _TAKEN, _HELD = 1, 2, 3
 
 #: Release tasks of cancelled async leaders (a task is only weakly held by the loop).
 _BACKGROUND: set[asyncio.Task[Any]] = set()
+
+#: ``(qualname, reason)`` of the values this process warned it cannot store in Redis: one
+#: WARNING per function and reason, however many chains (slots, recompiles) it has.
+_UNSTORABLE_WARNED: set[tuple[str, str]] = set()
+_UNSTORABLE_LOCK = threading.Lock()
+
+
+class _Idle(deque[Any]):
+    """Idle connections of one sync client, taken and given back around each command
+    (``deque.pop`` and ``append`` are atomic): a round trip without redis-py's per-command
+    machinery (its pool's lock and bookkeeping, its metrics hooks), which costs as much as a
+    third of a loopback ``GET``. The connections come from the client's pool and stay
+    checked out of it, so closing the client (``Server.close``) closes them too."""
+
+    def __init__(self, pool: Any) -> None:
+        super().__init__()
+        self.pool = pool
+        self.pid = os.getpid()
+
+
+#: Per sync client: its idle connections (the shared levels of all functions using it).
+_IDLE: weakref.WeakKeyDictionary[Any, _Idle] = weakref.WeakKeyDictionary()
+_IDLE_LOCK = ForkSafeLock()
+
+
+def _idle_for(client: redis.Redis) -> _Idle:
+    """``client``'s idle connections in this process (a forked child gets a list of its own:
+    it never writes to its parent's sockets)."""
+    with _IDLE_LOCK:
+        found = _IDLE.get(client)
+        if found is None or found.pid != os.getpid():
+            found = _IDLE[client] = _Idle(client.connection_pool)
+        return found
 
 
 def lock_expiry(lock_timeout: float, policy: Any) -> float:
@@ -160,8 +235,10 @@ class SharedLevel:
         self.redis_error = redis_error
         self.logger = logger
         self.what = f"policy {policy!r}: cache in this process only"
-        self.warned_unstorable = False
         self.bad_logged_at = -math.inf
+        #: The sync path's idle connections (``_idle_for``), found in process ``_pid``.
+        self._idle: _Idle | None = None
+        self._pid = 0
 
     # -- shared by both paths --------------------------------------------------------------
 
@@ -197,23 +274,84 @@ class SharedLevel:
         return value, fresh_for
 
     def payload(self, value: Any, key: str) -> bytes | None:
-        """The bytes to store, or ``None`` for a value the codec refuses (warned once)."""
+        """The bytes to store, or ``None`` for a value the codec refuses (warned once per
+        function and reason in this process)."""
         try:
             return self.encode(value, self.wall() + self.ttl, key.encode())
         except Unstorable as exc:
-            if not self.warned_unstorable:
-                self.warned_unstorable = True
+            reason = str(exc)
+            with _UNSTORABLE_LOCK:
+                first = (self.qualname, reason) not in _UNSTORABLE_WARNED
+                _UNSTORABLE_WARNED.add((self.qualname, reason))
+            if first:
                 self.logger.warning(
                     "guardrails: policy %r (%s): a value it returned cannot be stored in "
                     "Redis (%s); such values stay in this process's cache only "
-                    "(this warning once per function)",
+                    "(this warning once per function and reason)",
                     self.policy,
                     self.qualname,
-                    exc,
+                    reason,
                 )
             return None
 
+    def take_args(self, key: str, lock: str, token: str, unusable: bool) -> tuple[Any, ...]:
+        """``_TAKE``'s keys and arguments (``now`` written exactly: ``repr`` of a float)."""
+        return (key, lock, token, self.lock_px, repr(float(self.wall())), "1" if unusable else "0")
+
+    def answer(
+        self, status: int, data: Any, key: str, lock: str, token: str
+    ) -> tuple[tuple[int, Any, Any] | None, Any, Lease | None]:
+        """What ``_TAKE``'s answer means: ``(answer, got, lease_to_release)``; ``answer``
+        ``None``: wait for the holder (or, with ``got`` ``None`` after a ``_FRESH``, ask
+        again: the value is unusable)."""
+        got = self.read(data, key) if data is not None else None
+        if status == _FRESH:
+            if got is not None and got[1] > 0:
+                return (FOUND, got[0], got[1]), got, None
+            return None, got, None  # unusable, or just went stale: ask again
+        if status == _TAKEN:
+            lease = Lease(key, lock, token)
+            if got is not None and got[1] > 0:
+                # Stored since this caller found it unusable: use it, give the lock back.
+                return (FOUND, got[0], got[1]), got, lease
+            return (LEASE, lease, got[0] if got is not None else NONE), got, None
+        if got is not None:
+            if got[1] > 0:
+                return (FOUND, got[0], got[1]), got, None
+            return (STALE, got[0], None), got, None  # stale while another recomputes it
+        return None, got, None
+
     # -- sync ------------------------------------------------------------------------------
+
+    def call(self, *args: Any) -> Any:
+        """One command on an idle connection of this process; raises what Redis raises."""
+        idle = self._idle
+        if idle is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            idle = self._idle = _idle_for(self.server.client(self.timeout))
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = idle.pool.get_connection()  # the pool's: closed with the client
+        try:
+            conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            reply = conn.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # an error reply: the connection is in step
+        except BaseException:
+            # A timeout or an interruption may leave a reply on the way: never read it as
+            # the next command's (the connection reconnects when next used).
+            conn.disconnect()
+            raise
+        finally:
+            idle.append(conn)
+        return reply
+
+    def script(self, sha: str, source: str, nkeys: int, *args: Any) -> Any:
+        try:
+            return self.call("EVALSHA", sha, nkeys, *args)
+        except redis.exceptions.NoScriptError:
+            return self.call("EVAL", source, nkeys, *args)
 
     def begin(self, key: str) -> tuple[int, Any, Any] | None:
         """The value of ``key`` from Redis, a stale one to serve, or a lease to compute it;
@@ -221,42 +359,58 @@ class SharedLevel:
         server = self.server
         if not server.usable():
             return None
-        lock = key + ":lock"
-        deadline = 0.0
-        pause = FIRST_PAUSE
-        stale = NONE
         try:
-            client = server.client(self.timeout)
-            data = client.get(key)
-            while True:
-                if data is not None:
-                    got = self.read(data, key)
-                    if got is not None:
-                        if got[1] > 0:
-                            server.succeeded()
-                            return (FOUND, got[0], got[1])
-                        stale = got[0]
-                token = secrets.token_hex(16)
-                if client.set(lock, token, nx=True, px=self.lock_px):
-                    server.succeeded()
-                    return (LEASE, Lease(key, lock, token), stale)
-                if stale is not NONE:
-                    server.succeeded()
-                    return (STALE, stale, None)
-                if not deadline:
-                    deadline = time.monotonic() + self.expiry + MARGIN
-                while True:
-                    if time.monotonic() >= deadline:
-                        server.succeeded()
-                        return None
-                    time.sleep(pause)
-                    pause = min(pause * 2, MAX_PAUSE)
-                    data, holder = client.mget(key, lock)
-                    if data is not None or holder is None:
-                        break
+            data = self.call("GET", key)
         except _client.ERRORS as exc:
             self.failed(exc)
             return None
+        got = None
+        if data is not None:
+            got = self.read(data, key)
+            if got is not None and got[1] > 0:
+                server.succeeded()
+                return (FOUND, got[0], got[1])
+        try:
+            found = self.contend(key, data, got)
+        except _client.ERRORS as exc:
+            self.failed(exc)
+            return None
+        server.succeeded()
+        return found
+
+    def contend(self, key: str, data: Any, got: Any) -> tuple[int, Any, Any] | None:
+        """After a ``GET`` that gave no fresh value: the value, or the lock, in one step;
+        then, if another holds the lock, wait for its value."""
+        lock = key + ":lock"
+        deadline = 0.0
+        pause = FIRST_PAUSE
+        while True:
+            token = secrets.token_hex(16)
+            unusable = data is not None and got is None
+            status, data = self.script(
+                _TAKE_SHA, _TAKE, 2, *self.take_args(key, lock, token, unusable)
+            )
+            found, got, release = self.answer(status, data, key, lock, token)
+            if release is not None:
+                self.abandon(release)
+            if found is not None:
+                return found
+            if status == _FRESH:
+                continue  # unusable after all: ask again, taking the lock whatever it says
+            # Another process computes it: wait for its value, or for its lock to go.
+            if not deadline:
+                deadline = time.monotonic() + self.expiry + MARGIN
+            while True:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
+                data, holder = self.call("MGET", key, lock)
+                got = self.read(data, key) if data is not None else None
+                if got is not None and (got[1] > 0 or holder is not None):
+                    return (FOUND, got[0], got[1]) if got[1] > 0 else (STALE, got[0], None)
+                if holder is None:
+                    break  # the holder failed or died: try to lead (in one step again)
 
     def finish(self, lease: Lease, value: Any) -> None:
         """Store the value computed under ``lease`` and release its lock."""
@@ -264,20 +418,11 @@ class SharedLevel:
             return  # a forked child does not hold its parent's locks
         data = self.payload(value, lease.key)
         try:
-            client = self.server.client(self.timeout)
             if data is None:
-                _eval(client, _RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
+                self.script(_RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
             else:
-                _eval(
-                    client,
-                    _STORE_SHA,
-                    _STORE,
-                    2,
-                    lease.key,
-                    lease.lock,
-                    lease.token,
-                    data,
-                    self.value_px,
+                self.script(
+                    _STORE_SHA, _STORE, 2, lease.key, lease.lock, lease.token, data, self.value_px
                 )
             self.server.succeeded()
         except _client.ERRORS as exc:
@@ -288,8 +433,7 @@ class SharedLevel:
         if lease.pid != os.getpid():
             return
         try:
-            client = self.server.client(self.timeout)
-            _eval(client, _RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
+            self.script(_RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
             self.server.succeeded()
         except _client.ERRORS as exc:
             self.failed(exc)
@@ -316,48 +460,60 @@ class SharedLevel:
         server = self.server
         if not server.usable():
             return None
-        lock = key + ":lock"
-        deadline = 0.0
-        pause = FIRST_PAUSE
-        stale = NONE
         try:
             client = server.async_client(self.timeout)
             data = await client.get(key)
-            while True:
-                if data is not None:
-                    got = self.read(data, key)
-                    if got is not None:
-                        if got[1] > 0:
-                            server.succeeded()
-                            return (FOUND, got[0], got[1])
-                        stale = got[0]
-                token = secrets.token_hex(16)
-                try:
-                    taken = await client.set(lock, token, nx=True, px=self.lock_px)
-                except asyncio.CancelledError:
-                    # The server may have set it: release it rather than leave it to expire.
-                    self.release_later(Lease(key, lock, token))
-                    raise
-                if taken:
+            got = None
+            if data is not None:
+                got = self.read(data, key)
+                if got is not None and got[1] > 0:
                     server.succeeded()
-                    return (LEASE, Lease(key, lock, token), stale)
-                if stale is not NONE:
-                    server.succeeded()
-                    return (STALE, stale, None)
-                if not deadline:
-                    deadline = time.monotonic() + self.expiry + MARGIN
-                while True:
-                    if time.monotonic() >= deadline:
-                        server.succeeded()
-                        return None
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, MAX_PAUSE)
-                    data, holder = await client.mget(key, lock)
-                    if data is not None or holder is None:
-                        break
+                    return (FOUND, got[0], got[1])
+            found = await self.acontend(client, key, data, got)
         except _client.ERRORS as exc:
             self.failed(exc)
             return None
+        server.succeeded()
+        return found
+
+    async def acontend(
+        self, client: redis.asyncio.Redis, key: str, data: Any, got: Any
+    ) -> tuple[int, Any, Any] | None:
+        lock = key + ":lock"
+        deadline = 0.0
+        pause = FIRST_PAUSE
+        while True:
+            token = secrets.token_hex(16)
+            unusable = data is not None and got is None
+            try:
+                status, data = await _aeval(
+                    client, _TAKE_SHA, _TAKE, 2, *self.take_args(key, lock, token, unusable)
+                )
+            except asyncio.CancelledError:
+                # The server may have given it the lock: release it rather than leave it
+                # to expire.
+                self.release_later(Lease(key, lock, token))
+                raise
+            found, got, release = self.answer(status, data, key, lock, token)
+            if release is not None:
+                await self.aabandon(release)
+            if found is not None:
+                return found
+            if status == _FRESH:
+                continue
+            if not deadline:
+                deadline = time.monotonic() + self.expiry + MARGIN
+            while True:
+                if time.monotonic() >= deadline:
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE)
+                data, holder = await client.mget(key, lock)
+                got = self.read(data, key) if data is not None else None
+                if got is not None and (got[1] > 0 or holder is not None):
+                    return (FOUND, got[0], got[1]) if got[1] > 0 else (STALE, got[0], None)
+                if holder is None:
+                    break
 
     async def afinish(self, lease: Lease, value: Any) -> None:
         if lease.pid != os.getpid():
@@ -399,13 +555,6 @@ class SharedLevel:
         task = asyncio.get_running_loop().create_task(self.aabandon(lease))
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
-
-
-def _eval(client: redis.Redis, sha: str, source: str, nkeys: int, *args: Any) -> Any:
-    try:
-        return client.evalsha(sha, nkeys, *args)
-    except redis.exceptions.NoScriptError:
-        return client.eval(source, nkeys, *args)
 
 
 async def _aeval(client: redis.asyncio.Redis, sha: str, source: str, nkeys: int, *args: Any) -> Any:
