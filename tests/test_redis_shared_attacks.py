@@ -206,3 +206,28 @@ def test_a_trial_permit_taken_by_an_admit_that_timed_out_is_given_back(
         until(closed_again, "a trial call closed the breaker", 20)
     finally:
         client.close()
+
+
+# --- hostile settings ---------------------------------------------------------------------
+
+
+def test_a_bucket_full_again_in_a_million_years_keeps_its_quota_in_redis(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    """One token a century and a bucket of a billion: after ~31,700 tokens the bucket is full
+    again more than 1e17 ms away, which Lua sent to Redis as '1e+17' (not an integer): every
+    call a script error, a WARNING, and each process with its own quota from then on."""
+    configure(
+        redis_url,
+        dep={"rate_limit": {"rate": "1/876600h", "burst": 1_000_000_000, "shared": True}},
+    )
+
+    @guarded("dep")
+    def call() -> int:
+        return 1
+
+    for _ in range(32_000):
+        call()
+    assert guardrails.stats()["dep"].redis_errors == 0
+    assert raw.pttl("guardrails:dep:rate_limit") > 10**14
+    assert guardrails.stats()["dep"].rate_limited == 0

@@ -41,6 +41,7 @@ import redis
 import redis.asyncio
 
 from guardrails._errors import BulkheadFull, CircuitOpenError, RateLimitExceeded
+from guardrails._forksafe import ForkSafeLock
 from guardrails._types import AsyncInner, Context, Inner
 from guardrails.layers.breaker import (
     _FAILURE,
@@ -113,7 +114,7 @@ class Doubtful:
 
 
 _DOUBTFUL: dict[tuple[str, str], Doubtful] = {}
-_DOUBTFUL_LOCK = threading.Lock()
+_DOUBTFUL_LOCK = ForkSafeLock()
 
 
 def doubtful(url: str, key: str) -> Doubtful:
@@ -603,8 +604,10 @@ def breaker(
             code = b"0" if kind == _NEITHER else b"2" if bad else b"1"
             try:
                 reply = call(client_for(timeout), keys, ("trial", ttl, config, ticket, token, code))
-            except ERRORS as err:
+            except BaseException as err:
                 doubts.add(token)  # the permit comes back with the next admit
+                if not isinstance(err, ERRORS):
+                    raise
                 outage(err)
             else:
                 succeeded()
@@ -717,8 +720,10 @@ def breaker_async(
                 reply = await run(
                     client_for(timeout), keys, ("trial", ttl, config, ticket, token, code)
                 )
-            except ERRORS as err:
+            except BaseException as err:
                 doubts.add(token)  # the permit comes back with the next admit
+                if not isinstance(err, ERRORS):
+                    raise
                 outage(err)
             else:
                 succeeded()
@@ -784,12 +789,16 @@ RATE_LIMIT = Script(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[2])
+-- The key's expiry, in milliseconds, as an integer string: a Lua number past 1e17 is sent
+-- as '1e+17' ("not an integer"); a bucket full again that late is capped at 1e15 ms.
+local function px(until_us)
+  return string.format('%.0f', math.min(math.ceil((until_us - now) / 1000) + 1000, 1e15))
+end
 if ARGV[1] == 'give' then
   if redis.call('GET', KEYS[1]) == ARGV[3] then
     local full_at = tonumber(ARGV[3]) - interval
-    local ttl = math.ceil((full_at - now) / 1000) + 1000
-    if ttl > 0 then
-      redis.call('SET', KEYS[1], string.format('%.17g', full_at), 'PX', ttl)
+    if full_at - now > -1000000 then
+      redis.call('SET', KEYS[1], string.format('%.17g', full_at), 'PX', px(full_at))
     end
   end
   return {0}
@@ -802,7 +811,7 @@ if wait > 0.001 and wait > max_wait then
   return {1, string.format('%.0f', wait)}
 end
 local next_full = string.format('%.17g', full_at + interval)
-redis.call('SET', KEYS[1], next_full, 'PX', math.ceil((full_at + interval - now) / 1000) + 1000)
+redis.call('SET', KEYS[1], next_full, 'PX', px(full_at + interval))
 if wait <= 0.001 then return {0} end
 return {2, string.format('%.0f', wait), next_full}
 """
