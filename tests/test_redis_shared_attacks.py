@@ -231,3 +231,85 @@ def test_a_bucket_full_again_in_a_million_years_keeps_its_quota_in_redis(
     assert guardrails.stats()["dep"].redis_errors == 0
     assert raw.pttl("guardrails:dep:rate_limit") > 10**14
     assert guardrails.stats()["dep"].rate_limited == 0
+
+
+# --- reloads while calls run ----------------------------------------------------------------
+
+
+def test_sharing_toggled_by_configure_while_threads_call(redis_url: str, raw: redis.Redis) -> None:
+    """configure() flips shared on and off (and changes the sizes) while 6 threads call: no
+    call fails but for guardrails' own refusals, none hangs, every lease taken in Redis is
+    given back and nothing is counted as a Redis error."""
+
+    def settings(i: int) -> dict[str, Any]:
+        shared = i % 2 == 0
+        return {
+            "breaker": {"shared": shared, "window": 10 + i % 3, "min_calls": 5},
+            "rate_limit": {"shared": shared, "rate": "1000000/s", "burst": 100_000 + i % 5},
+            "bulkhead": {"shared": shared, "max_concurrent": 3 + i % 4, "max_wait": "1s"},
+        }
+
+    configure(redis_url, dep=settings(0))
+
+    @guarded("dep")
+    def call(i: int) -> int:
+        return i
+
+    stop = threading.Event()
+    problems: list[BaseException] = []
+    done = [0] * 6
+
+    def hammer(n: int) -> None:
+        while not stop.is_set():
+            try:
+                assert call(n) == n
+            except BaseException as exc:  # collected: the test names them
+                problems.append(exc)
+                return
+            done[n] += 1
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 41):
+            configure(redis_url, dep=settings(i))
+            start = sum(done)
+            until(lambda start=start: sum(done) > start + 20 or bool(problems), "calls go on")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(DEADLINE)
+    assert not any(t.is_alive() for t in threads)
+    assert problems == []
+    assert raw.zcard("guardrails:dep:bulkhead") == 0
+    stats = guardrails.stats()["dep"]
+    assert stats.redis_errors == 0
+    assert stats.failures == 0
+    assert raw.hget("guardrails:dep:breaker", "state") in (None, b"closed")
+
+
+def test_a_forked_child_never_hands_out_its_parents_lease_tokens() -> None:
+    """A lease token names its process: a forked child (same counter, same memory) must not
+    make the parent's next token, or one's release would give back the other's slot."""
+    import os
+
+    from guardrails.redis import shared
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.write(write, shared._token().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with os.fdopen(read, "rb") as pipe:
+        theirs = pipe.read().decode()
+    ours = shared._token()
+    assert theirs.rsplit(".", 1)[1] == ours.rsplit(".", 1)[1]  # the same counter value
+    assert theirs != ours

@@ -57,9 +57,19 @@ from guardrails.layers.bulkhead import BulkheadConfig
 from guardrails.layers.rate_limit import RateLimitConfig
 from guardrails.redis.client import ERRORS, Server, server
 
-#: What a process calls itself in a lease's token (with its pid, renewed by a fork).
-_PROCESS_ID = os.urandom(6).hex()
+#: What a process calls itself in a lease's token: random, with its pid (renewed in a
+#: forked child, which must not hand out its parent's tokens).
+_PREFIX = f"{os.urandom(6).hex()}.{os.getpid()}."
 _TOKENS = itertools.count()
+
+
+def _renew_prefix() -> None:
+    global _PREFIX  # noqa: PLW0603 (one string read per token)
+    _PREFIX = f"{os.urandom(6).hex()}.{os.getpid()}."
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_prefix)
 
 #: A key unused this long (seconds) expires, at least (the breaker's state).
 IDLE_EXPIRY = 3600.0
@@ -73,7 +83,7 @@ POLL_MAX = 0.05
 
 
 def _token() -> str:
-    return f"{_PROCESS_ID}.{os.getpid()}.{next(_TOKENS)}"
+    return _PREFIX + str(next(_TOKENS))
 
 
 #: At most this many doubtful tokens are kept (and sent with one operation) per key.
