@@ -473,6 +473,71 @@ def test_redis_away_calls_succeed_one_warning_errors_counted_and_back_after(
     assert any("answers again" in r.getMessage() for r in logs.records)
 
 
+def test_a_reply_late_after_a_timeout_is_never_read_as_the_next_commands(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    """A GET that timed out leaves its reply on the way; the connection it used must not
+    hand that reply to the next command (which would return key 1's value for another)."""
+    server = start_redis()
+    conf(server.url, redis_timeout="100ms")
+    calls: list[int] = []
+
+    def compute(x: int) -> str:
+        calls.append(x)
+        return f"value of {x}"
+
+    writer, reader = twin_slots(compute)
+    assert (writer(1), writer(2)) == ("value of 1", "value of 2")
+    server.pause()
+    try:
+        assert reader(1) == "value of 1"  # the GET timed out: computed here
+    finally:
+        server.resume()
+    assert calls == [1, 2, 1]
+    from guardrails.redis import client
+
+    x = 100
+
+    def answers_again() -> bool:
+        nonlocal x
+        x += 1
+        assert reader(x) == f"value of {x}"  # the probe's command among them
+        return client.server(server.url).down_until == 0.0
+
+    wait_until(answers_again, "Redis to answer again")
+    assert reader(2) == "value of 2"  # from Redis
+    assert calls.count(2) == 1
+    assert guardrails.stats()["p"].shared_cache_hits == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_never_uses_its_parents_connections(redis_url: str) -> None:
+    conf(redis_url)
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x
+
+    assert f(1) == 1
+    level = f.__guardrails__.store.shared  # type: ignore[attr-defined]
+    parent_id = level.call("CLIENT", "ID")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            child_id = level.call("CLIENT", "ID")
+            f.__guardrails__.store.clear()  # type: ignore[attr-defined]
+            ok = child_id != parent_id and f(1) == 1
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        assert answer.read() == b"1"
+    os.waitpid(pid, 0)
+    assert level.call("CLIENT", "ID") == parent_id  # the parent's connection still in step
+
+
 def test_configure_never_connects_a_server_down_at_start_is_no_error(
     logs: pytest.LogCaptureFixture,
 ) -> None:
