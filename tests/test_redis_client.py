@@ -291,3 +291,23 @@ def test_show_and_explain_hide_a_literal_secret_and_password(tmp_path: Path) -> 
         assert "secret:" in out.stdout
         for hidden in ("topsecret99", "pw12345", "toplevelpw"):
             assert hidden not in out.stdout + out.stderr
+
+
+def test_an_error_reply_is_not_an_outage(redis_url: str, logs: pytest.LogCaptureFixture) -> None:
+    # One policy's key of the wrong type must not turn Redis off for every other policy.
+    from guardrails.redis import client
+
+    server = client.server(redis_url)
+    raw = server.client(1.0)
+    raw.rpush("a-list", "x")
+    for _ in range(3):
+        try:
+            raw.get("a-list")
+        except client.ERRORS as exc:
+            server.failed(exc, "policy 'p': cache in this process only")
+        else:
+            raise AssertionError("GET of a list did not fail")
+    assert server.usable() and server.down_until == 0 and server.outages == 0
+    warnings = [r for r in logs.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per kind
+    assert "WRONGTYPE" in warnings[0].getMessage() and "policy 'p'" in warnings[0].getMessage()

@@ -45,6 +45,8 @@ ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
 #: How long a server that failed is left alone before one call probes it, first and at most.
 PROBE_FIRST = 0.5
 PROBE_MAX = 5.0
+#: How many kinds of error reply a server logs, at most.
+MAX_REPLY_ERRORS = 100
 
 
 def _clock() -> float:
@@ -70,6 +72,8 @@ class Server:
         #: Outages seen by this process, and the last error's text (for ``stats`` and tests).
         self.outages = 0
         self.last_error: str | None = None
+        #: The error replies logged already (see ``failed``).
+        self._replies_seen: set[tuple[str, str, str]] = set()
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -125,8 +129,16 @@ class Server:
 
         ``what``: what falls back while Redis is away, for the WARNING (``"policy
         'embed': cache in this process only"``).
+
+        An error reply (``ResponseError``: a key of another type, a script error, a
+        read-only replica) is not an outage: the server answered, and other keys and
+        policies may be fine. It is logged once per kind and ``what`` (at most
+        ``MAX_REPLY_ERRORS`` kinds), and the server stays in use.
         """
         self.last_error = _error_text(exc)
+        if isinstance(exc, redis.exceptions.ResponseError):
+            self._reply_error(exc, what)
+            return
         with self._lock:
             starting = not self.down_until
             if starting:
@@ -141,6 +153,20 @@ class Server:
                 self.last_error,
                 what,
             )
+
+    def _reply_error(self, exc: BaseException, what: str) -> None:
+        kind = (what, type(exc).__name__, (self.last_error or "")[:80])
+        with self._lock:
+            if kind in self._replies_seen or len(self._replies_seen) >= MAX_REPLY_ERRORS:
+                return
+            self._replies_seen.add(kind)
+        LOGGER.warning(
+            "guardrails: Redis at %s refused an operation (%s); %s for such calls (logged "
+            "once; the server stays in use for the rest)",
+            self.shown,
+            self.last_error,
+            what,
+        )
 
     def succeeded(self) -> None:
         """An operation succeeded: end the outage, if one is going on (cheap when none is)."""
