@@ -30,7 +30,8 @@ import yaml
 from guardrails import _explain
 from guardrails._config import env_source, packaged_defaults_path
 from guardrails._errors import PolicyConfigError
-from guardrails._policy import ROOT, Settings, deep_merge, redis_url_shown
+from guardrails._policy import ROOT, Settings, deep_merge
+from guardrails._redis import redis_url_shown
 
 Problem = tuple[str, str]
 

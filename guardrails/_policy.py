@@ -22,6 +22,7 @@ import pydantic
 from pydantic import BaseModel
 
 from guardrails._errors import PolicyConfigError
+from guardrails._redis import REDIS_URL_ENV, redis_url_problem
 from guardrails._types import Section
 from guardrails._units import shown
 from guardrails.layers.breaker import BreakerConfig
@@ -60,9 +61,6 @@ with warnings.catch_warnings():
 
 ROOT = "guardrails"
 _NODE_KEYS = ("strict", "allow_chaos", "redis_url", "policy_defaults", "policies")
-#: Where ``redis_url`` comes from when the configuration does not set it.
-REDIS_URL_ENV = "GUARDRAILS_REDIS_URL"
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,30 +333,6 @@ def build_settings(node: Mapping[str, Any], source: str) -> Settings:
         policy_defaults=defaults,
         policies=types.MappingProxyType(policies),
         source=source,
-    )
-
-
-def redis_url_problem(url: Any) -> str | None:
-    """What is wrong with ``url`` as a Redis URL, or ``None`` (the URL itself is never
-    shown: it may hold a password)."""
-    expected = "expected a Redis URL like redis://localhost:6379/0 (or rediss://, unix://)"
-    if not isinstance(url, str):
-        scalar = url is None or isinstance(url, int | float)
-        return f"{expected}, got {shown(url) if scalar else 'a ' + type(url).__name__}"
-    if not url.startswith(_REDIS_SCHEMES):
-        return f"{expected}; the string given starts otherwise (not shown: it may hold a password)"
-    return None
-
-
-def redis_url_shown(url: str) -> str:
-    """``url`` with its password (if any) masked, for logs and ``show``."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    return (
-        f"{scheme}://{user}{':***' if colon else ''}@{host}" if colon else f"{scheme}://***@{host}"
     )
 
 

@@ -15,7 +15,8 @@ import pytest
 
 import guardrails
 from guardrails import PolicyConfigError, configure
-from guardrails._policy import redis_url_for, redis_url_shown
+from guardrails._policy import redis_url_for
+from guardrails._redis import redis_url_shown
 from tests.redis_servers import RedisProcess
 
 

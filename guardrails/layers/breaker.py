@@ -64,10 +64,10 @@ from guardrails._errors import (
     CircuitOpenError,
     InputValidationError,
     MemoryBudgetExceeded,
-    PolicyConfigError,
     RateLimitExceeded,
 )
 from guardrails._imports import qualified_name
+from guardrails._redis import Namespace, RedisTimeout, shared_module
 from guardrails._types import AsyncInner, Block, Context, Duration, ExceptionClasses, Inner, Share
 from guardrails._units import parse_duration, shown
 
@@ -123,60 +123,6 @@ def _window_text(value: int | float) -> int | str:
     if isinstance(value, int):
         return value
     return format(value, "f").rstrip("0").rstrip(".") + "s"
-
-
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-/]{1,200}$")
-
-
-def _namespace(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _NAMESPACE.match(value):
-        raise ValueError(
-            "expected a name of 1 to 200 letters, digits, '_', '.', '-' or '/' (the Redis "
-            f"keys are guardrails:<namespace>:<kind>), got {shown(value)}"
-        )
-    return value
-
-
-#: ``namespace`` of a shared breaker, rate limit or bulkhead: where its state lives in Redis
-#: (``guardrails:<namespace>:breaker``); default the policy's name. Two policies (or two
-#: applications) with one namespace share one state.
-Namespace = Annotated[str | None, BeforeValidator(_namespace)]
-#: ``redis_timeout``: how long one Redis operation of a shared layer may take (default 50ms).
-RedisTimeout = Annotated[Duration, Field(gt=0, le=60)]
-
-
-def shared_url_problem(ctx: Context, block: str) -> None:
-    """``shared: true`` with no Redis URL in force: the configuration error (at configure())."""
-    if ctx.redis_url is None:
-        raise PolicyConfigError(
-            [
-                (
-                    f"guardrails.policies.{ctx.policy}.{block}.shared",
-                    "needs a Redis server: set the top-level guardrails.redis_url "
-                    "(redis://host:6379/0) or the environment variable $GUARDRAILS_REDIS_URL",
-                )
-            ]
-        )
-
-
-def shared_module(ctx: Context, block: str) -> Any:
-    """``guardrails.redis.shared``, imported when a block asks for it (never at import time:
-    redis-py is an optional dependency)."""
-    shared_url_problem(ctx, block)
-    try:
-        from guardrails.redis import shared
-    except ImportError as exc:
-        raise PolicyConfigError(
-            [
-                (
-                    f"guardrails.policies.{ctx.policy}.{block}.shared",
-                    f"needs redis-py ({exc}): pip install 'hydra-guardrails[redis]'",
-                )
-            ]
-        ) from None
-    return shared
 
 
 #: ``window``: an int is a count window (the last N calls); a duration string with a unit
@@ -885,9 +831,6 @@ __all__ = [
     "BUCKETS",
     "Breaker",
     "BreakerConfig",
-    "Namespace",
-    "RedisTimeout",
     "build",
     "build_async",
-    "shared_module",
 ]

@@ -28,8 +28,8 @@ from typing import Any
 from pydantic import Field, StrictBool, StrictInt
 
 from guardrails._errors import BulkheadFull
+from guardrails._redis import Namespace, RedisTimeout, shared_module
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
-from guardrails.layers.breaker import Namespace, RedisTimeout, shared_module
 
 
 class BulkheadConfig(Block):

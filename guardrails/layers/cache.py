@@ -90,7 +90,7 @@ class CacheConfig(Block):
     @classmethod
     def _a_redis_url(cls, url: str | None) -> str | None:
         if url is not None:
-            from guardrails._policy import redis_url_problem  # _policy imports this module
+            from guardrails._redis import redis_url_problem  # _redis imports _types only
 
             problem = redis_url_problem(url)
             if problem is not None:

@@ -25,9 +25,9 @@ from typing import Any
 from pydantic import Field, StrictBool, StrictInt, field_validator
 
 from guardrails._errors import RateLimitExceeded
+from guardrails._redis import Namespace, RedisTimeout, shared_module
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner, PerSecond
 from guardrails._units import MAX_SECONDS
-from guardrails.layers.breaker import Namespace, RedisTimeout, shared_module
 
 #: Float rounding tolerance, in seconds: a token due within this of now counts as there (so a
 #: fake clock moved by exactly one interval always finds the token it should).

@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from guardrails._forksafe import ForkSafeLock
-from guardrails._policy import redis_url_shown
+from guardrails._redis import redis_url_shown
 
 LOGGER = logging.getLogger("guardrails.redis")
 
