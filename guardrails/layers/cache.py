@@ -475,7 +475,10 @@ def _shared_level(cfg: CacheConfig, ctx: Context, store: Store) -> Any:
                 )
             ]
         )
-    from guardrails.redis import cache as _l2  # redis-py only when a policy asks for it
+    from guardrails._redis import integration
+
+    # guardrails.redis.cache (and redis-py) only when a policy asks for it.
+    _l2 = integration(ctx, "cache.backend", "cache")
 
     clock = ctx.clock
     # Values in Redis carry a wall-clock time (``time.time()``, comparable across
@@ -506,8 +509,10 @@ def _redis_key_function(
 ) -> Callable[[Hashable, tuple[Any, ...], dict[str, Any]], str]:
     """``(key, args, kwargs) -> Redis key``; a ``TypeError`` naming the argument whose key
     cannot be the same in every process (an object keyed by its own ``__hash__``)."""
-    from guardrails.redis.digest import Unshareable, digest
+    from guardrails._redis import integration
 
+    found_digest = integration(ctx, "cache.backend", "digest")
+    Unshareable, digest = found_digest.Unshareable, found_digest.digest
     binder = ctx.binder
     picked = _picked(cfg, binder, ctx)
     key_for = level.key_for
@@ -542,7 +547,7 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     level = _shared_level(cfg, ctx, store)
     if level is not None:
         redis_key = _redis_key_function(cfg, ctx, level)
-        from guardrails.redis.cache import FOUND, LEASE, NONE
+        FOUND, LEASE, NONE = level.FOUND, level.LEASE, level.NONE
     inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
     shared_hit = ctx.counters.shared_cache_hit
@@ -700,7 +705,7 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
     level = _shared_level(cfg, ctx, store)
     if level is not None:
         redis_key = _redis_key_function(cfg, ctx, level)
-        from guardrails.redis.cache import FOUND, LEASE, NONE
+        FOUND, LEASE, NONE = level.FOUND, level.LEASE, level.NONE
     inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
     shared_hit = ctx.counters.shared_cache_hit

@@ -200,6 +200,11 @@ def _escape_glob(text: str) -> str:
 class SharedLevel:
     """One guarded function's Redis level, built with its chain."""
 
+    #: ``begin``'s answers, for the layer (which does not import this module by name).
+    FOUND = FOUND
+    LEASE = LEASE
+    NONE = NONE
+
     def __init__(
         self,
         *,
