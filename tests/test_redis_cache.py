@@ -947,3 +947,36 @@ def test_a_child_forked_by_the_leader_does_not_release_the_parents_lock(redis_ur
     assert len(seen[0]) == 1  # the child returned through the layer and left the lock alone
     assert lock_keys(redis_url) == []
     assert raw(redis_url).get(value_keys(redis_url)[0]) is not None
+
+
+def test_backend_redis_without_redis_py_is_a_configuration_error_saying_what_to_install() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["redis"] = None  # as if redis-py were not installed
+        import guardrails
+        from guardrails import guarded
+
+        @guarded("p")
+        def f(x):
+            return x
+
+        try:
+            guardrails.configure({"redis_url": "redis://127.0.0.1:1/0",
+                                  "policies": {"p": {"cache": {"backend": "redis"}}}})
+        except guardrails.PolicyConfigError as exc:
+            print(exc)
+        else:
+            print("configured")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "guardrails.policies.p.cache.backend" in done.stdout
+    assert "pip install" in done.stdout
