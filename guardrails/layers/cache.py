@@ -26,6 +26,8 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
+import hashlib
 import os
 import threading
 import time
@@ -486,6 +488,7 @@ def _shared_level(cfg: CacheConfig, ctx: Context, store: Store) -> Any:
     wall = time.time if isinstance(clock, SystemClock) else clock.monotonic
     level = _l2.SharedLevel(
         url=url,
+        depends_on=_depends_on(cfg, ctx, store),
         policy=ctx.policy,
         qualname=ctx.qualname,
         namespace=cfg.namespace if cfg.namespace is not None else ctx.policy,
@@ -502,6 +505,79 @@ def _shared_level(cfg: CacheConfig, ctx: Context, store: Store) -> Any:
     )
     store.shared = level
     return level
+
+
+def _depends_on(cfg: CacheConfig, ctx: Context, store: Store) -> str:
+    """What a stored value depends on besides the values of its key's arguments, the same
+    in every process: which parameters (by name) make the key, and the ``validate.output``
+    below the cache (a value coerced by one output type is not the value another gives).
+    Part of every Redis key's digest, so that a config reload or another release of the
+    function (``cache.key`` changed, parameters renamed or reordered, another output type)
+    never reads what the other settings stored."""
+    names = ctx.binder.names
+    picked = tuple(names[i] for i in _picked(cfg, ctx.binder, ctx))
+    output = store.settings[4]
+    if output is None:
+        shown = ""
+    elif isinstance(output, type) or not hasattr(output, "model_dump"):
+        from guardrails._types import type_text
+
+        shown = type_text(output)
+    else:  # checks (a model instance): their fields
+        shown = f"{type(output).__qualname__}{output.model_dump(mode='json')!r}"
+    return f"key={picked!r};output={shown};closure={_hidden_inputs(ctx, ctx.function)}"
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """An immutable value of a plain type (its key never changes, in any process)."""
+    kind = type(value)
+    if kind in ATOMIC or kind is float or kind is complex:
+        return True
+    if (kind is tuple or kind is frozenset) and depth < 8:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _hidden_inputs(ctx: Context, fn: Any) -> str:
+    """The digests of what a guarded callable computes from besides its arguments, where
+    they are plain immutable values: a closure's variables (a factory's ``make(n)`` gives
+    functions of one qualified name), a ``functools.partial``'s arguments, a bound method's
+    instance. Anything else (a mutable object, an arbitrary instance) is not part of the
+    key: ``?`` in its place."""
+    from guardrails._redis import integration
+
+    digest = integration(ctx, "cache.backend", "digest").digest
+    found: list[str] = []
+
+    def add(value: Any) -> None:
+        found.append(digest(key_of(value)) if _plain(value) else "?")
+
+    for _ in range(16):  # partials of partials, methods of partials: a bounded walk
+        if isinstance(fn, functools.partial):
+            for value in fn.args:
+                add(value)
+            for name in sorted(fn.keywords):
+                found.append(name)
+                add(fn.keywords[name])
+            fn = fn.func
+        elif isinstance(fn, types.MethodType):
+            add(fn.__self__)
+            fn = fn.__func__
+        else:
+            break
+    code = getattr(fn, "__code__", None)
+    if code is not None and "<lambda>" in getattr(fn, "__qualname__", ""):
+        # Every lambda of a module has one qualified name: tell them apart by their code.
+        body = hashlib.blake2b(code.co_code, digest_size=8).hexdigest()
+        found.append(f"{code.co_firstlineno}:{body}")
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not set yet
+            found.append("-")
+            continue
+        add(value)
+    return ",".join(found)
 
 
 def _redis_key_function(

@@ -9,7 +9,9 @@ out: compute in this process without it). After computing, the leader calls ``fi
 (store the value and release the lock, one round trip) or ``abandon`` (release the lock at
 once, so that another process can try).
 
-Redis keys: ``guardrails:<namespace>:<qualname>:<version>:<digest>`` for the value (its
+Redis keys: ``guardrails:<namespace>:<qualname>:<version>:<digest>`` for the value (the
+digest of the in-process key and of what the value depends on besides the arguments: the
+key's parameter names, ``validate.output``, a closure's plain values; its
 expiry is ``ttl + stale_for``; its header holds the wall-clock time it is fresh until) and
 the same followed by ``:lock`` for the lock, a random token set with ``NX PX`` whose expiry
 is the call's timeout (``lock_expiry``). A process that does not get the lock polls (one
@@ -209,6 +211,7 @@ class SharedLevel:
         self,
         *,
         url: str,
+        depends_on: str = "",
         policy: str,
         qualname: str,
         namespace: str,
@@ -227,6 +230,12 @@ class SharedLevel:
         self.policy = policy
         self.qualname = qualname
         self.prefix = f"guardrails:{namespace}:{qualname}:{version}:"
+        #: What a value depends on besides its arguments (``cache.key``'s parameter names,
+        #: ``validate.output``): hashed into every key's digest, so that other settings (a
+        #: reload, another release in another process) never read these values.
+        salt = depends_on.encode()
+        self._digest_base = hashlib.blake2b(digest_size=20)
+        self._digest_base.update(len(salt).to_bytes(8, "little") + salt)
         self.timeout = redis_timeout
         key = secret.encode() if secret is not None else None
         self.encode = encoder(serializer, key)
@@ -249,7 +258,9 @@ class SharedLevel:
 
     def key_for(self, l1_key: Any) -> str:
         """The Redis key of an in-process key; ``Unshareable`` if it has none."""
-        return self.prefix + digest(l1_key)
+        h = self._digest_base.copy()
+        h.update(digest(l1_key).encode())
+        return self.prefix + h.hexdigest()
 
     def failed(self, exc: BaseException) -> None:
         self.redis_error()

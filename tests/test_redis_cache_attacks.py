@@ -1,0 +1,200 @@
+"""Attacks on the cache's Redis level (``cache.backend: redis``) and ``stale_for``: a wrong
+value from Redis, a hang, a call failed because of Redis. Real redis-server (the
+``redis_url`` / ``start_redis`` fixtures), real threads, processes and event loops.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+import guardrails
+from guardrails import configure, guarded
+
+DEADLINE = 30.0
+
+
+def conf(url: str, policy: str = "p", extra: dict[str, Any] | None = None, **cache: Any) -> None:
+    block: dict[str, Any] = {"cache": {"backend": "redis", **cache}, **(extra or {})}
+    configure({"redis_url": url, "policies": {policy: block}})
+
+
+def raw(url: str) -> Any:
+    return redis.Redis.from_url(url)
+
+
+def value_keys(url: str) -> list[bytes]:
+    return sorted(k for k in raw(url).keys("guardrails:*") if not k.endswith(b":lock"))
+
+
+def wait_until(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+# --- what a cached value depends on besides the arguments ----------------------------------
+
+
+def test_a_changed_cache_key_never_answers_with_another_arguments_value(redis_url: str) -> None:
+    """``cache.key: [a]`` then ``[b]``: the in-process store starts again (its settings
+    changed); Redis must not answer f(a=5, b=1) with the value stored for a=1."""
+    calls: list[tuple[int, int]] = []
+
+    @guarded("p")
+    def f(a: int, b: int) -> int:
+        calls.append((a, b))
+        return a * 10 + b
+
+    conf(redis_url, key=["a"])
+    assert f(1, 2) == 12
+    conf(redis_url, key=["b"])
+    assert f(5, 1) == 51  # b=1: never computed under key [b]
+    assert calls == [(1, 2), (5, 1)]
+
+
+def test_renamed_parameters_never_share_values(redis_url: str, tmp_path: Path) -> None:
+    """A new release swaps a function's parameters (``f(a, b)`` -> ``f(b, a)``) while old
+    workers still run: the positional key (1, 2) means other arguments now."""
+
+    def old(a: int, b: int) -> int:
+        return a - b
+
+    def new(b: int, a: int) -> int:
+        return a - b
+
+    new.__qualname__ = old.__qualname__ = "swapped"
+    conf(redis_url)
+    f_old = guarded("p")(old)
+    assert f_old(1, 2) == -1
+    del f_old
+    f_new = guarded("p")(new)
+    assert f_new(1, 2) == 1
+
+
+def test_a_changed_output_type_is_never_answered_with_values_validated_by_the_old(
+    redis_url: str,
+) -> None:
+    """validate.output sits below the cache: what is cached is the coerced value. After
+    ``output: float`` becomes ``output: str`` the old floats in Redis must not come back."""
+
+    @guarded("p")
+    def f(x: int) -> Any:
+        return x  # an int: coerced to 3.0 by `float`, to "3"... by nothing (strict str?)
+
+    conf(redis_url, extra={"validate": {"output": "float"}})
+    assert f(3) == 3.0 and type(f(3)) is float
+    conf(redis_url, extra={"validate": {"output": "int"}})
+    got = f(3)
+    assert type(got) is int, f"a value validated as float came back: {got!r}"
+
+
+def test_a_subprocess_with_another_output_type_does_not_share_values(
+    redis_url: str, tmp_path: Path
+) -> None:
+    module = tmp_path / "r2_out_fn.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from guardrails import guarded
+
+            @guarded("p")
+            def f(x: int):
+                return x
+            """
+        )
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import guardrails, r2_out_fn
+        guardrails.configure({{"redis_url": {redis_url!r}, "policies": {{"p": {{
+            "cache": {{"backend": "redis"}}, "validate": {{"output": "float"}}}}}}}})
+        print(repr(r2_out_fn.f(4)))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GUARDRAILS_REDIS_URL"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4.0"
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import r2_out_fn  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    try:
+        conf(redis_url)  # no validate.output: the function's own value
+        assert type(r2_out_fn.f(4)) is int
+    finally:
+        sys.modules.pop("r2_out_fn", None)
+
+
+def test_two_functions_made_by_one_factory_never_answer_for_each_other(redis_url: str) -> None:
+    """``make(1)`` and ``make(2)`` have one qualified name (``make.<locals>.f``) and one
+    policy: their values must not be shared through Redis."""
+    conf(redis_url)
+
+    def make(n: int) -> Callable[[int], int]:
+        @guarded("p")
+        def f(x: int) -> int:
+            return x + n
+
+        return f
+
+    plus1, plus2 = make(1), make(2)
+    assert plus1(10) == 11
+    assert plus2(10) == 12
+
+
+def test_partials_and_lambdas_of_one_name_never_answer_for_each_other(redis_url: str) -> None:
+    import functools
+
+    conf(redis_url)
+
+    def scale(x: int, by: int) -> int:
+        return x * by
+
+    double = guarded("p")(functools.partial(scale, by=2))
+    triple = guarded("p")(functools.partial(scale, by=3))
+    assert double(5) == 10
+    assert triple(5) == 15
+    plus = guarded("p")(lambda x: x + 1)
+    minus = guarded("p")(lambda x: x - 1)
+    assert plus(5) == 6
+    assert minus(5) == 4
+
+
+def test_the_same_closure_values_still_share_through_redis(redis_url: str) -> None:
+    """What the fix must keep: one factory called with the same value (another process,
+    another wrapper) shares its values."""
+    conf(redis_url)
+    calls: list[int] = []
+
+    def make(n: int) -> Callable[[int], int]:
+        def f(x: int) -> int:
+            calls.append(x)
+            return x + n
+
+        return guarded("p")(f)
+
+    assert make(1)(10) == 11
+    assert make(1)(10) == 11
+    assert calls == [10]
+    assert guardrails.stats()["p"].shared_cache_hits == 1
