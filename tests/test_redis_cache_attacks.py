@@ -18,6 +18,7 @@ import redis
 
 import guardrails
 from guardrails import configure, guarded
+from tests.redis_servers import RedisProcess
 
 DEADLINE = 30.0
 
@@ -198,3 +199,76 @@ def test_the_same_closure_values_still_share_through_redis(redis_url: str) -> No
     assert make(1)(10) == 11
     assert calls == [10]
     assert guardrails.stats()["p"].shared_cache_hits == 1
+
+
+# --- the level's own connections -------------------------------------------------------------
+
+
+def _level(f: Any) -> Any:
+    slot = f.__guardrails__
+    if slot.store is None:
+        f(-1)  # compile
+    return slot.store.shared
+
+
+def test_after_a_restart_the_idle_connections_broken_by_it_cost_one_error_not_one_each(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    """Four threads leave four idle connections; Redis restarts. The first command finds
+    its socket dead: that is the outage. The probe that follows must not pick another dead
+    socket from the same restart (each one another error and a doubled probe delay: 0.5 +
+    1 + 2 + 4 s before values are shared again)."""
+    import threading
+
+    server = start_redis()
+    conf(server.url, redis_timeout="2s")
+
+    @guarded("p")
+    def f(x: int) -> int:
+        return x
+
+    level = _level(f)
+    barrier = threading.Barrier(4)
+
+    def hold_a_connection() -> None:
+        barrier.wait()
+        level.call("BLPOP", "r2-nothing", "0.2")  # all four at once: four connections
+
+    threads = [threading.Thread(target=hold_a_connection) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(level._idle) == 4
+    server.stop()
+    server.start()
+    from guardrails.redis import client
+
+    x = 0
+
+    def shared_again() -> bool:
+        nonlocal x
+        x += 1
+        assert f(x) == x
+        return client.server(server.url).down_until == 0.0 and bool(
+            raw(server.url).exists(level.key_for((int, x)))
+        )
+
+    wait_until(shared_again, "values shared again")
+    assert guardrails.stats()["p"].redis_errors == 1
+    # Four threads at once again: every idle connection is used; none may be a dead one
+    # left from before the restart (each would be another outage: sharing off again).
+    barrier = threading.Barrier(4)
+
+    def miss(n: int) -> None:
+        barrier.wait()
+        for i in range(20):
+            assert f(10_000 * (n + 1) + i) == 10_000 * (n + 1) + i
+
+    threads = [threading.Thread(target=miss, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert guardrails.stats()["p"].redis_errors == 1
+    assert client.server(server.url).outages == 1

@@ -152,6 +152,11 @@ class _Idle(deque[Any]):
         super().__init__()
         self.pool = pool
         self.pid = os.getpid()
+        #: Bumped when a connection is found broken (the server restarted, or a proxy or
+        #: a firewall dropped its connections): the idle ones opened before are most likely
+        #: broken too, and each would be another error and another outage. A connection is
+        #: opened anew when it is next taken (its ``_guardrails_epoch`` is older).
+        self.epoch = 0
 
 
 #: Per sync client: its idle connections (the shared levels of all functions using it).
@@ -347,17 +352,24 @@ class SharedLevel:
             idle = self._idle = _idle_for(self.server.client(self.timeout))
         try:
             conn = idle.pop()
+            if conn._guardrails_epoch != idle.epoch:
+                conn._guardrails_epoch = idle.epoch
+                conn.disconnect()  # opened before a connection was found broken
         except IndexError:
             conn = idle.pool.get_connection()  # the pool's: closed with the client
+            conn._guardrails_epoch = idle.epoch
         try:
             conn.send_packed_command(conn.pack_command(*args), check_health=False)
             reply = conn.read_response()
         except redis.exceptions.ResponseError:
             raise  # an error reply: the connection is in step
-        except BaseException:
+        except BaseException as exc:
             # A timeout or an interruption may leave a reply on the way: never read it as
             # the next command's (the connection reconnects when next used).
             conn.disconnect()
+            if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError):
+                idle.epoch += 1
+                conn._guardrails_epoch = idle.epoch
             raise
         finally:
             idle.append(conn)
