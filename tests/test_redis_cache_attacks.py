@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 import guardrails
@@ -272,3 +273,69 @@ def test_after_a_restart_the_idle_connections_broken_by_it_cost_one_error_not_on
         t.join()
     assert guardrails.stats()["p"].redis_errors == 1
     assert client.server(server.url).outages == 1
+
+
+# --- asyncio -----------------------------------------------------------------------------------
+
+
+def test_a_leader_cancelled_while_storing_in_redis_never_leaves_its_waiters_hanging(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    """The leader computed its value and is storing it (Redis slow: paused) when it is
+    cancelled. A waiter on the same loop must get the value (or compute), never wait
+    forever, and the lock must not be left to expire."""
+    import asyncio
+
+    server = start_redis()
+    conf(server.url, redis_timeout="10s")
+    computed: list[int] = []
+
+    @guarded("p")
+    async def f(x: int) -> int:
+        computed.append(x)
+        await go.wait()
+        return x * 2
+
+    async def main() -> tuple[Any, list[bytes]]:
+        leader = asyncio.create_task(f(1))
+        while not computed:
+            await asyncio.sleep(0.001)
+        waiter = asyncio.create_task(f(1))
+        await asyncio.sleep(0)  # the waiter awaits the leader's flight
+        server.pause()
+        try:
+            go.set()
+
+            def storing() -> bool:
+                coro: Any = leader.get_coro()
+                while coro is not None:  # the chain of awaits, outermost first
+                    frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                    if frame is not None and frame.f_code.co_name == "afinish":
+                        return True
+                    coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                return False
+
+            deadline = time.monotonic() + DEADLINE
+            while not storing():
+                assert time.monotonic() < deadline, "the leader never stored"
+                await asyncio.sleep(0.001)
+            leader.cancel()
+        finally:
+            server.resume()
+        got = await asyncio.wait_for(waiter, DEADLINE)
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+
+        def lock_gone() -> bool:
+            return not raw(server.url).keys("guardrails:*:lock")
+
+        deadline = time.monotonic() + DEADLINE
+        while not lock_gone():
+            assert time.monotonic() < deadline, "the cancelled leader's lock was left"
+            await asyncio.sleep(0.005)
+        return got, raw(server.url).keys("guardrails:*:lock")
+
+    go = asyncio.Event()
+    got, locks = asyncio.run(main())
+    assert got == 2
+    assert locks == []

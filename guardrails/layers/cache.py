@@ -753,14 +753,18 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                 level.abandon(lease)
             raise
         else:
-            if lease is not None:
-                level.finish(lease, value)
             if flight is not None:
                 flight.value = value
             with store.lock:
                 store.replay()
                 if store.generation == generation:
                     store.cache[key] = value
+            if lease is not None:
+                try:
+                    level.finish(lease, value)
+                except BaseException:
+                    level.abandon(lease)  # interrupted while storing: free the lock
+                    raise
             return value
         finally:
             if token is not None:
@@ -890,14 +894,18 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                 mine.set_result(_AGAIN)
             raise
         else:
-            if lease is not None:
-                await level.afinish(lease, value)
             with store.lock:
                 store.replay()
                 if store.generation == generation:
                     store.cache[key] = value
             if mine is not None and not mine.done():
-                mine.set_result(value)
+                mine.set_result(value)  # before storing in Redis, which may be cancelled
+            if lease is not None:
+                try:
+                    await level.afinish(lease, value)
+                except BaseException:
+                    level.release_later(lease)  # cancelled while storing: free the lock
+                    raise
             return value
         finally:
             if token is not None:
