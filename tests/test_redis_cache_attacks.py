@@ -339,3 +339,56 @@ def test_a_leader_cancelled_while_storing_in_redis_never_leaves_its_waiters_hang
     got, locks = asyncio.run(main())
     assert got == 2
     assert locks == []
+
+
+# --- stale_for ---------------------------------------------------------------------------------
+
+
+def test_a_stale_value_from_redis_is_never_served_past_its_stale_window(
+    redis_url: str, clock: Any
+) -> None:
+    """A stale value taken from Redis with the refresh lease has what is left of its stale
+    window, not a whole ``stale_for`` from now: after a failed refresh it must not be served
+    (to callers waiting on the next refresh) past ``ttl + stale_for`` of when it was made."""
+    import threading
+
+    conf(redis_url, ttl=10, stale_for=10)
+    calls: list[int] = []
+    gate = threading.Event()
+    mode = {"fail": False, "hold": False}
+
+    def compute(x: int) -> str:
+        calls.append(x)
+        if mode["hold"]:
+            assert gate.wait(DEADLINE)
+        if mode["fail"]:
+            raise ConnectionError("feature store down")
+        return f"v{len(calls)}"
+
+    a, b = guarded("p")(compute), guarded("p")(compute)
+    assert a(1) == "v1"  # at t0, fresh until t0 + 10, stale until t0 + 20
+    clock.advance(19)
+    mode["fail"] = True
+    with pytest.raises(ConnectionError):
+        b(1)  # b leads the refresh (the stale value goes to b's store), and fails
+    clock.advance(5)  # t0 + 24: past the stale window
+    mode.update(fail=False, hold=True)
+    out: list[Any] = []
+    leader = threading.Thread(target=lambda: out.append(b(1)))
+    leader.start()
+    wait_until(lambda: len(calls) == 3, "the leader computing")
+    second: list[Any] = []
+    other = threading.Thread(target=lambda: second.append(b(1)))
+    other.start()
+    store = b.__guardrails__.store
+
+    def waiting_or_done() -> bool:
+        flights = list(store.inflight.values())
+        return bool(second) or any(f.waiters for f in flights)
+
+    wait_until(waiting_or_done, "the second caller waiting or answered")
+    gate.set()
+    leader.join(DEADLINE)
+    other.join(DEADLINE)
+    assert out == ["v3"]
+    assert second == ["v3"], "served a value past ttl + stale_for"

@@ -722,10 +722,12 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                     if got[0] == LEASE:
                         lease = got[1]
                         if stale is _AGAIN and got[2] is not NONE:
-                            # Stale in Redis: serve it here too while this caller recomputes.
+                            # Stale in Redis: serve it here too while this caller recomputes,
+                            # for what is left of its stale window.
+                            left = cfg.stale_for + got[2][1]
                             with store.lock:
-                                if store.generation == generation:
-                                    store.cache.put(key, got[2], 0.0, cfg.stale_for)
+                                if store.generation == generation and left > 0:
+                                    store.cache.put(key, got[2][0], 0.0, left)
                     else:
                         value = got[1]
                         if got[0] == FOUND:
@@ -858,9 +860,10 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                     if got[0] == LEASE:
                         lease = got[1]
                         if stale is _AGAIN and got[2] is not NONE:
+                            left = cfg.stale_for + got[2][1]
                             with store.lock:
-                                if store.generation == generation:
-                                    store.cache.put(key, got[2], 0.0, cfg.stale_for)
+                                if store.generation == generation and left > 0:
+                                    store.cache.put(key, got[2][0], 0.0, left)
                     else:
                         value = got[1]
                         if got[0] == FOUND:

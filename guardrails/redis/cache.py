@@ -68,7 +68,8 @@ __all__ = [
 ]
 
 #: ``begin`` answers: ``(FOUND, value, fresh_for)``, ``(STALE, value, None)``,
-#: ``(LEASE, lease, stale_value_or_NONE)``; ``None`` means compute without Redis.
+#: ``(LEASE, lease, (stale_value, fresh_for) or NONE)`` (``fresh_for`` <= 0: minus how long
+#: it has been stale); ``None`` means compute without Redis.
 FOUND = 1
 STALE = 2
 LEASE = 3
@@ -335,7 +336,7 @@ class SharedLevel:
             if got is not None and got[1] > 0:
                 # Stored since this caller found it unusable: use it, give the lock back.
                 return (FOUND, got[0], got[1]), got, lease
-            return (LEASE, lease, got[0] if got is not None else NONE), got, None
+            return (LEASE, lease, got if got is not None else NONE), got, None
         if got is not None:
             if got[1] > 0:
                 return (FOUND, got[0], got[1]), got, None
