@@ -380,7 +380,7 @@ def test_a_stale_value_from_redis_is_never_served_past_its_stale_window(
     second: list[Any] = []
     other = threading.Thread(target=lambda: second.append(b(1)))
     other.start()
-    store = b.__guardrails__.store
+    store = b.__guardrails__.store  # type: ignore[attr-defined]
 
     def waiting_or_done() -> bool:
         flights = list(store.inflight.values())
