@@ -1005,7 +1005,7 @@ def rich_records(output: str) -> list[str]:
     level column holds a level; its wrapped lines are joined with single spaces."""
     records: list[str] = []
     for line in output.splitlines():
-        start = re.match(r"(?:\[\d\d:\d\d:\d\d\]| {11})([A-Z]+) +(.*)$", line)
+        start = re.match(r"(?:\[\d\d:\d\d:\d\d\] ?| {11})([A-Z]+) +(.*)$", line)
         if start and start.group(1) in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             records.append(f"{start.group(1)} {start.group(2).strip()}")
         elif records and line.strip():
