@@ -4,6 +4,8 @@
     python examples/service.py --port 8000 guardrails=production \\
         guardrails.policies.fetch_features.retry.max_attempts=2  # Hydra overrides
     GUARDRAILS_CONFIG=conf uvicorn examples.service:app --port 8000
+    GUARDRAILS_REDIS_URL=redis://localhost:6379/0 GUARDRAILS_OVERRIDES=shared=redis \
+        uvicorn examples.service:app --port 8000 --workers 4   # one cache, one breaker
 
 Endpoints:
 
@@ -27,6 +29,8 @@ Endpoints:
 - ``GET /healthz``: the breaker of every policy that has one, and the config watcher's
   reloads; 503 while a breaker is open (half-open is 200: it needs traffic to close).
 - ``GET /metrics``: Prometheus text (``guardrails.metrics.prometheus`` plus the process).
+  Both answer for the process that took the connection, named by the ``X-Worker-Pid``
+  header (with ``--workers N``, one of N).
 - ``POST /admin/store`` ``{"down": true}``: simulate a feature-store outage; only with
   ``--admin`` (or ``SERVICE_ADMIN=1``), else 404 whatever the body.
 
@@ -35,6 +39,13 @@ the repository's ``conf/``) and ``--config-name`` (``service``), with the overri
 as arguments (default: ``$GUARDRAILS_OVERRIDES``, space-separated), and watched: an edit
 that validates is in force within about a second, without a restart; a bad one is logged
 and the config in force stays. A bad config at startup stops the service.
+
+Several workers and replicas: with the override ``shared=redis`` (conf/shared/redis.yaml)
+and a server in ``$GUARDRAILS_REDIS_URL`` (or ``guardrails.redis_url=...``), every process
+shares the feature cache (a row one worker read is a Redis hit in the others, one store read
+per entity across them) and the store's breaker (opened by one, it refuses the store calls of
+all); Redis down or slow, each process falls back to its own cache and breaker, and no request
+fails because of it. Without the override the service never imports redis.
 """
 
 from __future__ import annotations
@@ -335,13 +346,14 @@ def create_app(opts: Options | None = None) -> FastAPI:
                 "last_error": None if watcher.last_error is None else str(watcher.last_error),
             },
         }
-        return JSONResponse(body, status_code=503 if is_open else 200)
+        return JSONResponse(body, status_code=503 if is_open else 200, headers=_worker())
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(
             prometheus_client.generate_latest(prometheus_client.REGISTRY),
             media_type=prometheus_client.CONTENT_TYPE_LATEST,
+            headers=_worker(),
         )
 
     @app.post("/admin/store")
@@ -399,6 +411,12 @@ def create_app(opts: Options | None = None) -> FastAPI:
         return _unavailable(exc.policy, type(exc.__cause__).__name__, exc, 1.0)
 
     return app
+
+
+def _worker() -> dict[str, str]:
+    """The header naming the process that answered: with ``uvicorn --workers N`` each
+    connection is served by one of N processes, each with its own breaker view and metrics."""
+    return {"X-Worker-Pid": str(os.getpid())}
 
 
 def _by_name(values: list[float]) -> dict[str, float]:
