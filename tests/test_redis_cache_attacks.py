@@ -392,3 +392,116 @@ def test_a_stale_value_from_redis_is_never_served_past_its_stale_window(
     other.join(DEADLINE)
     assert out == ["v3"]
     assert second == ["v3"], "served a value past ttl + stale_for"
+
+
+# --- keys that differ only in type ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["positional", "keyword", "two parameters"])
+def test_keys_differing_only_in_type_or_sign_never_share_a_redis_value(
+    redis_url: str, how: str
+) -> None:
+    conf(redis_url)
+    values: list[Any] = [1, 1.0, True, "1", b"1", (1,), [1], 0.0, -0.0, 0, False, None, ""]
+
+    def describe(x: Any, y: int = 0) -> str:
+        return f"{type(x).__name__}:{x!r}"
+
+    writer, reader = guarded("p")(describe), guarded("p")(describe)
+
+    def call(f: Any, x: Any) -> str:
+        if how == "positional":
+            return str(f(x))
+        if how == "keyword":
+            return str(f(x=x))
+        return str(f(x, 0))
+
+    for x in values:
+        assert call(writer, x) == describe(x)
+    for x in values:
+        assert call(reader, x) == describe(x), x
+    assert guardrails.stats()["p"].shared_cache_hits == len(values)
+
+
+def test_async_a_reply_late_after_a_timeout_is_never_read_as_the_next_commands(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
+    """The asyncio path's connections: a GET that timed out while Redis was paused leaves
+    its reply on the way; the next command on that connection must not take it."""
+    import asyncio
+
+    server = start_redis()
+    conf(server.url, redis_timeout="100ms")
+    calls: list[int] = []
+
+    async def compute(x: int) -> str:
+        calls.append(x)
+        return f"value of {x}"
+
+    writer, reader = guarded("p")(compute), guarded("p")(compute)
+    from guardrails.redis import client
+
+    async def main() -> None:
+        assert (await writer(1), await writer(2)) == ("value of 1", "value of 2")
+        server.pause()
+        try:
+            assert await reader(1) == "value of 1"  # timed out: computed here
+        finally:
+            server.resume()
+        x = 100
+        deadline = time.monotonic() + DEADLINE
+        while client.server(server.url).down_until != 0.0:
+            assert time.monotonic() < deadline, "Redis never answered again"
+            x += 1
+            assert await reader(x) == f"value of {x}"
+            await asyncio.sleep(0.01)
+        for key in (2, *range(3, 30)):
+            assert await reader(key) == f"value of {key}"
+
+    asyncio.run(main())
+    assert calls.count(2) == 1
+
+
+# --- re-entry ----------------------------------------------------------------------------------
+
+
+def mget_calls(url: str) -> int:
+    stats = raw(url).info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_re_entry_through_another_wrapper_never_waits_on_its_own_redis_lock(
+    redis_url: str, mode: str
+) -> None:
+    """The call stack leading key k (holding k's Redis lock) calls k again through another
+    wrapper of the function (another slot, or the chain a configure() compiled meanwhile):
+    it must compute at once, not poll its own lock until it expires."""
+    import asyncio
+
+    conf(redis_url, lock_timeout="2s")
+    wrappers: list[Any] = []
+    calls: list[int] = []
+
+    def h(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            return int(wrappers[1](x)) + 1  # the same key, through the other wrapper
+        return x
+
+    async def ah(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            return int(await wrappers[1](x)) + 1
+        return x
+
+    if mode == "sync":
+        wrappers.extend([guarded("p")(h), guarded("p")(h)])
+        before = mget_calls(redis_url)
+        assert wrappers[0](5) == 6
+    else:
+        wrappers.extend([guarded("p")(ah), guarded("p")(ah)])
+        before = mget_calls(redis_url)
+        assert asyncio.run(wrappers[0](5)) == 6
+    assert mget_calls(redis_url) == before, "a call waited on its own call stack's lock"
+    assert raw(redis_url).keys("guardrails:*:lock") == []

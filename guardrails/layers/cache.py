@@ -284,9 +284,11 @@ class _Flight:
 #: The computations this call stack is leading (weak references to ``_Flight`` objects and
 #: futures), seen by the tasks it starts and the threads it hands its context to
 #: (``asyncio.to_thread``): a call that meets one of them in flight is re-entering it and
-#: must not wait on itself. Weak, because a flight holds its outcome: a context copied while
-#: it led (``timeout`` runs each sync attempt in one, a task holds its own) sits in the
-#: frames of the failure's traceback, and a strong reference would close the cycle
+#: must not wait on itself. With ``backend: redis`` it also holds the Redis keys the stack
+#: leads (strings), so that a re-entry through another wrapper of the function (another
+#: store) never waits on its own Redis lock. Weak, because a flight holds its outcome: a
+#: context copied while it led (``timeout`` runs each sync attempt in one, a task holds its
+#: own) sits in the frames of the failure's traceback, and a strong reference would close the cycle
 #: exception -> traceback -> frame -> context -> flight -> exception, keeping the call's
 #: arguments until the garbage collector ran.
 _LEADING: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
@@ -717,7 +719,12 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
         lease: Any = None
         try:
             if level is not None and flight is not None:
-                got = level.begin(redis_key(key, args, kwargs))
+                rkey = redis_key(key, args, kwargs)
+                stack = leading.get()
+                # This call stack leads rkey further up (through another wrapper of the
+                # function, or a chain compiled since): never wait on its own Redis lock.
+                got = None if rkey in stack else level.begin(rkey)
+                leading.set((*stack, rkey))  # undone with `token` below
                 if got is not None:
                     if got[0] == LEASE:
                         lease = got[1]
@@ -855,7 +862,10 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
         lease: Any = None
         try:
             if level is not None and mine is not None:
-                got = await level.abegin(redis_key(key, args, kwargs))
+                rkey = redis_key(key, args, kwargs)
+                stack = leading.get()
+                got = None if rkey in stack else await level.abegin(rkey)
+                leading.set((*stack, rkey))  # undone with `token` below
                 if got is not None:
                     if got[0] == LEASE:
                         lease = got[1]
