@@ -505,3 +505,38 @@ def test_re_entry_through_another_wrapper_never_waits_on_its_own_redis_lock(
         assert asyncio.run(wrappers[0](5)) == 6
     assert mget_calls(redis_url) == before, "a call waited on its own call stack's lock"
     assert raw(redis_url).keys("guardrails:*:lock") == []
+
+
+# --- huge values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_large_value_is_stored_and_shared_not_an_outage(redis_url: str, mode: str) -> None:
+    """A 32 MB array takes longer than ``redis_timeout`` (50 ms) to write: the store must
+    not time out (an outage turning Redis off for every policy, the value never shared and
+    the key's lock left for the other processes to wait on until it expires)."""
+    import asyncio
+
+    import numpy as np
+
+    conf(redis_url)
+    n = 32 * 2**20 // 8
+
+    def big(n: int) -> Any:
+        return np.arange(n, dtype=np.float64)
+
+    async def abig(n: int) -> Any:
+        return np.arange(n, dtype=np.float64)
+
+    abig.__qualname__ = big.__qualname__  # one function to Redis: the same keys
+
+    # Read back by the sync path: redis-py's asyncio client bounds a whole reply by the
+    # socket timeout, so an async GET of 32 MB needs a redis_timeout that fits it.
+    writer = guarded("p")(big if mode == "sync" else abig)
+    reader = guarded("p")(big)
+    a = writer(n) if mode == "sync" else asyncio.run(writer(n))
+    b = reader(n)
+    assert np.array_equal(a, b)
+    s = guardrails.stats()["p"]
+    assert (s.redis_errors, s.shared_cache_hits) == (0, 1)
+    assert raw(redis_url).keys("guardrails:*:lock") == []

@@ -83,8 +83,10 @@ MAX_PAUSE = 0.02
 MARGIN = 1.0
 #: At most one WARNING per function per this many seconds about values read back bad.
 BAD_VALUE_LOG_EVERY = 60.0
-#: Timeout of ``clear_shared``'s SCAN and UNLINK commands (an operation on many keys).
+#: Timeout of ``clear_shared``'s SCAN and UNLINK commands (an operation on many keys), and
+#: the least for storing a value larger than ``BULK_SIZE`` bytes (see ``store_timeout``).
 ADMIN_TIMEOUT = 5.0
+BULK_SIZE = 1 << 20
 
 #: Offsets of the codec's header the scripts read: magic at 0, ``fresh_until`` (a
 #: little-endian float64) at ``_FRESH_AT``.
@@ -173,6 +175,34 @@ def _idle_for(client: redis.Redis) -> _Idle:
         if found is None or found.pid != os.getpid():
             found = _IDLE[client] = _Idle(client.connection_pool)
         return found
+
+
+def _run(idle: _Idle, args: tuple[Any, ...]) -> Any:
+    """One command on an idle connection of ``idle`` (or a new one of its pool)."""
+    try:
+        conn = idle.pop()
+        if conn._guardrails_epoch != idle.epoch:
+            conn._guardrails_epoch = idle.epoch
+            conn.disconnect()  # opened before a connection was found broken
+    except IndexError:
+        conn = idle.pool.get_connection()  # the pool's: closed with the client
+        conn._guardrails_epoch = idle.epoch
+    try:
+        conn.send_packed_command(conn.pack_command(*args), check_health=False)
+        reply = conn.read_response()
+    except redis.exceptions.ResponseError:
+        raise  # an error reply: the connection is in step
+    except BaseException as exc:
+        # A timeout or an interruption may leave a reply on the way: never read it as
+        # the next command's (the connection reconnects when next used).
+        conn.disconnect()
+        if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError):
+            idle.epoch += 1
+            conn._guardrails_epoch = idle.epoch
+        raise
+    finally:
+        idle.append(conn)
+    return reply
 
 
 def lock_expiry(lock_timeout: float, policy: Any) -> float:
@@ -351,30 +381,27 @@ class SharedLevel:
         if idle is None or self._pid != os.getpid():
             self._pid = os.getpid()
             idle = self._idle = _idle_for(self.server.client(self.timeout))
+        return _run(idle, args)
+
+    def store_timeout(self, size: int) -> float:
+        """The timeout of a command sending ``size`` bytes: ``redis_timeout``, or for a
+        large value the time to move it at a slow 20 MB/s and more (a socket's timeout
+        bounds a whole ``sendall``: 32 MB never fit in 50 ms, and each try was an outage
+        for every policy, the value never shared and its lock left to expire)."""
+        if size <= BULK_SIZE:
+            return self.timeout
+        return max(self.timeout, float(math.ceil(ADMIN_TIMEOUT + size / 20e6)))
+
+    def store_call(self, size: int, *args: Any) -> Any:
+        """``script`` with ``store_timeout(size)``."""
+        timeout = self.store_timeout(size)
+        if timeout == self.timeout:
+            return self.script(*args)
+        idle = _idle_for(self.server.client(timeout))
         try:
-            conn = idle.pop()
-            if conn._guardrails_epoch != idle.epoch:
-                conn._guardrails_epoch = idle.epoch
-                conn.disconnect()  # opened before a connection was found broken
-        except IndexError:
-            conn = idle.pool.get_connection()  # the pool's: closed with the client
-            conn._guardrails_epoch = idle.epoch
-        try:
-            conn.send_packed_command(conn.pack_command(*args), check_health=False)
-            reply = conn.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # an error reply: the connection is in step
-        except BaseException as exc:
-            # A timeout or an interruption may leave a reply on the way: never read it as
-            # the next command's (the connection reconnects when next used).
-            conn.disconnect()
-            if isinstance(exc, redis.exceptions.ConnectionError | ConnectionError):
-                idle.epoch += 1
-                conn._guardrails_epoch = idle.epoch
-            raise
-        finally:
-            idle.append(conn)
-        return reply
+            return _run(idle, ("EVALSHA", *args[:1], *args[2:]))
+        except redis.exceptions.NoScriptError:
+            return _run(idle, ("EVAL", *args[1:]))
 
     def script(self, sha: str, source: str, nkeys: int, *args: Any) -> Any:
         try:
@@ -450,8 +477,16 @@ class SharedLevel:
             if data is None:
                 self.script(_RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
             else:
-                self.script(
-                    _STORE_SHA, _STORE, 2, lease.key, lease.lock, lease.token, data, self.value_px
+                self.store_call(
+                    len(data),
+                    _STORE_SHA,
+                    _STORE,
+                    2,
+                    lease.key,
+                    lease.lock,
+                    lease.token,
+                    data,
+                    self.value_px,
                 )
             self.server.succeeded()
         except _client.ERRORS as exc:
@@ -549,7 +584,8 @@ class SharedLevel:
             return
         data = self.payload(value, lease.key)
         try:
-            client = self.server.async_client(self.timeout)
+            size = 0 if data is None else len(data)
+            client = self.server.async_client(self.store_timeout(size))
             if data is None:
                 await _aeval(client, _RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
             else:
