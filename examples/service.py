@@ -174,7 +174,8 @@ def parser() -> argparse.ArgumentParser:
 
 def options(argv: Sequence[str] = ()) -> Options:
     """Options from the command line, with defaults from the environment."""
-    args = parser().parse_args(list(argv))
+    # Intermixed: overrides and options in any order (`shared=redis --admin x=1`).
+    args = parser().parse_intermixed_args(list(argv))
     overrides = args.overrides or shlex.split(os.environ.get("GUARDRAILS_OVERRIDES", ""))
     return Options(
         config=args.config_dir,

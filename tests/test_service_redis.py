@@ -9,12 +9,12 @@ Every process is real and driven over HTTP; what a worker did is read from its o
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +38,13 @@ from tests.test_service import (
 )
 
 FETCH = "fetch_features"
+#: Where a test counts on Redis answering (not on its outage handling): a Redis operation that
+#: takes longer than its 50 ms default on this loaded machine would fall back to the process,
+#: which is right but not what these tests look at.
+PATIENT = (
+    "guardrails.policies.fetch_features.cache.redis_timeout=5s",
+    "guardrails.policies.fetch_features.breaker.redis_timeout=5s",
+)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -128,8 +135,8 @@ def fetch_counts(http: httpx.Client) -> dict[str, float]:
 def test_a_row_one_replica_read_is_a_shared_hit_in_the_other(
     launch: Callable[..., Running], redis_url: str
 ) -> None:
-    a = launch(redis_url, "--store-failure-rate", "0")
-    b = launch(redis_url, "--store-failure-rate", "0")
+    a = launch(redis_url, "--store-failure-rate", "0", *PATIENT)
+    b = launch(redis_url, "--store-failure-rate", "0", *PATIENT)
     with a.client() as on_a, b.client() as on_b:
         # One entity, one replica after the other: A reads the store, B gets A's row.
         first = lookup(on_a, 5)
@@ -215,6 +222,7 @@ def test_uvicorn_workers_share_the_breaker_the_outage_drill_opens(
     running = launch(
         redis_url,
         "guardrails.policies.fetch_features.breaker.open_for=60s",  # open for the whole test
+        *PATIENT,
         workers=2,
         env={"SERVICE_ADMIN": "1", "SERVICE_STORE_FAILURE_RATE": "0"},
     )
@@ -265,13 +273,20 @@ def test_uvicorn_workers_share_the_breaker_the_outage_drill_opens(
     assert running.output().count("Application shutdown complete.") == 2
 
 
-# --- Redis killed mid-burst --------------------------------------------------------------------
+# --- Redis killed or frozen mid-burst ----------------------------------------------------------
 
 
-def test_redis_killed_mid_burst_every_answer_is_documented_and_sharing_resumes(
-    launch: Callable[..., Running], start_redis: Callable[[], RedisProcess]
+@pytest.mark.parametrize("outage", ["killed", "paused"])
+def test_redis_lost_mid_burst_every_answer_is_documented_and_sharing_resumes(
+    launch: Callable[..., Running], start_redis: Callable[[], RedisProcess], outage: str
 ) -> None:
+    """Killed: connections refused. Paused (SIGSTOP): every command hangs until its
+    ``redis_timeout``. Either way each request gets the answer the policies give without
+    Redis, and once Redis is back (restarted empty, or resumed) the replicas share again."""
     server = start_redis()
+    lose, back = (
+        (server.stop, server.start) if outage == "killed" else (server.pause, server.resume)
+    )
     # A short TTL keeps lookups reaching Redis after the burst (an in-process hit never
     # does), so the replicas find it again on their own.
     ttl = "guardrails.policies.fetch_features.cache.ttl=1s"
@@ -289,13 +304,13 @@ def test_redis_killed_mid_burst_every_answer_is_documented_and_sharing_resumes(
     async def both() -> list[list[tuple[str, httpx.Response]]]:
         return list(
             await asyncio.gather(
-                send_all(a, requests[:half], midway=server.stop),
+                send_all(a, requests[:half], midway=lose),
                 send_all(b, requests[half:]),
             )
         )
 
     answered = [pair for replica in asyncio.run(both()) for pair in replica]
-    assert server.proc is not None and server.proc.poll() is not None  # killed mid-run
+    assert server.proc is not None and (server.proc.poll() is None) == (outage == "paused")
     statuses: Counter[tuple[str, int]] = Counter()
     for kind, response in answered:
         statuses[kind, response.status_code] += 1
@@ -315,15 +330,17 @@ def test_redis_killed_mid_burst_every_answer_is_documented_and_sharing_resumes(
         assert "Traceback" not in running.output(), running.output()
         assert "unreachable or slow" in running.output()  # one WARNING per outage
 
-    # Redis back (empty, on the same port): the replicas find it and share again.
-    server.start()
-    fresh = iter(range(LIVE_ENTITIES // 2, LIVE_ENTITIES))
+    # Redis back (restarted empty on the same port, or resumed): the replicas find it on
+    # their own and share again.
+    back()
+    # The fresh entities first, then every entity again (their 1 s TTL runs out meanwhile).
+    fresh = itertools.chain(
+        range(LIVE_ENTITIES // 2, LIVE_ENTITIES), itertools.cycle(range(LIVE_ENTITIES))
+    )
     shared_before = sum(c["shared_hits"] for c in down)
 
     def sharing() -> bool:
-        entity = next(fresh, None)
-        if entity is None:  # every fresh entity seen: cycle again (TTL 1 s)
-            entity = int(time.monotonic() * 1000) % LIVE_ENTITIES
+        entity = next(fresh)
         with a.client() as on_a, b.client() as on_b:
             for http in (on_a, on_b):
                 answer = lookup(http, entity)
@@ -377,3 +394,39 @@ def test_without_the_switch_the_service_never_imports_redis(redis_url: str) -> N
         check=True,
     )
     assert out.stdout.split() == ["False", "memory"], out.stdout + out.stderr
+
+
+def test_a_replica_started_while_redis_is_down_serves_and_shares_once_it_is_up(
+    launch: Callable[..., Running], start_redis: Callable[[], RedisProcess]
+) -> None:
+    """``configure()`` never connects: Redis down at startup fails nothing, and nobody has
+    to restart the service when it comes up."""
+    server = start_redis()
+    server.stop()
+    ttl = "guardrails.policies.fetch_features.cache.ttl=1s"  # lookups keep reaching Redis
+    a = launch(server.url, ttl, "--store-failure-rate", "0")
+    b = launch(server.url, ttl, "--store-failure-rate", "0")
+    with a.client() as on_a, b.client() as on_b:
+        for entity in range(4):
+            for http in (on_a, on_b):
+                answer = lookup(http, entity)
+                assert answer.status_code == 200 and not answer.json()["degraded"], answer.text
+        counts = [fetch_counts(on_a), fetch_counts(on_b)]
+        assert all(c["redis_errors"] > 0 and c["shared_hits"] == 0 for c in counts), counts
+        assert all(c["misses"] == 4 for c in counts), counts  # each replica on its own
+
+        server.start()
+        entities = itertools.cycle(range(LIVE_ENTITIES))
+
+        def sharing() -> bool:
+            entity = next(entities)
+            for http in (on_a, on_b):
+                answer = lookup(http, entity)
+                assert answer.status_code == 200 and not answer.json()["degraded"], answer.text
+            return fetch_counts(on_a)["shared_hits"] + fetch_counts(on_b)["shared_hits"] > 0
+
+        poll(sharing, "a shared hit once Redis is up")
+    for running in (a, b):
+        assert "Traceback" not in running.output(), running.output()
+    a.stop()
+    b.stop()
