@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import math
 import os
@@ -478,4 +479,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as a script this file is `__main__`; the service runs from the module
+    # `examples.service`, as under `uvicorn examples.service:app`, so that its guarded
+    # functions have the same qualified names there: the names are part of their Redis keys,
+    # and replicas started either way share one cache (`shared=redis`).
+    importlib.import_module("examples.service").main()

@@ -53,8 +53,8 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """``launch(redis_url, *overrides, workers=0, env=...)``: the service with ``shared=redis``
     and ``$GUARDRAILS_REDIS_URL``, each on its own copy of conf/ (as replicas on other
     machines have theirs). ``workers=0``: ``python examples/service.py --fd N`` on a loopback
-    TCP socket (one replica); ``workers=2``: ``python -m uvicorn examples.service:app
-    --workers 2`` on a Unix socket, configured from the environment. Every process is killed
+    TCP socket (one replica); ``workers=N``: ``python -m uvicorn examples.service:app
+    --workers N`` on a Unix socket, configured from the environment. Every process is killed
     when the test ends, whatever happened."""
     started: list[Running] = []
 
@@ -135,8 +135,10 @@ def fetch_counts(http: httpx.Client) -> dict[str, float]:
 def test_a_row_one_replica_read_is_a_shared_hit_in_the_other(
     launch: Callable[..., Running], redis_url: str
 ) -> None:
+    # Started the two ways the README shows: the script, and uvicorn (its worker a process
+    # of its own); the guarded functions are `examples.service.*` in both.
     a = launch(redis_url, "--store-failure-rate", "0", *PATIENT)
-    b = launch(redis_url, "--store-failure-rate", "0", *PATIENT)
+    b = launch(redis_url, *PATIENT, workers=1, env={"SERVICE_STORE_FAILURE_RATE": "0"})
     with a.client() as on_a, b.client() as on_b:
         # One entity, one replica after the other: A reads the store, B gets A's row.
         first = lookup(on_a, 5)
