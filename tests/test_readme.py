@@ -329,6 +329,15 @@ CLAIMS: dict[tuple[str, str], str] = {
     ("An inference service", '{"down": true}'): "test_service_recipes",
     ("An inference service", "# prometheus.yml"): PROMETHEUS_YML,
     ("An inference service", "# share of predict requests"): PROMQL,
+    ("Several workers and replicas: one cache, one breaker", "--workers 4"): (
+        "test_service_shared_recipes"
+    ),
+    ("Several workers and replicas: one cache, one breaker", "# conf/shared/redis.yaml"): (
+        "test_service_shared_recipes"
+    ),
+    ("Several workers and replicas: one cache, one breaker", "# share of feature lookups"): (
+        PROMQL
+    ),
     ("Errors", "(3 problems)"): "test_errors_example",
     ("Performance", "python benchmarks/overhead.py"): "test_console_block",
     ("The `guardrails` command", "$ guardrails check conf guardrails=production\n"): (
@@ -1152,6 +1161,43 @@ def test_service_recipes(tmp_path: Path) -> None:
             plain.curl(command, cwd, requests.where)
         for command in commands(drill):
             admin_service.curl(command, cwd, drill.where)
+        for service in services:
+            service.stop()
+    finally:
+        for service in services:
+            if service.proc.poll() is None:
+                service.proc.kill()
+                service.proc.wait()
+
+
+def test_service_shared_recipes(tmp_path: Path, redis_url: str) -> None:
+    """The scaled-out service's two start commands (a uvicorn replica of 4 workers and a
+    script replica) against a real redis-server: a row the first replica read is a shared
+    hit in the second; the YAML shown is conf/shared/redis.yaml's, comments aside."""
+    section = "Several workers and replicas: one cache, one breaker"
+    shown = block(section, "# conf/shared/redis.yaml")
+    assert yaml.safe_load(shown.text) == yaml.safe_load(
+        (ROOT / "conf" / "shared" / "redis.yaml").read_text()
+    ), shown.where
+    cwd = workdir(tmp_path)
+    starts = commands(block(section, "--workers 4"))
+    assert len(starts) == 2
+    services: list[Service] = []
+    try:
+        for i, command in enumerate(starts):
+            text = command.text.replace("redis://localhost:6379/0", redis_url)
+            services.append(Service(text, cwd, tmp_path / f"shared{i}.log"))
+        for service in services:
+            service.wait_ready()
+        body = {"request_id": "req-1", "entity_id": 12}
+        answers = [
+            httpx.post(f"http://127.0.0.1:{s.port}/predict", json=body, timeout=30)
+            for s in services
+        ]
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        assert answers[0].json() == answers[1].json()
+        scraped = httpx.get(f"http://127.0.0.1:{services[1].port}/metrics", timeout=30).text
+        assert 'guardrails_cache_shared_hits_total{policy="fetch_features"} 1.0' in scraped
         for service in services:
             service.stop()
     finally:
