@@ -255,7 +255,8 @@ class Interposer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         self.sockets: list[Any] = [self.listener]
-        threading.Thread(target=self.accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self.accept, daemon=True)]
+        self.threads[0].start()
 
     def accept(self) -> None:
         import socket
@@ -267,8 +268,10 @@ class Interposer:
                 return  # closed
             upstream = socket.create_connection(self.target)  # type: ignore[arg-type]
             self.sockets += [client, upstream]
-            threading.Thread(target=self.pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self.pump, args=(upstream, client, False), daemon=True).start()
+            for args in ((client, upstream, True), (upstream, client, False)):
+                pump = threading.Thread(target=self.pump, args=args, daemon=True)
+                self.threads.append(pump)
+                pump.start()
 
     def pump(self, source: Any, sink: Any, commands: bool) -> None:
         try:
@@ -288,9 +291,19 @@ class Interposer:
                     each.close()
 
     def close(self) -> None:
+        """Stop relaying and end its threads (a thread blocked in ``recv`` on a socket only
+        closed would live on, holding ``before_lock`` and the guarded function in it)."""
+        import socket
+
+        self.before_lock = lambda: None
         for each in self.sockets:
             with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 each.close()
+        for thread in self.threads:
+            thread.join(timeout=DEADLINE)
+            assert not thread.is_alive(), "a relay thread did not end"
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["missing", "stale"])
