@@ -993,3 +993,57 @@ def test_backend_redis_without_redis_py_is_a_configuration_error_saying_what_to_
     assert done.returncode == 0, done.stderr
     assert "guardrails.policies.p.cache.backend" in done.stdout
     assert "pip install" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        # The service's fetch_features: 5 attempts of 250ms and the 4 backoff waits between
+        # them (5+5, 10+5, 20+5, 40+5 ms), under its 2s deadline.
+        (
+            {
+                "timeout": {"attempt": "250ms"},
+                "retry": {
+                    "max_attempts": 5,
+                    "deadline": "2s",
+                    "wait": {"initial": "5ms", "max": "50ms", "multiplier": 2, "jitter": "5ms"},
+                },
+            },
+            1.345,
+        ),
+        # A deadline shorter than the attempts: the deadline plus the attempt then running.
+        ({"timeout": {"attempt": "1s"}, "retry": {"max_attempts": 10, "deadline": "2s"}}, 3.0),
+        # The waits of the rate limit and bulkhead come before each attempt's timeout.
+        (
+            {
+                "timeout": {"attempt": "1s"},
+                "bulkhead": {"max_concurrent": 2, "max_wait": "1s"},
+                "rate_limit": {"rate": "10/s", "max_wait": "500ms"},
+            },
+            2.5,
+        ),
+        # retry_after: a failure may ask for up to wait.max before each retry.
+        (
+            {
+                "timeout": {"attempt": "1s"},
+                "retry": {"max_attempts": 3, "wait": {"max": "4s", "retry_after": True}},
+            },
+            11.0,
+        ),
+        # Absurd settings stay finite and quick to work out.
+        (
+            {
+                "timeout": {"attempt": "1s"},
+                "retry": {"max_attempts": 10**9, "wait": {"initial": 1, "multiplier": 1e300}},
+            },
+            10**9 + (10**9 - 1) * 5.0,
+        ),
+    ],
+)
+def test_the_lock_outlives_every_attempt_and_wait_of_one_call(
+    policy: dict[str, Any], expected: float
+) -> None:
+    # The lock expired while the leader was still inside its retries (attempt x max_attempts
+    # left the backoff waits out): under load another process computed the key again.
+    configure({"policies": {"p": policy}})
+    assert lock_expiry(30.0, guardrails.settings().policy("p")) == pytest.approx(expected)

@@ -206,17 +206,52 @@ def _run(idle: _Idle, args: tuple[Any, ...]) -> Any:
 
 
 def lock_expiry(lock_timeout: float, policy: Any) -> float:
-    """How long a leader holds a key's lock: the policy's ``timeout.total``, else
-    ``timeout.attempt`` times ``retry.max_attempts``, else ``cache.lock_timeout``."""
-    timeout = getattr(policy, "timeout", None)
-    if timeout is not None and timeout.enabled:
-        if timeout.total is not None:
-            return float(timeout.total)
-        if timeout.attempt is not None:
-            retry = getattr(policy, "retry", None)
-            attempts = retry.max_attempts if retry is not None and retry.enabled else 1
-            return float(timeout.attempt) * attempts
-    return float(lock_timeout)
+    """How long a leader holds a key's lock: as long as the policy lets one call run.
+
+    ``timeout.total`` bounds the whole call. Else, with ``timeout.attempt``, each attempt
+    can take its timeout plus the waits of the rate limit and bulkhead before it
+    (``max_wait``), and ``retry`` makes ``max_attempts`` of them with the longest backoff
+    waits between them, or stops at ``retry.deadline`` (plus the attempt then running).
+    Without a timeout, ``cache.lock_timeout``.
+    """
+    timeout = _on(policy, "timeout")
+    if timeout is None:
+        return float(lock_timeout)
+    if timeout.total is not None:
+        return float(timeout.total)
+    if timeout.attempt is None:
+        return float(lock_timeout)
+    attempt = float(timeout.attempt)
+    for kind in ("rate_limit", "bulkhead"):
+        block = _on(policy, kind)
+        if block is not None:
+            attempt += float(block.max_wait)
+    retry = _on(policy, "retry")
+    if retry is None:
+        return attempt
+    n = int(retry.max_attempts)
+    wait = retry.wait
+    cap = float(wait.max)
+    jitter = min(float(wait.initial if wait.jitter is None else wait.jitter), cap)
+    waits = 0.0
+    if wait.retry_after:  # a failure may ask for up to `max` before each retry
+        waits = (n - 1) * cap
+    else:
+        step, left = float(wait.initial), n - 1
+        while left > 0 and step < cap - jitter:
+            waits += step + jitter
+            step *= float(wait.multiplier)  # inf at worst, never an error
+            left -= 1
+        waits += left * cap  # the rest at the cap: (cap - jitter) + jitter each
+    total = n * attempt + waits
+    if retry.deadline is not None:
+        total = min(total, float(retry.deadline) + attempt)
+    return total
+
+
+def _on(policy: Any, kind: str) -> Any:
+    block = getattr(policy, kind, None)
+    return block if block is not None and block.enabled else None
 
 
 class Lease:
