@@ -22,7 +22,7 @@ import pydantic
 from pydantic import BaseModel
 
 from guardrails._errors import PolicyConfigError
-from guardrails._redis import REDIS_URL_ENV, redis_url_problem
+from guardrails._redis import REDIS_URL_ENV, redis_url_problem, redis_url_shown
 from guardrails._types import Section
 from guardrails._units import shown
 from guardrails.layers.breaker import BreakerConfig
@@ -78,6 +78,18 @@ class Settings:
     redis_url: str | None = None
     #: Values that came from interpolations, never to be shown in a problem.
     secrets: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        # The dataclass's repr, but the Redis URL's password masked (a repr ends up in logs,
+        # tracebacks and debuggers).
+        shown = {
+            f.name: redis_url_shown(self.redis_url)
+            if f.name == "redis_url" and self.redis_url is not None
+            else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.repr
+        }
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def policy(self, name: str) -> Policy:
         """The effective policy for ``name``: its own, or ``policy_defaults`` (unless strict)."""

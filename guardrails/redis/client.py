@@ -99,12 +99,22 @@ class Server:
             with self._lock:
                 per_loop = self._async.get(loop)
                 if per_loop is None:
+                    self._let_go_of_closed_loops()
                     per_loop = self._async[loop] = {}
                     _close_at_shutdown(per_loop)
         found = per_loop.get(timeout)
         if found is None:
             found = per_loop[timeout] = redis.asyncio.Redis.from_url(self.url, **_options(timeout))
         return found
+
+    def _let_go_of_closed_loops(self) -> None:
+        """Forget the clients of loops closed without ``shutdown_asyncgens()`` (a bare
+        ``loop.close()``): their connections hold their loop, so the table's entry kept each
+        such loop alive for ever with its sockets open. Called with the lock held."""
+        for loop, clients in list(self._async.items()):
+            if loop.is_closed():
+                del self._async[loop]
+                _abandon(clients)
 
     # -- health ----------------------------------------------------------------------------
 
@@ -136,7 +146,7 @@ class Server:
         ``MAX_REPLY_ERRORS`` kinds), and the server stays in use.
         """
         self.last_error = _error_text(exc)
-        if isinstance(exc, redis.exceptions.ResponseError):
+        if isinstance(exc, redis.exceptions.ResponseError) and not _refused_connection(exc):
             self._reply_error(exc, what)
             return
         with self._lock:
@@ -183,6 +193,7 @@ class Server:
         """Close the sync clients' connections (the asyncio ones close with their loops)."""
         with self._lock:
             clients, self._sync = list(self._sync.values()), {}
+            self._let_go_of_closed_loops()
         for client in clients:
             client.close()
 
@@ -191,10 +202,24 @@ async def _closer(clients: dict[Any, Any]) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for client in [c for c in clients.values() if isinstance(c, redis.asyncio.Redis)]:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        if not clients.get("abandoned"):
+            for client in [c for c in clients.values() if isinstance(c, redis.asyncio.Redis)]:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
         clients.clear()
+
+
+def _abandon(clients: dict[Any, Any]) -> None:
+    """End the closer of a loop that was closed without running it, here and at once
+    (nothing can be awaited on a closed loop; left unfinished, the collector would hand it
+    to its closed loop, which raises). The connections' sockets are closed by the garbage
+    collector (asyncio cannot close a transport whose loop is closed)."""
+    closer = clients.get("closer")
+    clients["abandoned"] = True
+    if closer is not None:
+        step: Any = closer.aclose()
+        with contextlib.suppress(StopIteration, RuntimeError):
+            step.send(None)  # runs the `finally`, which awaits nothing when abandoned
 
 
 def _close_at_shutdown(clients: dict[Any, Any]) -> None:
@@ -207,6 +232,21 @@ def _close_at_shutdown(clients: dict[Any, Any]) -> None:
     with contextlib.suppress(StopIteration):
         step.send(None)  # runs to the `yield`: nothing is awaited before it
     clients["closer"] = closer  # kept as long as the loop's entry
+
+
+#: Error replies to the commands a new connection sends (``SELECT`` of a database the server
+#: lacks, ``AUTH``/``HELLO``): no command can work on that server, so it is an outage (one
+#: WARNING, probes with backoff), not a refusal of one key (which every call would meet
+#: again, opening a connection each time).
+_CONNECTION_REPLIES = ("DB index is out of range", "NOAUTH", "WRONGPASS", "invalid password")
+
+
+def _refused_connection(exc: BaseException) -> bool:
+    try:
+        text = str(exc)
+    except Exception:
+        return False
+    return text.startswith(_CONNECTION_REPLIES)
 
 
 def _options(timeout: float) -> dict[str, Any]:
