@@ -230,3 +230,17 @@ def test_loops_closed_without_shutting_down_are_not_kept_alive(redis_url: str) -
         time.sleep(0.01)
     assert len(watcher.client_list()) == 1
     watcher.close()
+
+
+def test_cache_url_namespace_and_timeout_are_checked_like_the_shared_layers() -> None:
+    # cache.url may hold a password: never in repr; cache.namespace and cache.redis_timeout
+    # follow the shared layers' rules (a ':' or '*' in a namespace would mix key spaces).
+    settings = guardrails.configure(
+        {"policies": {"p": {"cache": {"url": "redis://:hunter2@h:1/0"}}}}
+    )
+    assert "hunter2" not in repr(settings.policies["p"])
+    for key, value in (("namespace", "a:b"), ("namespace", "x*"), ("redis_timeout", "1h")):
+        with pytest.raises(guardrails.PolicyConfigError) as caught:
+            guardrails.configure({"policies": {"p": {"cache": {key: value}}}})
+        assert f"guardrails.policies.p.cache.{key}" in str(caught.value)
+    assert guardrails.settings() is settings

@@ -44,6 +44,7 @@ from guardrails._binding import Binder
 from guardrails._clock import SystemClock
 from guardrails._errors import PolicyConfigError
 from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
+from guardrails._redis import Namespace, RedisTimeout
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 #: A waiter that sees this instead of a result computes for itself (the leader was cancelled).
@@ -63,16 +64,16 @@ class CacheConfig(Block):
     stale_for: Duration = Field(default=0.0, ge=0)
     backend: Literal["memory", "redis"] = "memory"
     #: The Redis server (default: the top-level ``redis_url``, else ``$GUARDRAILS_REDIS_URL``).
-    url: str | None = None
+    url: str | None = Field(default=None, repr=False)  # it may hold a password
     #: The first part of the Redis keys (default: the policy's name).
-    namespace: str | None = Field(default=None, min_length=1)
+    namespace: Namespace = None
     #: Part of the Redis keys: bump it to stop reading values stored before.
     version: StrictInt = Field(default=1, ge=0)
     serializer: Literal["auto", "pickle"] = "auto"
     #: Signs every value stored in Redis (HMAC-SHA256); required by ``serializer: pickle``.
     secret: SecretStr | None = Field(default=None, validate_default=True)
     #: The timeout of every Redis operation of the layer.
-    redis_timeout: Duration = Field(default=0.05, gt=0)
+    redis_timeout: RedisTimeout = 0.05
     #: The cross-process lock's expiry when the policy has no ``timeout``.
     lock_timeout: Duration = Field(default=30.0, gt=0)
 
