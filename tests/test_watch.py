@@ -91,7 +91,8 @@ def test_an_edit_is_in_force_within_seconds_with_the_default_interval(
     assert attempts() == 2  # configured at start
     assert w.running and len(watch_threads()) == 1
     replace_atomically(conf_file, retry_yaml(3))  # (write_text may be seen half done: empty)
-    wait_for(lambda: attempts() == 3, "the edit to be applied")
+    # The new chain is in force a moment before the watcher counts the reload.
+    wait_for(lambda: attempts() == 3 and w.reloads == 1, "the edit to be applied")
     assert (w.reloads, w.failures, w.last_error) == (1, 0, None)
     assert w.settings is not None and w.settings.policies["p"].retry.max_attempts == 3  # type: ignore[union-attr]
     w.stop()
@@ -158,7 +159,10 @@ def test_a_bad_edit_is_logged_with_every_problem_and_the_last_good_config_stays(
     looks_after(w)
     assert w.failures == 1  # a bad file that stays bad is not tried again and again
     replace_atomically(conf_file, retry_yaml(5))
-    wait_for(lambda: attempts() == 5, "the next good edit")
+    wait_for(
+        lambda: attempts() == 5 and reload_counts()[0] == before_totals[0] + 1,
+        "the next good edit, counted",
+    )
     assert (w.reloads, w.failures, w.last_error) == (1, 1, None)
     assert reload_counts() == (before_totals[0] + 1, before_totals[1] + 1)
     assert guardrails.stats()["p"].calls == 2  # a reload never resets the statistics
@@ -284,7 +288,10 @@ def test_a_config_directory_is_recomposed_with_its_overrides(
         conf / "guardrails" / "default.yaml",
         "policies:\n  p:\n    retry: {max_attempts: 2}\n    cache: {ttl: 20}\n",
     )
-    wait_for(lambda: policy("p").cache.ttl == 20, "the group file's edit")  # type: ignore[union-attr]
+    wait_for(
+        lambda: policy("p").cache.ttl == 20 and w.reloads == 1,  # type: ignore[union-attr]
+        "the group file's edit",
+    )
     assert attempts() == 7  # the override still applies
     # A new group option is a change too; a file that is not YAML is not.
     (conf / "guardrails" / "notes.txt").write_text("not config")
