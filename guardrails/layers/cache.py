@@ -44,7 +44,7 @@ from guardrails._binding import Binder
 from guardrails._clock import SystemClock
 from guardrails._errors import PolicyConfigError
 from guardrails._keys import ATOMIC, UnkeyableArgument, key_of
-from guardrails._redis import Namespace, RedisTimeout
+from guardrails._redis import Namespace, RedisTimeout, integration, redis_url_problem
 from guardrails._types import AsyncInner, Block, Context, Duration, Inner
 
 #: A waiter that sees this instead of a result computes for itself (the leader was cancelled).
@@ -93,8 +93,6 @@ class CacheConfig(Block):
     @classmethod
     def _a_redis_url(cls, url: str | None) -> str | None:
         if url is not None:
-            from guardrails._redis import redis_url_problem  # _redis imports _types only
-
             problem = redis_url_problem(url)
             if problem is not None:
                 raise ValueError(problem)
@@ -480,8 +478,6 @@ def _shared_level(cfg: CacheConfig, ctx: Context, store: Store) -> Any:
                 )
             ]
         )
-    from guardrails._redis import integration
-
     # guardrails.redis.cache (and redis-py) only when a policy asks for it.
     _l2 = integration(ctx, "cache.backend", "cache")
 
@@ -547,8 +543,6 @@ def _hidden_inputs(ctx: Context, fn: Any) -> str:
     functions of one qualified name), a ``functools.partial``'s arguments, a bound method's
     instance. Anything else (a mutable object, an arbitrary instance) is not part of the
     key: ``?`` in its place."""
-    from guardrails._redis import integration
-
     digest = integration(ctx, "cache.backend", "digest").digest
     found: list[str] = []
 
@@ -588,8 +582,6 @@ def _redis_key_function(
 ) -> Callable[[Hashable, tuple[Any, ...], dict[str, Any]], str]:
     """``(key, args, kwargs) -> Redis key``; a ``TypeError`` naming the argument whose key
     cannot be the same in every process (an object keyed by its own ``__hash__``)."""
-    from guardrails._redis import integration
-
     found_digest = integration(ctx, "cache.backend", "digest")
     Unshareable, digest = found_digest.Unshareable, found_digest.digest
     binder = ctx.binder
@@ -620,13 +612,43 @@ def _redis_key_function(
     return redis_key
 
 
+def _answered(
+    got: Any,
+    level: Any,
+    store: Store,
+    key: Hashable,
+    generation: int,
+    stale: Any,
+    cfg: CacheConfig,
+) -> tuple[Any, Any]:
+    """What a leader makes of Redis's answer ``got`` (``level.begin``): ``(lease, _AGAIN)``
+    when this caller now holds the key's lock and computes, or ``(None, value)`` when Redis
+    had the value (kept in process for what is left of its freshness when found fresh).
+    With the lock and a stale value in Redis that this process did not have (``stale`` is
+    ``_AGAIN``), the stale value is served here too while this caller recomputes, for what
+    is left of its stale window."""
+    if got[0] == level.LEASE:
+        if stale is _AGAIN and got[2] is not level.NONE:
+            left = cfg.stale_for + got[2][1]
+            with store.lock:
+                if store.generation == generation and left > 0:
+                    store.cache.put(key, got[2][0], 0.0, left)
+        return got[1], _AGAIN
+    value = got[1]
+    if got[0] == level.FOUND:
+        with store.lock:
+            store.replay()
+            if store.generation == generation:
+                store.cache.put(key, value, got[2])
+    return None, value
+
+
 def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
     """The sync cache layer around ``inner``, keeping entries in ``store`` (and Redis)."""
     make_key = make_key_function(cfg, ctx.binder, ctx)
     level = _shared_level(cfg, ctx, store)
     if level is not None:
         redis_key = _redis_key_function(cfg, ctx, level)
-        FOUND, LEASE, NONE = level.FOUND, level.LEASE, level.NONE
     inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
     shared_hit = ctx.counters.shared_cache_hit
@@ -727,22 +749,8 @@ def build(cfg: CacheConfig, inner: Inner, ctx: Context, store: Store) -> Inner:
                 got = None if rkey in stack else level.begin(rkey)
                 leading.set((*stack, rkey))  # undone with `token` below
                 if got is not None:
-                    if got[0] == LEASE:
-                        lease = got[1]
-                        if stale is _AGAIN and got[2] is not NONE:
-                            # Stale in Redis: serve it here too while this caller recomputes,
-                            # for what is left of its stale window.
-                            left = cfg.stale_for + got[2][1]
-                            with store.lock:
-                                if store.generation == generation and left > 0:
-                                    store.cache.put(key, got[2][0], 0.0, left)
-                    else:
-                        value = got[1]
-                        if got[0] == FOUND:
-                            with store.lock:
-                                store.replay()
-                                if store.generation == generation:
-                                    store.cache.put(key, value, got[2])
+                    lease, value = _answered(got, level, store, key, generation, stale, cfg)
+                    if lease is None:
                         hit()
                         shared_hit()
                         if info is not None:
@@ -795,7 +803,6 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
     level = _shared_level(cfg, ctx, store)
     if level is not None:
         redis_key = _redis_key_function(cfg, ctx, level)
-        FOUND, LEASE, NONE = level.FOUND, level.LEASE, level.NONE
     inflight = store.inflight
     hit, miss = ctx.counters.cache_hit, ctx.counters.cache_miss
     shared_hit = ctx.counters.shared_cache_hit
@@ -868,20 +875,8 @@ def build_async(cfg: CacheConfig, inner: AsyncInner, ctx: Context, store: Store)
                 got = None if rkey in stack else await level.abegin(rkey)
                 leading.set((*stack, rkey))  # undone with `token` below
                 if got is not None:
-                    if got[0] == LEASE:
-                        lease = got[1]
-                        if stale is _AGAIN and got[2] is not NONE:
-                            left = cfg.stale_for + got[2][1]
-                            with store.lock:
-                                if store.generation == generation and left > 0:
-                                    store.cache.put(key, got[2][0], 0.0, left)
-                    else:
-                        value = got[1]
-                        if got[0] == FOUND:
-                            with store.lock:
-                                store.replay()
-                                if store.generation == generation:
-                                    store.cache.put(key, value, got[2])
+                    lease, value = _answered(got, level, store, key, generation, stale, cfg)
+                    if lease is None:
                         hit()
                         shared_hit()
                         if info is not None:
