@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,15 +14,9 @@ import pytest
 import guardrails
 from guardrails import configure, guarded
 from guardrails.testing import FakeClock
+from tests.twins import wait_until
 
 DEADLINE = 30.0
-
-
-def wait_until(condition: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 class Source:

@@ -32,6 +32,7 @@ from guardrails import PolicyConfigError, configure, guarded
 from guardrails.redis.cache import lock_expiry
 from guardrails.testing import FakeClock
 from tests.redis_servers import RedisProcess
+from tests.twins import wait_until
 
 DEADLINE = 30.0
 
@@ -53,13 +54,6 @@ def value_keys(url: str) -> list[bytes]:
 
 def lock_keys(url: str) -> list[bytes]:
     return sorted(raw(url).keys("guardrails:*:lock"))
-
-
-def wait_until(condition: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def mget_calls(url: str) -> int:

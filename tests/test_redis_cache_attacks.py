@@ -20,6 +20,7 @@ import redis
 import guardrails
 from guardrails import configure, guarded
 from tests.redis_servers import RedisProcess
+from tests.twins import wait_until
 
 DEADLINE = 30.0
 
@@ -35,13 +36,6 @@ def raw(url: str) -> Any:
 
 def value_keys(url: str) -> list[bytes]:
     return sorted(k for k in raw(url).keys("guardrails:*") if not k.endswith(b":lock"))
-
-
-def wait_until(condition: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 # --- what a cached value depends on besides the arguments ----------------------------------

@@ -29,18 +29,10 @@ from guardrails import (
     guarded,
 )
 from tests.redis_servers import RedisProcess
+from tests.twins import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0
-
-
-def until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    """Poll an observable condition, failing after a generous deadline."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what}")
-        time.sleep(0.01)
 
 
 def configure(url: str | None, **policies: dict[str, Any]) -> None:
@@ -314,7 +306,7 @@ def test_half_open_trials_are_limited_across_processes(redis_url: str, raw: redi
     for _ in range(4):
         with pytest.raises(ConnectionError):
             call()
-    until(lambda: guardrails.stats()["dep"].breaker_state == "half_open", "half-open")
+    wait_until(lambda: guardrails.stats()["dep"].breaker_state == "half_open", "half-open")
     fail[0] = False
     results: list[Any] = []
     trial = threading.Thread(target=lambda: results.append(call()))
@@ -345,11 +337,11 @@ def test_a_failed_trial_opens_it_again_and_a_killed_trial_holder_frees_its_permi
     for _ in range(4):
         with pytest.raises(ConnectionError):
             call()
-    until(lambda: guardrails.stats()["dep"].breaker_state == "half_open", "half-open")
+    wait_until(lambda: guardrails.stats()["dep"].breaker_state == "half_open", "half-open")
     with pytest.raises(ConnectionError):
         call()  # the trial fails
     assert guardrails.stats()["dep"].breaker_state == "open"
-    until(lambda: guardrails.stats()["dep"].breaker_state == "half_open", "half-open again")
+    wait_until(lambda: guardrails.stats()["dep"].breaker_state == "half_open", "half-open again")
     holder = child(redis_url, policy, "hold")
     assert holder.stdout is not None
     assert holder.stdout.readline().strip() == "holding"  # it has the one trial permit
@@ -358,7 +350,7 @@ def test_a_failed_trial_opens_it_again_and_a_killed_trial_holder_frees_its_permi
     with pytest.raises(CircuitOpenError):
         call(fail=False)
     # The permit's lease runs out: a trial is let through.
-    until(lambda: _succeeds(lambda: call(fail=False)), "the killed holder's permit back")
+    wait_until(lambda: _succeeds(lambda: call(fail=False)), "the killed holder's permit back")
     assert raw.hget("guardrails:dep:breaker", "state") == b"closed"
 
 
@@ -603,7 +595,7 @@ def test_bulkhead_limit_across_processes_and_a_killed_holders_lease(
         call()
     holder.kill()
     holder.communicate(timeout=DEADLINE)
-    until(lambda: _succeeds(call), "the killed holder's lease expires")
+    wait_until(lambda: _succeeds(call), "the killed holder's lease expires")
     assert raw.zcard("guardrails:dep:bulkhead") == 0
     assert guardrails.stats()["dep"].bulkhead_rejected >= 1
 
@@ -724,7 +716,7 @@ def test_redis_killed_then_restarted(
     server.start()  # empty: the scripts are loaded again
     client = redis.Redis.from_url(server.url)
     try:
-        until(
+        wait_until(
             lambda: call() == 1 and client.exists("guardrails:dep:rate_limit") == 1,
             "shared state again after the restart",
         )

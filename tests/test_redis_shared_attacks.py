@@ -16,17 +16,9 @@ import guardrails
 from guardrails import CircuitOpenError, guarded
 from guardrails.redis.client import server as redis_server_of
 from tests.redis_servers import RedisProcess
+from tests.twins import wait_until
 
 DEADLINE = 30.0
-
-
-def until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    """Poll an observable condition, failing after a generous deadline."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what}")
-        time.sleep(0.01)
 
 
 def configure(url: str | None, **policies: dict[str, Any]) -> None:
@@ -96,11 +88,11 @@ def test_slots_taken_by_acquires_that_timed_out_are_given_back(
             _hold_together(call, 4)  # each times out and runs on the local bulkhead
         finally:
             server.resume()
-        until(
+        wait_until(
             lambda: client.zcard("guardrails:dep:bulkhead") >= 1,
             "Redis ran an acquire the caller had given up on",
         )
-        until(lambda: call() == 1 and answering(server.url), "Redis in use again", 10)
+        wait_until(lambda: call() == 1 and answering(server.url), "Redis in use again", 10)
         assert client.zcard("guardrails:dep:bulkhead") == 0
         _hold_together(call, 4)  # the whole bulkhead is there again
         assert guardrails.stats()["dep"].bulkhead_rejected == 0
@@ -188,13 +180,17 @@ def test_a_trial_permit_taken_by_an_admit_that_timed_out_is_given_back(
     client = redis.Redis.from_url(server.url)
     try:
         key = "guardrails:dep:breaker"
-        until(lambda: float(client.hget(key, "until") or 0) < redis_now(client), "open_for over")
+        wait_until(
+            lambda: float(client.hget(key, "until") or 0) < redis_now(client), "open_for over"
+        )
         server.pause()
         try:
             assert call() == 1  # the admit times out: the local (closed) breaker serves it
         finally:
             server.resume()
-        until(lambda: client.zcard(key + ":trials") >= 1, "Redis ran the admit it had received")
+        wait_until(
+            lambda: client.zcard(key + ":trials") >= 1, "Redis ran the admit it had received"
+        )
 
         def closed_again() -> bool:
             try:
@@ -203,7 +199,7 @@ def test_a_trial_permit_taken_by_an_admit_that_timed_out_is_given_back(
                 return False
             return answering(server.url) and client.hget(key, "state") == b"closed"
 
-        until(closed_again, "a trial call closed the breaker", 20)
+        wait_until(closed_again, "a trial call closed the breaker", 20)
     finally:
         client.close()
 
@@ -275,7 +271,7 @@ def test_sharing_toggled_by_configure_while_threads_call(redis_url: str, raw: re
         for i in range(1, 41):
             configure(redis_url, dep=settings(i))
             start = sum(done)
-            until(lambda start=start: sum(done) > start + 20 or bool(problems), "calls go on")
+            wait_until(lambda start=start: sum(done) > start + 20 or bool(problems), "calls go on")
     finally:
         stop.set()
         for t in threads:

@@ -1,5 +1,6 @@
 """Helpers the tests share: sync and async twins of one test body (the same function
-guarded either way), and reaping a forked child without ever hanging."""
+guarded either way), reaping a forked child without ever hanging, and waiting for an
+observable condition with a generous deadline."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from guardrails import guarded
 
@@ -42,3 +45,13 @@ def reap(pid: int, seconds: float = 60.0) -> int | None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return None
+
+
+def wait_until(condition: Callable[[], object], what: str, seconds: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail the test naming ``what`` after ``seconds``
+    (a deadline generous enough for a loaded machine, never a sleep hoping for timing)."""
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"not within {seconds} s: {what}")
+        time.sleep(0.002)
