@@ -25,21 +25,13 @@ import pytest
 import guardrails
 from guardrails import PolicyConfigError, configure, guarded
 from guardrails._core import SLOTS
+from tests.test_workers import CONFIG as WORKERS
 
+#: The driver's configuration of tests/test_workers.py, and a cached policy.
 CONFIG = {
     "guardrails": {
-        "strict": True,
-        "policy_defaults": {"log": {"enabled": False}},
-        "policies": {
-            "flaky": {
-                "retry": {
-                    "max_attempts": 3,
-                    "wait": {"initial": 0.001, "max": 0.001},
-                    "retry_on": ["builtins.KeyError"],
-                }
-            },
-            "fetch": {"cache": {"ttl": "1h"}},
-        },
+        **WORKERS["guardrails"],
+        "policies": {**WORKERS["guardrails"]["policies"], "fetch": {"cache": {"ttl": "1h"}}},
     }
 }
 
