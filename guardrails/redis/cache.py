@@ -509,23 +509,17 @@ class SharedLevel:
             return  # a forked child does not hold its parent's locks
         data = self.payload(value, lease.key)
         try:
-            if data is None:
-                self.script(_RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
-            else:
-                self.store_call(
-                    len(data),
-                    _STORE_SHA,
-                    _STORE,
-                    2,
-                    lease.key,
-                    lease.lock,
-                    lease.token,
-                    data,
-                    self.value_px,
-                )
+            self.store_call(0 if data is None else len(data), *self._ending(lease, data))
             self.server.succeeded()
         except _client.ERRORS as exc:
             self.failed(exc)
+
+    def _ending(self, lease: Lease, data: bytes | None) -> tuple[Any, ...]:
+        """The script call that ends ``lease``: store ``data`` and release the lock in one
+        step, or only release it (``None``: nothing to store)."""
+        if data is None:
+            return (_RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
+        return (_STORE_SHA, _STORE, 2, lease.key, lease.lock, lease.token, data, self.value_px)
 
     def abandon(self, lease: Lease) -> None:
         """Release the lock of a computation that failed: another process may try at once."""
@@ -621,20 +615,7 @@ class SharedLevel:
         try:
             size = 0 if data is None else len(data)
             client = self.server.async_client(self.store_timeout(size))
-            if data is None:
-                await _aeval(client, _RELEASE_SHA, _RELEASE, 1, lease.lock, lease.token)
-            else:
-                await _aeval(
-                    client,
-                    _STORE_SHA,
-                    _STORE,
-                    2,
-                    lease.key,
-                    lease.lock,
-                    lease.token,
-                    data,
-                    self.value_px,
-                )
+            await _aeval(client, *self._ending(lease, data))
             self.server.succeeded()
         except _client.ERRORS as exc:
             self.failed(exc)
