@@ -9,6 +9,7 @@ import gc
 import logging
 import time
 import warnings
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -17,6 +18,7 @@ import guardrails
 import guardrails.testing
 from guardrails import PolicyConfigError, guarded
 from guardrails._redis import REDIS_URL_ENV, redis_url_problem, redis_url_shown
+from tests.redis_servers import RedisProcess
 
 # -- URLs redis-py refuses when it connects: refused at configure(), naming the key ---------
 
@@ -182,11 +184,17 @@ def test_a_database_index_the_server_lacks_is_one_outage_not_one_error_per_call(
 # -- event loops closed without shutdown_asyncgens() ---------------------------------------
 
 
-def test_loops_closed_without_shutting_down_are_not_kept_alive(redis_url: str) -> None:
+def test_loops_closed_without_shutting_down_are_not_kept_alive(
+    start_redis: Callable[[], RedisProcess],
+) -> None:
     """``loop.run_until_complete(...); loop.close()`` (no ``shutdown_asyncgens()``): each
     loop's clients were kept in the server's per-loop table, whose values hold the loop:
     every such loop stayed alive for ever with an open socket to Redis."""
     from guardrails.redis import client
+
+    # A server of its own: it counts the connections to it, which other tests' leftovers on
+    # the session's server would add to.
+    redis_url = start_redis().url
 
     guardrails.configure(
         {
